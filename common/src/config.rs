@@ -1,0 +1,279 @@
+//! Config files (TOML) to resolved settings, in two stages: `*File` mirrors the TOML
+//! (`deny_unknown_fields`, so a typo is an error naming the file and line, not a silently ignored
+//! key), `*Settings` holds parsed addresses, durations and paths resolved against the config
+//! file's directory. Certificates are loaded later, by the commands that need them, so
+//! `restore` (run by PostgreSQL as its own user) needs only `archive_dir` to be readable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default for `connect_timeout`: PostgreSQL retries a failed archive_command, so failing fast
+/// is better than hanging the archiver; 10 s covers a slow handshake on a loaded host.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `timeout`: the whole push (send 1 GiB at worst, receiver fsync, reply).
+pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default QUIC idle timeout: a peer silent this long is gone.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no config file: pass --config FILE or set WALSHIP_CONFIG")]
+    NoConfig,
+    #[error("read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("config {}: {key} = {value:?}: {reason}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// receiver.toml as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverFile {
+    pub listen: String,
+    pub archive_dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub pgdata: Option<PathBuf>,
+    pub conninfo: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+/// sender.toml as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderFile {
+    pub receiver: String,
+    pub server_name: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiverSettings {
+    pub config_path: PathBuf,
+    pub listen: SocketAddr,
+    pub archive_dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub pgdata: Option<PathBuf>,
+    pub conninfo: Option<String>,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SenderSettings {
+    pub config_path: PathBuf,
+    /// `host:port`, resolved when connecting.
+    pub receiver: String,
+    pub server_name: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl ReceiverSettings {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file: ReceiverFile = read_toml(path)?;
+        let base = base_dir(path);
+        let invalid = |key, value: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value: value.to_string(),
+            reason,
+        };
+        let listen = file.listen.parse().map_err(|e| {
+            invalid(
+                "listen",
+                &file.listen,
+                format!("{e}; expected an address like 127.0.0.1:7443"),
+            )
+        })?;
+        let idle_timeout = match &file.idle_timeout {
+            Some(v) => parse_duration(v).map_err(|r| invalid("idle_timeout", v, r))?,
+            None => DEFAULT_IDLE_TIMEOUT,
+        };
+        Ok(ReceiverSettings {
+            config_path: path.to_path_buf(),
+            listen,
+            archive_dir: base.join(&file.archive_dir),
+            cert: base.join(&file.cert),
+            key: base.join(&file.key),
+            client_ca: base.join(&file.client_ca),
+            pgdata: file.pgdata.map(|p| base.join(p)),
+            conninfo: file.conninfo,
+            idle_timeout,
+        })
+    }
+}
+
+impl SenderSettings {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file: SenderFile = read_toml(path)?;
+        let base = base_dir(path);
+        let duration = |key, value: &Option<String>, default| match value {
+            Some(v) => parse_duration(v).map_err(|reason| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                value: v.clone(),
+                reason,
+            }),
+            None => Ok(default),
+        };
+        if !file.receiver.contains(':') {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "receiver",
+                value: file.receiver.clone(),
+                reason: "expected host:port, like 10.0.0.7:7443".into(),
+            });
+        }
+        Ok(SenderSettings {
+            config_path: path.to_path_buf(),
+            connect_timeout: duration(
+                "connect_timeout",
+                &file.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            timeout: duration("timeout", &file.timeout, DEFAULT_PUSH_TIMEOUT)?,
+            receiver: file.receiver,
+            server_name: file.server_name,
+            ca: base.join(&file.ca),
+            cert: base.join(&file.cert),
+            key: base.join(&file.key),
+        })
+    }
+}
+
+/// The config path from `--config` or `WALSHIP_CONFIG` (clap fills both into one option).
+pub fn require(path: Option<&Path>) -> Result<&Path, ConfigError> {
+    path.ok_or(ConfigError::NoConfig)
+}
+
+fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        // toml's message names the line and column and quotes the offending text.
+        message: e.to_string().trim_end().replace('\n', " "),
+    })
+}
+
+/// Parse `"500ms"`, `"10s"`, `"2m"`, `"1h"`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&t[..i], t[i..].trim()),
+        None => (t, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| {
+        format!("expected a duration like \"10s\", \"500ms\" or \"2m\", got {text:?}")
+    })?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 7.0 {
+        return Err(format!(
+            "{text:?} is out of range (more than 0, at most a week)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn receiver_paths_resolve_against_the_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7443\"\narchive_dir = \"archive\"\ncert = \"certs/server.pem\"\nkey = \"/abs/server.key\"\nclient_ca = \"certs/ca.pem\"\n",
+        )
+        .unwrap();
+        let s = ReceiverSettings::load(&path).unwrap();
+        assert_eq!(s.archive_dir, dir.path().join("archive"));
+        assert_eq!(s.key, PathBuf::from("/abs/server.key"));
+        assert_eq!(s.pgdata, None);
+        assert_eq!(s.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sender.toml");
+        std::fs::write(&path, "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nrecieverr = 1\n").unwrap();
+        let err = SenderSettings::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("sender.toml") && err.contains("recieverr"),
+            "{err}"
+        );
+
+        std::fs::write(&path, "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nconnect_timeout = \"soon\"\n").unwrap();
+        let err = SenderSettings::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("connect_timeout") && err.contains("soon"),
+            "{err}"
+        );
+
+        std::fs::write(
+            &path,
+            "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap();
+        let s = SenderSettings::load(&path).unwrap();
+        assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(s.ca, dir.path().join("a"));
+    }
+}

@@ -1,0 +1,26 @@
+//! walship-common: everything that *decides*, with no sockets and no runtime.
+//!
+//! Module map:
+//! - [`lsn`]: `Lsn`, printed like PostgreSQL (`0/3000028`).
+//! - [`wal::name`]: WAL file names (`WalFileName`: segment, history, backup, partial).
+//! - [`wal::header`]: the long page header at the start of a segment, checked against a name,
+//!   a size and a cluster.
+//! - [`pg_control`]: the cluster's system identifier from `global/pg_control`, CRC checked.
+//! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN) and the
+//!   receive state machine (`Upload`).
+//! - [`durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir).
+//! - [`config`]: TOML config files to resolved settings.
+//! - [`tls`]: rustls configurations for mutual TLS and certificate generation.
+
+pub mod config;
+pub mod durable;
+pub mod lsn;
+pub mod pg_control;
+pub mod proto;
+pub mod tls;
+pub mod wal;
+
+pub use lsn::Lsn;
+pub use pg_control::SystemId;
+pub use wal::header::LongPageHeader;
+pub use wal::name::{SegNo, SegmentName, TimelineId, WalFileName};

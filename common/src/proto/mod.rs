@@ -1,0 +1,15 @@
+//! The wire protocol between `walship-sender` and `walship-receiver`.
+//!
+//! One QUIC connection (ALPN [`frame::ALPN`]) carries one bidirectional stream per file. On each
+//! stream the sender writes a [`frame::Request`] header, then exactly `size` bytes of file
+//! content, then finishes its side; the receiver answers with one [`frame::Reply`] and finishes
+//! its side. The reply is sent only after the file is verified and durable, so the sender trusts
+//! it, never transport acknowledgements.
+//!
+//! [`upload::Upload`] is the receiver's pure state machine for one stream.
+
+pub mod frame;
+pub mod upload;
+
+pub use frame::{FrameError, Refusal, Reply, Request, ALPN, PROTOCOL_VERSION};
+pub use upload::{ArchiveFacts, Upload, Verified};

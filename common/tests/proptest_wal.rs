@@ -1,0 +1,121 @@
+//! Property tests for the WAL decoders: names round-trip through Display, and no input, however
+//! hostile, makes a decoder panic (they sit right behind the network).
+
+use proptest::prelude::*;
+
+use walship_common::pg_control::decode_system_id;
+use walship_common::wal::header::LongPageHeader;
+use walship_common::{Lsn, SegNo, SegmentName, TimelineId, WalFileName};
+
+fn timeline() -> impl Strategy<Value = TimelineId> {
+    (1..=u32::MAX).prop_map(TimelineId)
+}
+
+fn segment() -> impl Strategy<Value = SegmentName> {
+    (timeline(), any::<u32>(), any::<u32>()).prop_map(|(timeline, log, seg)| SegmentName {
+        timeline,
+        log,
+        seg,
+    })
+}
+
+fn wal_name() -> impl Strategy<Value = WalFileName> {
+    prop_oneof![
+        segment().prop_map(WalFileName::Segment),
+        timeline().prop_map(WalFileName::History),
+        (segment(), any::<u32>())
+            .prop_map(|(segment, offset)| WalFileName::Backup { segment, offset }),
+        segment().prop_map(WalFileName::Partial),
+    ]
+}
+
+/// Valid segment sizes: powers of two from 1 MiB to 1 GiB.
+fn seg_size() -> impl Strategy<Value = u64> {
+    (20u32..=30).prop_map(|shift| 1u64 << shift)
+}
+
+proptest! {
+    #[test]
+    fn wal_name_display_round_trips(name in wal_name()) {
+        let text = name.to_string();
+        prop_assert_eq!(text.parse::<WalFileName>(), Ok(name));
+    }
+
+    #[test]
+    fn wal_name_parse_never_panics(s in any::<String>()) {
+        let _ = s.parse::<WalFileName>();
+    }
+
+    #[test]
+    fn wal_name_parse_never_panics_on_near_misses(s in "[0-9A-Fa-f./\\\\\0]{0,70}(history|partial|backup)?") {
+        if let Ok(name) = s.parse::<WalFileName>() {
+            // Whatever parses prints back exactly as given.
+            prop_assert_eq!(name.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn from_segno_inverts_segno(tli in timeline(), segno in 0u64..(1 << 34), size in seg_size()) {
+        // 2^34 segments is the whole 2^64-byte LSN space at the largest (1 GiB) segment size.
+        let name = SegmentName::from_segno(tli, SegNo(segno), size);
+        prop_assert_eq!(name.segno(size), Ok(SegNo(segno)));
+        prop_assert_eq!(name.start_lsn(size), Ok(Lsn(segno * size)));
+    }
+
+    #[test]
+    fn lsn_display_round_trips(v in any::<u64>()) {
+        prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>(), Ok(Lsn(v)));
+    }
+
+    #[test]
+    fn lsn_parse_never_panics(s in any::<String>()) {
+        let _ = s.parse::<Lsn>();
+    }
+
+    #[test]
+    fn header_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+        if let Ok(header) = LongPageHeader::decode(&bytes) {
+            let _ = header.pg_major();
+            let name = SegmentName { timeline: TimelineId(1), log: 0, seg: 1 };
+            let _ = header.check_against(&name, bytes.len() as u64);
+        }
+    }
+
+    #[test]
+    fn header_decode_never_panics_near_valid(
+        magic in prop_oneof![Just(0xD110u16), any::<u16>()],
+        info in prop_oneof![Just(2u16), any::<u16>()],
+        seg_shift in 0u32..32,
+        block_shift in 0u32..32,
+        page_addr in any::<u64>(),
+        tli in any::<u32>(),
+        name in segment(),
+        file_size in any::<u64>(),
+    ) {
+        let mut b = [0u8; 40];
+        b[0..2].copy_from_slice(&magic.to_le_bytes());
+        b[2..4].copy_from_slice(&info.to_le_bytes());
+        b[4..8].copy_from_slice(&tli.to_le_bytes());
+        b[8..16].copy_from_slice(&page_addr.to_le_bytes());
+        b[32..36].copy_from_slice(&(1u32 << seg_shift).to_le_bytes());
+        b[36..40].copy_from_slice(&(1u32 << block_shift).to_le_bytes());
+        if let Ok(header) = LongPageHeader::decode(&b) {
+            let _ = header.check_against(&name, file_size);
+            let _ = header.check_against(&name, u64::from(header.seg_size));
+        }
+    }
+
+    #[test]
+    fn control_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = decode_system_id(&bytes);
+    }
+
+    #[test]
+    fn control_decode_never_panics_on_known_versions(
+        version in prop_oneof![Just(1300u32), Just(1700u32), Just(1800u32)],
+        mut bytes in proptest::collection::vec(any::<u8>(), 12..600),
+    ) {
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        let _ = decode_system_id(&bytes);
+    }
+}

@@ -1,0 +1,53 @@
+//! The receiver's errors, named after the failure as the operator sees it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use walship_common::config::ConfigError;
+use walship_common::durable::DurableError;
+use walship_common::pg_control::ControlError;
+use walship_common::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on UDP {addr}: {source}; is another walship-receiver running, or is the address wrong?")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("archive_dir {}: {source}", path.display())]
+    ArchiveDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Durable(#[from] DurableError),
+    #[error("read the standby's cluster identity: {0}; check pgdata in the receiver config")]
+    Control(#[from] ControlError),
+    #[error("cluster pin file {}: {reason}", path.display())]
+    BadPin { path: PathBuf, reason: String },
+    #[error("archive_dir {} holds WAL of cluster {archived} (walship.cluster) but the standby at {} is cluster {standby}: move the old archive away before serving this standby", archive.display(), pgdata.display())]
+    ClusterMismatch {
+        archive: PathBuf,
+        pgdata: PathBuf,
+        archived: u64,
+        standby: u64,
+    },
+    #[error("restore {name} to {}: {source}", dest.display())]
+    Restore {
+        name: String,
+        dest: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    BadName(#[from] walship_common::wal::name::NameError),
+    #[error("a serving task failed: {0}")]
+    Task(String),
+}

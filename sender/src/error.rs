@@ -1,0 +1,67 @@
+//! The sender's errors, named after the failure as the operator sees it. Each message ends with
+//! what to do; it becomes one line in PostgreSQL's log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use walship_common::config::ConfigError;
+use walship_common::proto::{FrameError, Refusal};
+use walship_common::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("refusing to push {name:?}: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("read {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not the WAL segment {name}: {reason}", path.display())]
+    BadSegment {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error("{} is {size} bytes, larger than any WAL file", path.display())]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("cannot resolve receiver address {addr}: {reason}; check `receiver` in {}", config.display())]
+    Resolve {
+        addr: String,
+        reason: String,
+        config: PathBuf,
+    },
+    #[error("receiver {addr} did not answer within {timeout:?}; check that walship-receiver serve is running there and UDP {port} is reachable (PostgreSQL will retry)")]
+    ReceiverUnreachable {
+        addr: String,
+        port: String,
+        timeout: Duration,
+    },
+    #[error("TLS with receiver {addr} failed: {detail}")]
+    Handshake { addr: String, detail: String },
+    #[error(
+        "connection to receiver {addr} lost while pushing {name}: {detail} (PostgreSQL will retry)"
+    )]
+    ConnectionLost {
+        addr: String,
+        name: String,
+        detail: String,
+    },
+    #[error("receiver {addr} gave no reply for {name} within {timeout:?} (PostgreSQL will retry; raise `timeout` in the sender config if the link is slow)")]
+    ReplyTimeout {
+        addr: String,
+        name: String,
+        timeout: Duration,
+    },
+    #[error("receiver {addr} sent an unreadable reply: {0}", addr = .1)]
+    BadReply(FrameError, String),
+    #[error("receiver refused {name}: {refusal}")]
+    Refused { name: String, refusal: Refusal },
+    #[error("internal: {0}")]
+    Internal(String),
+}

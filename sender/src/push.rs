@@ -1,0 +1,304 @@
+//! `walship-sender push PATH NAME`: PostgreSQL's archive_command. Sends one file on one QUIC
+//! stream and succeeds only on the receiver's "stored" or "already had" reply, which it sends
+//! after verifying the SHA-256 and fsyncing: transport acknowledgements prove nothing.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::VarInt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::time::timeout;
+use walship_common::config::SenderSettings;
+use walship_common::proto::frame::{
+    decode_preamble, MAX_FILE_BYTES, MAX_REPLY_BYTES, PREAMBLE_LEN,
+};
+use walship_common::proto::{Reply, Request};
+use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
+use walship_common::{tls, WalFileName};
+
+use crate::error::SenderError;
+
+/// Read size when hashing and sending.
+const CHUNK: usize = 256 << 10;
+
+/// What the receiver said, when it was a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Stored,
+    AlreadyHad,
+}
+
+/// A file checked locally and hashed, ready to send.
+struct Prepared {
+    request: Request,
+}
+
+pub async fn push(
+    settings: &SenderSettings,
+    path: &Path,
+    name: &str,
+) -> Result<Pushed, SenderError> {
+    let prepared = {
+        let (path, name) = (path.to_path_buf(), name.to_string());
+        tokio::task::spawn_blocking(move || prepare(&path, &name))
+            .await
+            .map_err(|e| SenderError::Internal(e.to_string()))??
+    };
+    let client = tls::client_config(&settings.ca, &settings.cert, &settings.key)?;
+    let addr = resolve(settings).await?;
+    let endpoint = client_endpoint(addr, client, settings)?;
+    let result = timeout(
+        settings.timeout,
+        send(settings, &endpoint, addr, path, prepared),
+    )
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(_) => Err(SenderError::ReplyTimeout {
+            addr: settings.receiver.clone(),
+            name: name.to_string(),
+            timeout: settings.timeout,
+        }),
+    };
+    // Let the CONNECTION_CLOSE reach the receiver, but never hang on it.
+    let _ = timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}
+
+/// Check the name and, for segments, the page header against it; hash the content.
+fn prepare(path: &Path, name: &str) -> Result<Prepared, SenderError> {
+    let parsed: WalFileName =
+        name.parse().map_err(
+            |e: walship_common::wal::name::NameError| SenderError::BadName {
+                name: name.to_string(),
+                reason: e.to_string(),
+            },
+        )?;
+    let read_err = |source| SenderError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(SenderError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut head = Vec::with_capacity(LONG_PAGE_HEADER_LEN);
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < LONG_PAGE_HEADER_LEN {
+            let take = (LONG_PAGE_HEADER_LEN - head.len()).min(n);
+            head.extend_from_slice(&buf[..take]);
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    if let Some(segment) = parsed.segment_bytes() {
+        // Catch a wrong %p/%f pairing here, with a clear message, before using the network.
+        let bad = |reason: String| SenderError::BadSegment {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            reason,
+        };
+        let header = LongPageHeader::decode(&head).map_err(|e| bad(e.to_string()))?;
+        header
+            .check_against(segment, total)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(Prepared {
+        request: Request {
+            name: parsed.to_string(),
+            size: total,
+            sha256: hasher.finalize().into(),
+        },
+    })
+}
+
+async fn resolve(settings: &SenderSettings) -> Result<SocketAddr, SenderError> {
+    let err = |reason: String| SenderError::Resolve {
+        addr: settings.receiver.clone(),
+        reason,
+        config: settings.config_path.clone(),
+    };
+    let mut addrs = timeout(
+        settings.connect_timeout,
+        tokio::net::lookup_host(settings.receiver.as_str()),
+    )
+    .await
+    .map_err(|_| err(format!("no answer within {:?}", settings.connect_timeout)))?
+    .map_err(|e| err(e.to_string()))?;
+    addrs.next().ok_or_else(|| err("no address".into()))
+}
+
+fn client_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    settings: &SenderSettings,
+) -> Result<quinn::Endpoint, SenderError> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| SenderError::Internal(format!("bind a UDP socket: {e}")))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| SenderError::Internal(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Idle timeout no longer than the connect timeout: a silent receiver fails the push fast.
+    let idle = settings.connect_timeout.max(Duration::from_secs(1));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(idle).expect("bounded by config"),
+    ));
+    transport.keep_alive_interval(Some(idle / 3));
+    transport.send_window(32 << 20);
+    transport.stream_receive_window(VarInt::from_u32(1 << 16));
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+async fn send(
+    settings: &SenderSettings,
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    path: &Path,
+    prepared: Prepared,
+) -> Result<Pushed, SenderError> {
+    let request = prepared.request;
+    let name = request.name.clone();
+    let receiver = settings.receiver.clone();
+    let connecting = endpoint
+        .connect(addr, &settings.server_name)
+        .map_err(|e| SenderError::Internal(format!("connect to {addr}: {e}")))?;
+    let conn = match timeout(settings.connect_timeout, connecting).await {
+        Err(_) | Ok(Err(quinn::ConnectionError::TimedOut)) => {
+            return Err(SenderError::ReceiverUnreachable {
+                port: addr.port().to_string(),
+                addr: receiver,
+                timeout: settings.connect_timeout,
+            })
+        }
+        Ok(Err(e)) => return Err(handshake_error(&receiver, &settings.server_name, e)),
+        Ok(Ok(c)) => c,
+    };
+    let lost = |detail: String| SenderError::ConnectionLost {
+        addr: receiver.clone(),
+        name: name.clone(),
+        detail,
+    };
+    // In TLS 1.3 the server judges our certificate after we think the handshake is done: a
+    // rejection shows up as the connection closing on the first stream operation.
+    let conn_err = |e: quinn::ConnectionError| match e {
+        e @ quinn::ConnectionError::TransportError(_)
+        | e @ quinn::ConnectionError::ConnectionClosed(_) => {
+            handshake_error(&receiver, &settings.server_name, e)
+        }
+        e => lost(e.to_string()),
+    };
+    let (mut tx, mut rx) = conn.open_bi().await.map_err(conn_err)?;
+    let write_err = |e: quinn::WriteError| match e {
+        quinn::WriteError::ConnectionLost(c) => conn_err(c),
+        e => lost(e.to_string()),
+    };
+    tx.write_all(&request.encode()).await.map_err(write_err)?;
+
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| SenderError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut stopped_early = false;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|source| SenderError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        match tx.write_all(&buf[..n]).await {
+            Ok(()) => {}
+            // The receiver stopped reading: it has answered already (refused or had it).
+            Err(quinn::WriteError::Stopped(_)) => {
+                stopped_early = true;
+                break;
+            }
+            Err(e) => return Err(write_err(e)),
+        }
+    }
+    if !stopped_early {
+        let _ = tx.finish();
+    }
+
+    let reply = read_reply(&mut rx, &receiver).await.map_err(|e| match e {
+        ReplyError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c))) => {
+            conn_err(c)
+        }
+        ReplyError::Read(e) => lost(e.to_string()),
+        ReplyError::Frame(f) => SenderError::BadReply(f, receiver.clone()),
+    })?;
+    conn.close(VarInt::from_u32(0), b"done");
+    match reply {
+        Reply::Stored => Ok(Pushed::Stored),
+        Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
+        Reply::Refused(refusal) => Err(SenderError::Refused { name, refusal }),
+    }
+}
+
+enum ReplyError {
+    Read(quinn::ReadExactError),
+    Frame(walship_common::proto::FrameError),
+}
+
+async fn read_reply(rx: &mut quinn::RecvStream, _receiver: &str) -> Result<Reply, ReplyError> {
+    let mut pre = [0u8; PREAMBLE_LEN];
+    rx.read_exact(&mut pre).await.map_err(ReplyError::Read)?;
+    let len = decode_preamble(&pre, MAX_REPLY_BYTES).map_err(ReplyError::Frame)?;
+    let mut body = vec![0u8; len];
+    rx.read_exact(&mut body).await.map_err(ReplyError::Read)?;
+    Reply::decode_body(&body).map_err(ReplyError::Frame)
+}
+
+/// Turn a handshake-time failure into advice: which side's certificate is wrong.
+fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError) -> SenderError {
+    let text = e.to_string();
+    let detail = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        format!("{text}; the receiver's certificate is not signed by the CA in `ca`: use the ca.pem made with the receiver's certificates")
+    } else if text.contains("NotValidForName") {
+        format!("{text}; the receiver's certificate does not cover server_name {server_name:?}: set server_name to the name the certificate was made for")
+    } else if text.contains("Expired") || text.contains("NotValidYet") {
+        format!("{text}; a certificate is outside its validity period: check the clocks, or renew the certificates")
+    } else if text.contains("alert") || text.contains("certificate") || text.contains("0x1") {
+        format!("{text}; the receiver rejected our client certificate: `cert`/`key` must be signed by the receiver's client_ca")
+    } else if text.contains("no application protocol") || text.contains("ALPN") {
+        format!("{text}; the peer is not a walship-receiver of this protocol version")
+    } else {
+        format!("{text} (PostgreSQL will retry)")
+    };
+    SenderError::Handshake {
+        addr: addr.to_string(),
+        detail,
+    }
+}
