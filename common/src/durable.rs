@@ -162,6 +162,41 @@ pub fn publish_new(
     tmp.publish(name)
 }
 
+/// How much a [`replace`] must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync file and directory: the new content survives a power loss.
+    Durable,
+    /// Atomic (readers see old or new, never a mix) but not fsynced: for advisory records on a
+    /// hot path, whose loss in a power failure only costs a re-check.
+    AdvisoryOnly,
+}
+
+/// Atomically replace `dir/name` with `body` (temp file, write, [fsync], rename, [fsync dir]).
+/// For state files that change (the fence, the restore record), never for WAL.
+pub fn replace(
+    dir: &Path,
+    name: &str,
+    body: &[u8],
+    mode: u32,
+    sync: Sync,
+) -> Result<(), DurableError> {
+    let mut tmp = TempFile::create(dir, name, mode)?;
+    (&tmp.file)
+        .write_all(body)
+        .map_err(io_err("write", &tmp.path))?;
+    if sync == Sync::Durable {
+        tmp.file.sync_all().map_err(io_err("fsync", &tmp.path))?;
+    }
+    let target = dir.join(name);
+    fs::rename(&tmp.path, &target).map_err(io_err("rename temp file to", &target))?;
+    tmp.published = true;
+    if sync == Sync::Durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// fsync a directory, making its entries (creations, renames, removals) durable.
 pub fn sync_dir(dir: &Path) -> Result<(), DurableError> {
     File::open(dir)
@@ -269,6 +304,15 @@ mod tests {
         let removed = remove_leftovers(dir.path()).unwrap();
         assert_eq!(removed.len(), 1);
         assert!(dir.path().join("000000010000000000000001").exists());
+    }
+
+    #[test]
+    fn replace_overwrites_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        replace(dir.path(), "state", b"one", 0o644, Sync::Durable).unwrap();
+        replace(dir.path(), "state", b"two", 0o644, Sync::AdvisoryOnly).unwrap();
+        assert_eq!(fs::read(dir.path().join("state")).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -11,12 +11,14 @@
 //! - [`durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir).
 //! - [`config`]: TOML config files to resolved settings.
 //! - [`tls`]: rustls configurations for mutual TLS and certificate generation.
+//! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
 
 pub mod config;
 pub mod durable;
 pub mod lsn;
 pub mod pg_control;
 pub mod proto;
+pub mod state;
 pub mod tls;
 pub mod wal;
 

@@ -39,6 +39,18 @@ pub enum ReceiverError {
         archived: u64,
         standby: u64,
     },
+    #[error("{}: {reason}; it is written by walship-receiver promote: move it away only if you know the standby was not promoted", path.display())]
+    BadState { path: PathBuf, reason: String },
+    #[error("no conninfo in {}: promote and status need it to reach the standby (e.g. conninfo = \"host=/var/run/postgresql port=5432 user=postgres dbname=postgres\")", config.display())]
+    NoConninfo { config: PathBuf },
+    #[error("cannot reach the standby with conninfo {conninfo:?}: {detail}")]
+    Standby { conninfo: String, detail: String },
+    #[error("the standby is not in recovery (pg_is_in_recovery() is false): it is already a primary, nothing to promote")]
+    NotInRecovery,
+    #[error("{0}")]
+    NotCaughtUp(String),
+    #[error("promotion failed: {0}")]
+    Promotion(String),
     #[error("restore {name} to {}: {source}", dest.display())]
     Restore {
         name: String,

@@ -14,8 +14,11 @@ use walship_common::config::{self, ReceiverSettings};
 
 mod certs;
 mod error;
+mod promote;
 mod restore;
 mod serve;
+mod standby;
+mod status;
 mod store;
 
 use error::ReceiverError;
@@ -51,6 +54,22 @@ enum Command {
         #[arg(long)]
         server_name: String,
     },
+    /// Manual failover: wait until the standby replayed everything archived, fence the old
+    /// timeline, promote the standby and report the promotion LSN and new timeline.
+    Promote {
+        /// Seconds to wait for replay before giving up without promoting.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Promote now, without waiting for the standby to replay what is archived.
+        #[arg(long)]
+        no_wait_replay: bool,
+    },
+    /// Show what the archive holds, whether it is fenced, and the standby's replay position.
+    Status {
+        /// Machine-readable output (stable fields, documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,10 +84,7 @@ fn main() -> ExitCode {
         }
         Command::Restore { name, path } => {
             init_tracing("warn");
-            let result = config::require(cli.config.as_deref())
-                .map_err(ReceiverError::from)
-                .and_then(|p| Ok(ReceiverSettings::load(p)?))
-                .and_then(|s| restore::restore(&s, &name, &path));
+            let result = settings(cli.config).and_then(|s| restore::restore(&s, &name, &path));
             match result {
                 Ok(restore::Restored::Copied(bytes)) => {
                     tracing::debug!(%name, bytes, "restored");
@@ -81,6 +97,41 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Promote {
+            timeout,
+            no_wait_replay,
+        } => {
+            init_tracing("warn");
+            let opts = promote::Options {
+                timeout: std::time::Duration::from_secs(timeout),
+                no_wait_replay,
+            };
+            let result = settings(cli.config)
+                .and_then(|s| runtime().and_then(|rt| rt.block_on(promote::promote(&s, &opts))));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Status { json } => {
+            init_tracing("warn");
+            let result = settings(cli.config)
+                .and_then(|s| runtime().and_then(|rt| rt.block_on(status::gather(&s))));
+            match result {
+                Ok(st) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&st).expect("plain data serialises")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(st) => {
+                    status::print_human(&st);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Certs { dir, server_name } => {
             init_tracing("warn");
             match certs::certs(&dir, &server_name) {
@@ -91,13 +142,24 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ReceiverError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReceiverError::Task(e.to_string()))
+}
+
+fn settings(config: Option<PathBuf>) -> Result<ReceiverSettings, ReceiverError> {
+    Ok(ReceiverSettings::load(config::require(config.as_deref())?)?)
+}
+
 fn fail(e: &ReceiverError) -> ExitCode {
     eprintln!("walship-receiver: {e}");
     ExitCode::from(1)
 }
 
 fn serve_main(config: Option<PathBuf>) -> Result<(), ReceiverError> {
-    let settings = ReceiverSettings::load(config::require(config.as_deref())?)?;
+    let settings = settings(config)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| ReceiverError::Task(e.to_string()))?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();

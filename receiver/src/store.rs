@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use walship_common::config::ReceiverSettings;
 use walship_common::durable::{self, DurableError, Published, TempFile};
+use walship_common::proto::upload::check_fence;
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
-use walship_common::{pg_control, SystemId};
+use walship_common::state::{Fence, RestoreLog, FENCE_FILE, RESTORE_LOG_FILE};
+use walship_common::{pg_control, SystemId, WalFileName};
 
 use crate::error::ReceiverError;
 
@@ -75,9 +77,15 @@ impl Archive {
         &self.dir
     }
 
+    /// Facts for a new upload. Reads the fence file each time: `promote` writes it from
+    /// another process, and a segment must be refused from the moment it exists.
     pub fn facts(&self) -> ArchiveFacts {
         ArchiveFacts {
             cluster: *self.cluster.lock().expect("cluster lock poisoned"),
+            fence: read_fence(&self.dir).unwrap_or_else(|e| {
+                tracing::error!("{e}");
+                None
+            }),
         }
     }
 
@@ -123,6 +131,22 @@ impl Archive {
     /// cluster if it is the first segment and nothing pinned it before.
     pub fn commit(&self, tmp: TempFile, verified: &Verified) -> Reply {
         let name = verified.name.to_string();
+        // Checked again at the last moment: the standby may have been promoted while the
+        // bytes were arriving. (An unreadable fence refuses: better a retry than stale WAL.)
+        match read_fence(&self.dir) {
+            Ok(Some(fence)) => {
+                if let Err(r) = check_fence(&fence, &verified.name) {
+                    return Reply::Refused(r);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Reply::Refused(Refusal::StorageFailed {
+                    name,
+                    detail: e.to_string(),
+                })
+            }
+        }
         if let Some(id) = verified.system_id {
             let mut cluster = self.cluster.lock().expect("cluster lock poisoned");
             match *cluster {
@@ -169,7 +193,84 @@ pub fn storage_refusal(name: &str, err: &DurableError) -> Refusal {
     }
 }
 
-fn read_pin(dir: &Path) -> Result<Option<SystemId>, ReceiverError> {
+/// The fence, when the standby was promoted.
+pub fn read_fence(dir: &Path) -> Result<Option<Fence>, ReceiverError> {
+    let path = dir.join(FENCE_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => Fence::from_toml(&text)
+            .map(Some)
+            .map_err(|reason| ReceiverError::BadState { path, reason }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ReceiverError::ArchiveDir { path, source }),
+    }
+}
+
+/// Write (or replace) the fence durably: it must survive a crash of the standby host.
+pub fn write_fence(dir: &Path, fence: &Fence) -> Result<(), DurableError> {
+    durable::replace(
+        dir,
+        FENCE_FILE,
+        fence.to_toml().as_bytes(),
+        0o644,
+        durable::Sync::Durable,
+    )
+}
+
+/// The restore record; a missing or unreadable one reads as empty (it is advisory).
+pub fn read_restore_log(dir: &Path) -> RestoreLog {
+    fs::read_to_string(dir.join(RESTORE_LOG_FILE))
+        .ok()
+        .and_then(|t| RestoreLog::from_toml(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Replace the restore record. Not fsynced: it is on restore's hot path and a record lost in a
+/// power failure only makes `promote` wait for the next restore call.
+pub fn write_restore_log(dir: &Path, log: &RestoreLog) -> Result<(), DurableError> {
+    durable::replace(
+        dir,
+        RESTORE_LOG_FILE,
+        log.to_toml().as_bytes(),
+        0o644,
+        durable::Sync::AdvisoryOnly,
+    )
+}
+
+/// One stored WAL file.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    pub name: WalFileName,
+    pub bytes: u64,
+    pub modified: std::time::SystemTime,
+}
+
+/// Every WAL file in the archive (temp files and state files are not WAL names).
+pub fn list(dir: &Path) -> Result<Vec<StoredFile>, ReceiverError> {
+    let err = |source| ReceiverError::ArchiveDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<WalFileName>().ok())
+        else {
+            continue;
+        };
+        let meta = entry.metadata().map_err(err)?;
+        out.push(StoredFile {
+            name,
+            bytes: meta.len(),
+            modified: meta.modified().map_err(err)?,
+        });
+    }
+    Ok(out)
+}
+
+pub fn read_pin(dir: &Path) -> Result<Option<SystemId>, ReceiverError> {
     let path = dir.join(PIN_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,

@@ -80,6 +80,13 @@ pub enum Refusal {
     DiskFull { name: String, detail: String },
     #[error("receiver could not store {name}: {detail}; see the receiver's log")]
     StorageFailed { name: String, detail: String },
+    #[error("{name} is on timeline {timeline}, which is closed: the standby was promoted at LSN {promoted_at_lsn}{}. This primary is fenced; stop it and rebuild it as a standby of the new primary", new_timeline.map(|t| format!(" and now runs timeline {t}")).unwrap_or_default())]
+    Fenced {
+        name: String,
+        timeline: u32,
+        promoted_at_lsn: String,
+        new_timeline: Option<u32>,
+    },
     #[error("receiver is shutting down; PostgreSQL will retry")]
     ShuttingDown,
 }

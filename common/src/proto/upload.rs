@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::pg_control::SystemId;
 use crate::proto::frame::{Refusal, Request, MAX_FILE_BYTES};
+use crate::state::Fence;
 use crate::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
 use crate::wal::name::WalFileName;
 
@@ -15,6 +16,8 @@ use crate::wal::name::WalFileName;
 pub struct ArchiveFacts {
     /// The cluster this archive belongs to, when known (standby's pg_control or the pin file).
     pub cluster: Option<SystemId>,
+    /// Set once the standby was promoted: old-timeline segments are refused.
+    pub fence: Option<Fence>,
 }
 
 /// A file that arrived whole, with the announced size and digest.
@@ -51,6 +54,9 @@ impl Upload {
                     name: request.name.clone(),
                     reason: e.to_string(),
                 })?;
+        if let Some(fence) = &facts.fence {
+            check_fence(fence, &name)?;
+        }
         if request.size > MAX_FILE_BYTES {
             return Err(Refusal::TooLarge {
                 name: request.name.clone(),
@@ -164,6 +170,19 @@ impl Upload {
     }
 }
 
+/// Refuse `name` when the fence closes its timeline.
+pub fn check_fence(fence: &Fence, name: &WalFileName) -> Result<(), Refusal> {
+    if fence.admits(name) {
+        return Ok(());
+    }
+    Err(Refusal::Fenced {
+        name: name.to_string(),
+        timeline: fence.timeline,
+        promoted_at_lsn: fence.promoted_at_lsn.clone(),
+        new_timeline: fence.new_timeline,
+    })
+}
+
 /// SHA-256 of a byte slice (tests and small files).
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
@@ -211,6 +230,7 @@ mod tests {
         let (name, body) = segment(3, 42);
         let facts = ArchiveFacts {
             cluster: Some(SystemId(42)),
+            fence: None,
         };
         let chunks: Vec<&[u8]> = body.chunks(7).take(10).collect();
         let mut up = Upload::begin(&request(&name, &body), &facts).unwrap();
@@ -228,6 +248,7 @@ mod tests {
         let (name, body) = segment(3, 42);
         let facts = ArchiveFacts {
             cluster: Some(SystemId(7)),
+            fence: None,
         };
         let mut up = Upload::begin(&request(&name, &body), &facts).unwrap();
         let err = up.feed(&body[..64]).unwrap_err();
@@ -316,12 +337,33 @@ mod tests {
     }
 
     #[test]
+    fn fence_refuses_old_timeline_segments_but_not_history() {
+        let fence = Fence {
+            timeline: 1,
+            promoted_at_lsn: "0/3000028".into(),
+            new_timeline: Some(2),
+            fenced_at_unix_ms: 0,
+        };
+        let facts = ArchiveFacts {
+            cluster: None,
+            fence: Some(fence),
+        };
+        let (name, body) = segment(3, 42);
+        let err = Upload::begin(&request(&name, &body), &facts).unwrap_err();
+        assert!(matches!(err, Refusal::Fenced { timeline: 1, .. }), "{err}");
+        assert!(err.to_string().contains("0/3000028"), "{err}");
+        let hist = b"1\t0/3000028\tno recovery target specified\n";
+        assert!(Upload::begin(&request("00000002.history", hist), &facts).is_ok());
+    }
+
+    #[test]
     fn history_files_carry_no_header() {
         let body = b"1\t0/3000000\tno recovery target specified\n";
         let v = run(
             &request("00000002.history", body),
             &ArchiveFacts {
                 cluster: Some(SystemId(1)),
+                fence: None,
             },
             &[body],
         )

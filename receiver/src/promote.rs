@@ -1,0 +1,300 @@
+//! `walship-receiver promote`: manual failover. Wait until the standby replayed every stored
+//! segment of its timeline (known from the restore record: it asked for the one after the
+//! newest), fence the old timeline, promote, and report what the operator may have lost.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::info;
+use walship_common::config::ReceiverSettings;
+use walship_common::state::{
+    newest_segment, replay_state, timeline_of_walfile, Fence, ReplayState,
+};
+use walship_common::wal::name::SegmentName;
+use walship_common::Lsn;
+
+use crate::error::ReceiverError;
+use crate::restore::unix_ms;
+use crate::standby::{self, Connected};
+use crate::store;
+
+/// How long PostgreSQL gets to finish promotion (`pg_promote(wait_seconds)`).
+const PROMOTE_WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+pub struct Options {
+    pub timeout: Duration,
+    pub no_wait_replay: bool,
+}
+
+pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), ReceiverError> {
+    let conninfo = settings
+        .conninfo
+        .clone()
+        .ok_or_else(|| ReceiverError::NoConninfo {
+            config: settings.config_path.clone(),
+        })?;
+    let dir = settings.archive_dir.as_path();
+    if let Some(f) = store::read_fence(dir)? {
+        if f.new_timeline.is_some() {
+            eprintln!(
+                "walship-receiver: note: the archive was fenced before (timeline {} promoted at {})",
+                f.timeline, f.promoted_at_lsn
+            );
+        }
+    }
+    let warm = match standby::connect(&conninfo, Duration::from_secs(10)).await? {
+        Connected::WarmStandby => true,
+        Connected::Client(client) => {
+            if !standby::probe(&client).await?.in_recovery {
+                return Err(ReceiverError::NotInRecovery);
+            }
+            false
+        }
+    };
+    if warm {
+        eprintln!("walship-receiver: the standby does not accept connections during recovery (hot_standby = off): following replay through the restore record, promoting through pgdata");
+    }
+    let seg_size = segment_size(dir)?;
+
+    let deadline = Instant::now() + opts.timeout;
+    if !opts.no_wait_replay {
+        wait_for_replay(settings, &conninfo, warm, seg_size, deadline, opts.timeout).await?;
+    }
+
+    // Fence first, then check once more, then promote: no old-timeline segment can be stored
+    // after the last check and be missing from the new timeline.
+    let newest = newest_segment(store::list(dir)?.iter().map(|f| &f.name));
+    let old_timeline = newest.map(|s| s.timeline.0).unwrap_or(1);
+    let mut fence = Fence {
+        timeline: old_timeline,
+        promoted_at_lsn: "promotion in progress".into(),
+        new_timeline: None,
+        fenced_at_unix_ms: unix_ms(SystemTime::now()),
+    };
+    store::write_fence(dir, &fence)?;
+    if !opts.no_wait_replay {
+        if let Err(e) = wait_for_replay(
+            settings,
+            &conninfo,
+            warm,
+            seg_size,
+            deadline.max(Instant::now() + Duration::from_secs(5)),
+            opts.timeout,
+        )
+        .await
+        {
+            unfence(dir);
+            return Err(e);
+        }
+    }
+
+    let started = Instant::now();
+    let result = if warm {
+        promote_warm(settings, &conninfo).await
+    } else {
+        promote_hot(&conninfo).await
+    };
+    let client = match result {
+        Ok(c) => c,
+        Err(e) => {
+            unfence(dir);
+            return Err(e);
+        }
+    };
+    let writable_after = started.elapsed();
+    let lsn = standby::text(&client, "SELECT pg_last_wal_replay_lsn()::text").await?;
+    let walfile = standby::text(&client, "SELECT pg_walfile_name(pg_current_wal_lsn())").await?;
+    let new_timeline = timeline_of_walfile(&walfile).map(|t| t.0);
+    fence.promoted_at_lsn = lsn.clone();
+    fence.new_timeline = new_timeline;
+    store::write_fence(dir, &fence)?;
+
+    let newest_age = newest_arrival(dir)?.and_then(|(name, t)| {
+        SystemTime::now()
+            .duration_since(t)
+            .ok()
+            .map(|age| (name, age))
+    });
+    println!(
+        "promoted: the standby is writable after {:.1}s",
+        writable_after.as_secs_f64()
+    );
+    println!("promotion LSN: {lsn}");
+    println!(
+        "timeline: {old_timeline} -> {}",
+        new_timeline
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "unknown".into())
+    );
+    match newest_age {
+        Some((name, age)) => println!(
+            "newest stored segment: {name}, arrived {:.1}s ago; WAL the old primary wrote after it was not received",
+            age.as_secs_f64()
+        ),
+        None => println!("no segment was stored"),
+    }
+    println!("fenced: segments of timeline {old_timeline} are now refused; history files still go through");
+    info!(%lsn, "promoted");
+    Ok(())
+}
+
+fn unfence(dir: &Path) {
+    // Promotion did not happen: do not keep a healthy primary from archiving.
+    if let Err(e) = std::fs::remove_file(dir.join(walship_common::state::FENCE_FILE)) {
+        eprintln!("walship-receiver: could not remove the fence after a failed promotion: {e}; remove {} by hand", dir.join(walship_common::state::FENCE_FILE).display());
+    }
+}
+
+async fn wait_for_replay(
+    settings: &ReceiverSettings,
+    conninfo: &str,
+    warm: bool,
+    seg_size: u64,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), ReceiverError> {
+    let dir = settings.archive_dir.as_path();
+    let client = if warm {
+        None
+    } else {
+        match standby::connect(conninfo, Duration::from_secs(10)).await? {
+            Connected::Client(c) => Some(c),
+            Connected::WarmStandby => None,
+        }
+    };
+    let mut last_progress = Instant::now() - PROGRESS_EVERY;
+    loop {
+        let newest = newest_segment(store::list(dir)?.iter().map(|f| &f.name));
+        let replay: Option<Lsn> = match &client {
+            Some(c) => standby::probe(c).await?.replay_lsn,
+            None => None,
+        };
+        let missed = store::read_restore_log(dir).last_missed.map(|e| e.name);
+        let state = replay_state(newest, seg_size, replay, missed.as_deref());
+        let (newest, left, gap) = match state {
+            ReplayState::NothingArchived | ReplayState::Caught { .. } => return Ok(()),
+            ReplayState::Behind { newest, left, gap } => (newest, left, gap),
+        };
+        let replay_text = replay
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "unknown (warm standby)".into());
+        if Instant::now() >= deadline {
+            let why = match gap {
+                Some(g) => format!("the standby is waiting for {g}, which is not in the archive while {newest} is (a gap: push the missing segment from the primary's pg_wal or an archive, or accept losing everything after it with --no-wait-replay)"),
+                None => format!("replay is at {replay_text}, {left} segment(s) behind the newest stored {newest}; check the standby's log for restore_command errors"),
+            };
+            return Err(ReceiverError::NotCaughtUp(format!(
+                "the standby did not replay everything in the archive within {timeout:?}: {why}. NOT promoted; re-run with a larger --timeout, or with --no-wait-replay to promote now"
+            )));
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            eprintln!("walship-receiver: waiting for replay: replay LSN {replay_text}, newest stored {newest}, {left} segment(s) left");
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn promote_hot(conninfo: &str) -> Result<tokio_postgres::Client, ReceiverError> {
+    let client = match standby::connect(conninfo, Duration::from_secs(10)).await? {
+        Connected::Client(c) => c,
+        Connected::WarmStandby => {
+            return Err(ReceiverError::Promotion(
+                "the standby stopped accepting connections".into(),
+            ))
+        }
+    };
+    let sql = format!("SELECT pg_promote(true, {})", PROMOTE_WAIT.as_secs());
+    let done: bool = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| ReceiverError::Promotion(format!("pg_promote: {e}")))?
+        .get(0);
+    if !done {
+        return Err(ReceiverError::Promotion(format!(
+            "pg_promote did not finish within {PROMOTE_WAIT:?}; check the standby's log"
+        )));
+    }
+    wait_writable(conninfo).await
+}
+
+/// Warm standby: no SQL during recovery, so do what `pg_ctl promote` does: create the
+/// `promote` signal file in the data directory and send SIGUSR1 to the postmaster.
+async fn promote_warm(
+    settings: &ReceiverSettings,
+    conninfo: &str,
+) -> Result<tokio_postgres::Client, ReceiverError> {
+    let pgdata = settings.pgdata.as_ref().ok_or_else(|| {
+        ReceiverError::Promotion("the standby runs with hot_standby = off, so promote needs `pgdata` in the receiver config to signal it".into())
+    })?;
+    let pid_text = std::fs::read_to_string(pgdata.join("postmaster.pid")).map_err(|e| {
+        ReceiverError::Promotion(format!(
+            "read {}/postmaster.pid: {e}; is the standby running?",
+            pgdata.display()
+        ))
+    })?;
+    let pid: u32 = pid_text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| {
+            ReceiverError::Promotion("postmaster.pid has no PID on its first line".into())
+        })?;
+    std::fs::write(pgdata.join("promote"), b"").map_err(|e| {
+        ReceiverError::Promotion(format!("create {}/promote: {e}", pgdata.display()))
+    })?;
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status()
+        .map_err(|e| ReceiverError::Promotion(format!("signal the postmaster (pid {pid}): {e}")))?;
+    if !status.success() {
+        return Err(ReceiverError::Promotion(format!(
+            "could not signal the postmaster (pid {pid}); run promote as the PostgreSQL user or root"
+        )));
+    }
+    wait_writable(conninfo).await
+}
+
+/// Poll until the server accepts connections and is out of recovery.
+async fn wait_writable(conninfo: &str) -> Result<tokio_postgres::Client, ReceiverError> {
+    let deadline = Instant::now() + PROMOTE_WAIT;
+    loop {
+        if let Ok(Connected::Client(c)) = standby::connect(conninfo, Duration::from_secs(5)).await {
+            if let Ok(p) = standby::probe(&c).await {
+                if !p.in_recovery {
+                    return Ok(c);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(ReceiverError::Promotion(format!(
+                "the standby was still in recovery {PROMOTE_WAIT:?} after the promote request; check its log"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Segment size from the stored segments (all have the same size), 16 MiB if none.
+fn segment_size(dir: &Path) -> Result<u64, ReceiverError> {
+    Ok(store::list(dir)?
+        .iter()
+        .find(|f| matches!(f.name, walship_common::WalFileName::Segment(_)))
+        .map(|f| f.bytes)
+        .filter(|b| walship_common::wal::name::is_valid_seg_size(*b))
+        .unwrap_or(16 << 20))
+}
+
+/// The newest stored segment and when it arrived.
+pub fn newest_arrival(dir: &Path) -> Result<Option<(SegmentName, SystemTime)>, ReceiverError> {
+    let files = store::list(dir)?;
+    let newest = newest_segment(files.iter().map(|f| &f.name));
+    Ok(newest.and_then(|n| {
+        files
+            .iter()
+            .find(|f| f.name == walship_common::WalFileName::Segment(n))
+            .map(|f| (n, f.modified))
+    }))
+}

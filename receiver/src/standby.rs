@@ -1,0 +1,74 @@
+//! Talking to the standby PostgreSQL (`conninfo`), for `promote` and `status`.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+use walship_common::Lsn;
+
+use crate::error::ReceiverError;
+
+/// A connection attempt's result.
+pub enum Connected {
+    Client(Client),
+    /// The server is up but refuses connections during recovery (hot_standby = off).
+    WarmStandby,
+}
+
+pub async fn connect(conninfo: &str, timeout: Duration) -> Result<Connected, ReceiverError> {
+    let err = |detail: String| ReceiverError::Standby {
+        conninfo: conninfo.to_string(),
+        detail,
+    };
+    let attempt = tokio::time::timeout(timeout, tokio_postgres::connect(conninfo, NoTls)).await;
+    match attempt {
+        Err(_) => Err(err(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) if e.code() == Some(&SqlState::CANNOT_CONNECT_NOW) => Ok(Connected::WarmStandby),
+        Ok(Err(e)) => Err(err(e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()))),
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(Connected::Client(client))
+        }
+    }
+}
+
+/// What a query-able standby says about itself.
+pub struct Probe {
+    pub in_recovery: bool,
+    pub replay_lsn: Option<Lsn>,
+}
+
+pub async fn probe(client: &Client) -> Result<Probe, ReceiverError> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| ReceiverError::Standby {
+            conninfo: String::new(),
+            detail: e.to_string(),
+        })?;
+    let lsn: Option<String> = row.get(1);
+    Ok(Probe {
+        in_recovery: row.get(0),
+        replay_lsn: lsn.and_then(|l| l.parse().ok()),
+    })
+}
+
+/// Run one query returning a single text value.
+pub async fn text(client: &Client, sql: &str) -> Result<String, ReceiverError> {
+    client
+        .query_one(sql, &[])
+        .await
+        .and_then(|r| r.try_get::<_, String>(0))
+        .map_err(|e| ReceiverError::Standby {
+            conninfo: String::new(),
+            detail: format!("{sql}: {e}"),
+        })
+}
