@@ -31,7 +31,6 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$SCRIPT_DIR")
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 STEP=0
-T0=$SECONDS
 
 banner() { STEP=$((STEP + 1)); printf '\n==== [%d] %s\n' "$STEP" "$*"; }
 info() { printf '     %s\n' "$*"; }
@@ -75,6 +74,7 @@ fi
 for b in walship-sender walship-receiver; do
     [ -x "$BIN_SRC/$b" ] || die "$BIN_SRC/$b not found or not executable"
 done
+T0=$SECONDS # the demo's own run time, without the build
 
 # ---------------------------------------------------------------- work dir and cleanup
 
@@ -101,7 +101,7 @@ cleanup() {
     printf '\n==== Cleanup\n'
     for dir in "$STANDBY" "$PRIMARY"; do
         if [ -f "$dir/postmaster.pid" ]; then
-            as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w -t 30 stop >/dev/null 2>&1 ||
+            as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w -t 15 stop >/dev/null 2>&1 ||
                 as_pg "$PGBIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1
             info "stopped PostgreSQL in $dir"
         fi
@@ -164,7 +164,8 @@ port_in_use() {
         ss -Hantu 2>/dev/null | awk -v p=":$p" '
             substr($5, length($5) - length(p) + 1) == p { found = 1 } END { exit !found }'
     elif command -v python3 >/dev/null; then
-        ! python3 - "$p" 2>/dev/null <<'EOF'
+        # in use unless both a TCP and a UDP socket can bind it
+        if python3 - "$p" 2>/dev/null <<'EOF'; then return 1; else return 0; fi
 import socket, sys
 for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
     s = socket.socket(socket.AF_INET, kind)
@@ -246,6 +247,9 @@ archive_mode = on
 # archive_command is added once the receiver is up (step 6). Until then
 # completed segments wait in pg_wal, marked .ready; none is lost.
 max_wal_size = 1GB
+# switch segments at least every 3s while there is traffic, so WAL is seen
+# arriving during the load (in production: 60s or more, if at all)
+archive_timeout = '3s'
 EOF
 as_pg "$PGBIN/pg_ctl" -D "$PRIMARY" -l "$LOG/primary.log" -w start >/dev/null ||
     fail "the primary did not start"
@@ -300,6 +304,7 @@ if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$RCONF" "$SCONF"; fi
 sed 's/^/       /' "$RCONF"
 # The small sh wrapper records the receiver's own pid, so that cleanup signals
 # exactly that process.
+# shellcheck disable=SC2016 # $$, $1 and $@ are for the inner sh
 as_pg sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$RUN/receiver.pid" \
     "$BIN/walship-receiver" --config "$RCONF" serve >>"$LOG/receiver.log" 2>&1 &
 RECEIVER_JOB=$!
@@ -337,11 +342,20 @@ show "$STANDBY_PORT" 'SELECT pg_is_in_recovery() AS in_recovery, pg_last_wal_rep
 # ---------------------------------------------------------------- 8. load
 
 banner "Load: pgbench -i -s 5, then pgbench -T 10 on the primary"
+T_LOAD=$SECONDS
 as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PRIMARY_PORT" -U postgres -i -s 5 -q postgres >"$LOG/pgbench-init.log" 2>&1 ||
     fail "pgbench -i failed (see $LOG/pgbench-init.log)"
 tail -n 1 "$LOG/pgbench-init.log" | indent
-as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PRIMARY_PORT" -U postgres -c 4 -j 2 -T 10 postgres >"$LOG/pgbench.log" 2>&1 ||
-    fail "pgbench failed (see $LOG/pgbench.log)"
+info "pgbench -c 4 -T 10; meanwhile, every 2s: what the primary archived, what the standby replayed"
+as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PRIMARY_PORT" -U postgres -c 4 -j 2 -T 10 postgres >"$LOG/pgbench.log" 2>&1 &
+PGBENCH_JOB=$!
+printf '       %-6s %-10s %-26s %s\n' "time" "archived" "last archived" "standby replayed up to"
+while kill -0 "$PGBENCH_JOB" 2>/dev/null; do
+    IFS='|' read -r n last < <(sql "$PRIMARY_PORT" 'SELECT archived_count, last_archived_wal FROM pg_stat_archiver')
+    printf '       %-6s %-10s %-26s %s\n' "$((SECONDS - T_LOAD))s" "$n" "$last" "$(sql "$STANDBY_PORT" 'SELECT pg_last_wal_replay_lsn()')"
+    sleep 2
+done
+wait "$PGBENCH_JOB" || fail "pgbench failed (see $LOG/pgbench.log)"
 grep -E '^(number of transactions actually processed|latency average|tps)' "$LOG/pgbench.log" | indent || true
 
 # ---------------------------------------------------------------- 9. switch and ship
@@ -360,7 +374,7 @@ info "primary: pgbench_accounts count=$P_COUNT sum(abalance)=$P_SUM; pgbench_his
 
 banner "Segments arriving"
 info "archive_dir $ARCHIVE: $(find "$ARCHIVE" -maxdepth 1 -type f -name '0*' | wc -l) files, newest:"
-ls -l "$ARCHIVE" | tail -n 4 | indent
+(cd "$ARCHIVE" && ls -l -- 0* | tail -n 3) | indent
 info "primary, pg_stat_archiver:"
 show "$PRIMARY_PORT" 'SELECT archived_count, last_archived_wal, last_archived_time, failed_count FROM pg_stat_archiver'
 replayed_switch() {
@@ -389,8 +403,8 @@ if "$BIN/walship-receiver" promote --help >/dev/null 2>&1; then
 else
     banner "Promote: pg_ctl promote"
     info "NOTE: this build has no 'walship-receiver promote'; falling back to pg_ctl promote."
-    info "      Safe here: the standby was seen above to have replayed $LAST_SEGMENT,"
-    info "      the last segment archived before the primary died."
+    info "      pg_ctl promote also replays whatever the archive still holds before it"
+    info "      ends recovery; the standby was seen above to have replayed $LAST_SEGMENT."
     as_pg "$PGBIN/pg_ctl" -D "$STANDBY" -w promote >/dev/null || fail "pg_ctl promote failed"
 fi
 promoted() { [ "$(sql "$STANDBY_PORT" 'SELECT pg_is_in_recovery()')" = f ]; }
@@ -413,5 +427,10 @@ printf '       %-28s %14s %14s\n' "" "old primary" "new primary" \
 [ "$P_COUNT|$P_SUM|$P_HISTORY" = "$S_COUNT|$S_SUM|$S_HISTORY" ] ||
     fail "data differs between the old primary and the promoted standby"
 info "OK: writable, timeline $TIMELINE, data identical to the primary's at its last archived segment"
+if "$BIN/walship-receiver" status --help >/dev/null 2>&1; then
+    info "walship-receiver status (the old timeline is now fenced: an old primary coming back cannot push to it):"
+    as_pg "$BIN/walship-receiver" --config "$RCONF" status 2>&1 | indent ||
+        info "(walship-receiver status exited ${PIPESTATUS[0]})"
+fi
 
-printf '\n==== Demo complete in %ss\n' "$((SECONDS - T0))"
+printf '\n==== Demo complete in %ss (not counting the build)\n' "$((SECONDS - T0))"

@@ -1,1 +1,47 @@
+//! End-to-end scenarios for walship: real PostgreSQL clusters, the real `walship-sender` and
+//! `walship-receiver` binaries, one module per scenario.
+//!
+//! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
+//! See the harness (`walship_tests`) for how PostgreSQL and the binaries are found.
 
+mod bad_client_cert;
+mod bad_names;
+mod certs_refuses_overwrite;
+mod conflicting_content;
+mod foreign_cluster;
+mod key_permissions;
+mod leftovers_cleaned;
+mod receiver_down;
+mod ship_and_replay;
+
+use std::path::PathBuf;
+
+use walship_tests::walship::{receiver_config, sender_for};
+use walship_tests::{CertSet, Receiver, ReceiverSetup, Scenario};
+
+/// A scenario with certificates, a receiver serving (not pinned to a data directory) and a
+/// sender configured for it. Fields drop in order: the receiver stops before the report.
+pub struct Served {
+    pub rx: Receiver,
+    pub setup: ReceiverSetup,
+    pub sender: PathBuf,
+    pub certs: CertSet,
+    pub sc: Scenario,
+}
+
+impl Served {
+    pub fn start(name: &str) -> Served {
+        let sc = Scenario::new(name);
+        let certs = CertSet::create(&sc, "certs");
+        let setup = receiver_config(&sc, "receiver", &certs, None);
+        let sender = sender_for(&sc, "sender", &setup, &certs);
+        let rx = Receiver::spawn(&sc, &setup.config, "receiver");
+        Served {
+            rx,
+            setup,
+            sender,
+            certs,
+            sc,
+        }
+    }
+}

@@ -33,13 +33,24 @@ impl PgCluster {
     /// to its postgresql.conf. Not started.
     pub fn init(sc: &Scenario, name: &str, conf: &[&str]) -> PgCluster {
         let data = sc.path(name);
-        let initdb = sc
-            .cmd(sc.pg_tool("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        let initdb = sc.cmd(sc.pg_tool("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         sc.run(&initdb).assert_success();
-        let pg = PgCluster { sc: sc.clone(), name: name.into(), data, port: free_tcp_port(), running: false };
+        let pg = PgCluster {
+            sc: sc.clone(),
+            name: name.into(),
+            data,
+            port: free_tcp_port(),
+            running: false,
+        };
         let mut base = format!(
             "\n# walship e2e: {name}\nport = {}\nlisten_addresses = ''\nunix_socket_directories = '{}'\n",
             pg.port,
@@ -68,11 +79,25 @@ impl PgCluster {
             .arg(sc.dir())
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-c", "fast", "-X", "stream", "--no-sync", "-D"])
+            .args([
+                "-U",
+                "postgres",
+                "-c",
+                "fast",
+                "-X",
+                "stream",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data);
         sc.run(&cmd).assert_success();
-        let standby =
-            PgCluster { sc: sc.clone(), name: name.into(), data, port: free_tcp_port(), running: false };
+        let standby = PgCluster {
+            sc: sc.clone(),
+            name: name.into(),
+            data,
+            port: free_tcp_port(),
+            running: false,
+        };
         fs::write(standby.data.join("standby.signal"), b"").expect("write standby.signal");
         sc.user().chown(&standby.data.join("standby.signal"));
         let mut extra = format!("\n# walship e2e: standby {name}\nport = {}\n", standby.port);
@@ -110,7 +135,8 @@ impl PgCluster {
             .append(true)
             .open(self.data.join("postgresql.conf"))
             .expect("open postgresql.conf");
-        f.write_all(text.as_bytes()).expect("append to postgresql.conf");
+        f.write_all(text.as_bytes())
+            .expect("append to postgresql.conf");
     }
 
     /// `pg_ctl start -w`: returns once the server accepts connections.
@@ -191,7 +217,17 @@ impl PgCluster {
             .arg(self.sc.dir())
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-XAt", "-v", "ON_ERROR_STOP=1", "-c", query])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-XAt",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                query,
+            ])
             .timeout(Duration::from_secs(60))
     }
 
@@ -200,7 +236,14 @@ impl PgCluster {
             .cmd(self.sc.pg_tool("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
-            .args(["-w", "-t", &PG_CTL_WAIT.as_secs().to_string(), "-m", mode, "stop"])
+            .args([
+                "-w",
+                "-t",
+                &PG_CTL_WAIT.as_secs().to_string(),
+                "-m",
+                mode,
+                "stop",
+            ])
             .timeout(PG_CTL_WAIT + Duration::from_secs(10))
     }
 }

@@ -36,14 +36,24 @@ impl OsUser {
         let me = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
         if me != 0 {
             let gid = fs::metadata("/proc/self").map(|m| m.gid()).unwrap_or(0);
-            return OsUser { name: format!("uid {me}"), uid: me, gid, switch: false };
+            return OsUser {
+                name: format!("uid {me}"),
+                uid: me,
+                gid,
+                switch: false,
+            };
         }
         let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
         for line in passwd.lines() {
             let fields: Vec<&str> = line.split(':').collect();
             if fields.len() >= 4 && fields[0] == "postgres" {
                 if let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse()) {
-                    return OsUser { name: "postgres".into(), uid, gid, switch: true };
+                    return OsUser {
+                        name: "postgres".into(),
+                        uid,
+                        gid,
+                        switch: true,
+                    };
                 }
             }
         }
@@ -98,12 +108,14 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
         self
     }
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cmd {
-        self.env.push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self.env
+            .push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
         self
     }
 
@@ -146,7 +158,10 @@ impl Cmd {
     /// Spawn with output going to `stdout` and `stderr`.
     pub fn spawn_with(&self, stdout: Stdio, stderr: Stdio) -> Child {
         let mut c = Command::new(&self.program);
-        c.args(&self.args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        c.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
         if let Some(home) = &self.home {
             c.env_clear()
                 .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -166,7 +181,8 @@ impl Cmd {
         if let Some(cwd) = &self.cwd {
             c.current_dir(cwd);
         }
-        c.spawn().unwrap_or_else(|e| panic!("could not start `{}`: {e}", self.describe()))
+        c.spawn()
+            .unwrap_or_else(|e| panic!("could not start `{}`: {e}", self.describe()))
     }
 
     /// Run to completion (or the deadline: then the child is killed and the test fails).
@@ -210,7 +226,10 @@ impl Output {
     pub fn code(&self) -> i32 {
         match self.status.code() {
             Some(c) => c,
-            None => panic!("process died from signal {:?}\n{self}", self.status.signal()),
+            None => panic!(
+                "process died from signal {:?}\n{self}",
+                self.status.signal()
+            ),
         }
     }
 
@@ -232,7 +251,10 @@ impl Output {
 
     /// Non-empty stderr lines.
     pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
     }
 }
 
@@ -273,7 +295,12 @@ pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
 /// `unsafe` and no procps.
 pub fn terminate(pid: u32) {
     let _ = Command::new("/bin/sh")
-        .args(["-c", "kill -TERM \"$1\" 2>/dev/null", "sh", &pid.to_string()])
+        .args([
+            "-c",
+            "kill -TERM \"$1\" 2>/dev/null",
+            "sh",
+            &pid.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -347,7 +374,8 @@ fn read_back(file: &mut File) -> String {
 fn quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     if !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:%,@+".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:%,@+".contains(c))
     {
         s.into_owned()
     } else {

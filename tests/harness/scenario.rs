@@ -5,6 +5,7 @@
 //! must stay under ~100 bytes), its own ports and its own processes, so scenarios run in parallel
 //! test threads. When a scenario panics, dropping it prints the commands it ran, the tail of every
 //! `*.log` in its directory and the listing of every `archive*` directory, and keeps the directory.
+//! `WALSHIP_KEEP_TEST_DIR=1` does the same for passing scenarios (run with `--nocapture`).
 
 use std::env;
 use std::fs;
@@ -63,9 +64,8 @@ impl Scenario {
             let to = bin.join(b);
             // A hard link is free; /tmp may be another file system, then copy.
             if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).unwrap_or_else(|e| {
-                    panic!("copy {} to {}: {e}", from.display(), to.display())
-                });
+                fs::copy(&from, &to)
+                    .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
             }
             fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).expect("chmod binary");
         }
@@ -124,18 +124,27 @@ impl Scenario {
 
     /// A command that runs as postgres, in the scenario directory, with a clean environment.
     pub fn cmd(&self, program: impl AsRef<Path>) -> Cmd {
-        Cmd::new(program).user(&self.0.user, &self.0.path).cwd(&self.0.path)
+        Cmd::new(program)
+            .user(&self.0.user, &self.0.path)
+            .cwd(&self.0.path)
     }
 
     /// Run `cmd` and note it in the journal printed on failure.
     pub fn run(&self, cmd: &Cmd) -> Output {
         let out = cmd.run();
-        let mut entry = format!("{}\n    -> {} after {:.2?}", out.command, out.status, out.elapsed);
+        let mut entry = format!(
+            "{}\n    -> {} after {:.2?}",
+            out.command, out.status, out.elapsed
+        );
         for l in out.stderr_lines().iter().take(5) {
             entry.push_str("\n    stderr| ");
             entry.push_str(l);
         }
-        self.0.journal.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+        self.0
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry);
         out
     }
 
@@ -148,8 +157,13 @@ impl Scenario {
 impl Inner {
     fn report(&self) -> String {
         let mut s = format!(
-            "\n===== scenario `{}` failed; its directory {} is kept =====\n",
+            "\n===== scenario `{}` {}; its directory {} is kept =====\n",
             self.name,
+            if thread::panicking() {
+                "failed"
+            } else {
+                "report"
+            },
             self.path.display()
         );
         s.push_str("--- commands run (latest last) ---\n");
@@ -171,8 +185,9 @@ impl Inner {
             }
         }
         for p in &entries {
-            let is_archive =
-                p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("archive"));
+            let is_archive = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("archive"));
             if is_archive && p.is_dir() {
                 s.push_str(&format!("--- listing of {} ---\n", p.display()));
                 s.push_str(&listing(p));
@@ -185,7 +200,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let keep = env::var_os("WALSHIP_KEEP_TEST_DIR").is_some();
-        if thread::panicking() {
+        if thread::panicking() || keep {
             eprintln!("{}", self.report());
         }
         if thread::panicking() || keep {
@@ -204,7 +219,13 @@ pub fn listing(dir: &Path) -> String {
             .map(|e| {
                 let size = e
                     .metadata()
-                    .map(|m| format!("{} bytes, mode {:o}", m.len(), m.permissions().mode() & 0o7777))
+                    .map(|m| {
+                        format!(
+                            "{} bytes, mode {:o}",
+                            m.len(),
+                            m.permissions().mode() & 0o7777
+                        )
+                    })
                     .unwrap_or_else(|e| e.to_string());
                 (e.file_name().to_string_lossy().into_owned(), size)
             })
@@ -230,7 +251,10 @@ pub fn pg_bindir() -> PathBuf {
         );
         return d;
     }
-    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output() {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && d.join("initdb").is_file() {
             return d;
@@ -242,7 +266,11 @@ pub fn pg_bindir() -> PathBuf {
             let bin = e.path().join("bin");
             let version = e.file_name().to_string_lossy().parse::<u32>().ok();
             if let (Some(v), true) = (version, bin.join("initdb").is_file()) {
-                if best.as_ref().map_or(true, |(b, _)| v > *b) {
+                let newer = match &best {
+                    Some((b, _)) => v > *b,
+                    None => true,
+                };
+                if newer {
                     best = Some((v, bin));
                 }
             }
@@ -278,7 +306,9 @@ pub fn walship_bin_dir() -> PathBuf {
             candidates.push(d.to_path_buf());
         }
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
     let target = match env::var_os("CARGO_TARGET_DIR") {
         Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
         Some(t) => workspace.join(t),
