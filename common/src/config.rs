@@ -170,10 +170,17 @@ pub fn require(path: Option<&Path>) -> Result<&Path, ConfigError> {
     path.ok_or(ConfigError::NoConfig)
 }
 
+/// The config file's directory, absolute, so that logs and `status` show real paths even when
+/// `--config` was relative.
 fn base_dir(path: &Path) -> PathBuf {
-    match path.parent() {
+    let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    };
+    match std::env::current_dir() {
+        // Collecting the components drops the "." segments.
+        Ok(cwd) if dir.is_relative() => cwd.join(&dir).components().collect(),
+        _ => dir,
     }
 }
 

@@ -22,6 +22,8 @@ use walship_common::{tls, WalFileName};
 
 use crate::error::SenderError;
 
+/// How long to let the connection close go out before exiting.
+const CLOSE_FLUSH: Duration = Duration::from_millis(2);
 /// Read size when hashing and sending.
 const CHUNK: usize = 256 << 10;
 
@@ -48,6 +50,7 @@ pub async fn push(
             .await
             .map_err(|e| SenderError::Internal(e.to_string()))??
     };
+    tracing::debug!("prepared (hashed, header checked)");
     let client = tls::client_config(&settings.ca, &settings.cert, &settings.key)?;
     let addr = resolve(settings).await?;
     let endpoint = client_endpoint(addr, client, settings)?;
@@ -64,8 +67,13 @@ pub async fn push(
             timeout: settings.timeout,
         }),
     };
-    // Let the CONNECTION_CLOSE reach the receiver, but never hang on it.
-    let _ = timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    tracing::debug!("reply received");
+    // The verdict is in hand. Give the endpoint driver a moment to put CONNECTION_CLOSE on the
+    // wire so the receiver frees the connection at once rather than after its idle timeout,
+    // but do not sit out QUIC's draining period (3 PTO, ~80 ms even on loopback): nothing the
+    // receiver could still send matters.
+    let _ = timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
+    tracing::debug!("done");
     result
 }
 
@@ -198,6 +206,7 @@ async fn send(
         Ok(Err(e)) => return Err(handshake_error(&receiver, &settings.server_name, e)),
         Ok(Ok(c)) => c,
     };
+    tracing::debug!("connected");
     let lost = |detail: String| SenderError::ConnectionLost {
         addr: receiver.clone(),
         name: name.clone(),
@@ -251,6 +260,7 @@ async fn send(
     if !stopped_early {
         let _ = tx.finish();
     }
+    tracing::debug!("all bytes written");
 
     let reply = read_reply(&mut rx, &receiver).await.map_err(|e| match e {
         ReplyError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c))) => {
