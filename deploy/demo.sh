@@ -393,6 +393,8 @@ fi
 # ---------------------------------------------------------------- 10. failover
 
 banner "FAILOVER: kill the primary (pg_ctl stop -m immediate)"
+P_LAST_LSN=$(sql "$PRIMARY_PORT" 'SELECT pg_current_wal_insert_lsn()')
+info "the primary's last WAL insert position: $P_LAST_LSN"
 as_pg "$PGBIN/pg_ctl" -D "$PRIMARY" -m immediate -w stop >/dev/null
 info "primary is gone: no shutdown checkpoint, nothing more archived"
 
@@ -427,6 +429,8 @@ printf '       %-28s %14s %14s\n' "" "old primary" "new primary" \
 [ "$P_COUNT|$P_SUM|$P_HISTORY" = "$S_COUNT|$S_SUM|$S_HISTORY" ] ||
     fail "data differs between the old primary and the promoted standby"
 info "OK: writable, timeline $TIMELINE, data identical to the primary's at its last archived segment"
+LOST=$(sql "$STANDBY_PORT" "SELECT greatest(0, pg_wal_lsn_diff('$P_LAST_LSN', pg_last_wal_replay_lsn()))")
+info "WAL the old primary wrote but the standby never received: $LOST bytes (from its last insert position $P_LAST_LSN to the promotion point)"
 if "$BIN/walship-receiver" status --help >/dev/null 2>&1; then
     info "walship-receiver status (the old timeline is now fenced: an old primary coming back cannot push to it):"
     as_pg "$BIN/walship-receiver" --config "$RCONF" status 2>&1 | indent ||
