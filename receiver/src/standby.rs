@@ -24,10 +24,10 @@ pub async fn connect(conninfo: &str, timeout: Duration) -> Result<Connected, Rec
     match attempt {
         Err(_) => Err(err(format!("no answer within {timeout:?}"))),
         Ok(Err(e)) if e.code() == Some(&SqlState::CANNOT_CONNECT_NOW) => Ok(Connected::WarmStandby),
-        Ok(Err(e)) => Err(err(e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()))),
+        Ok(Err(e)) => Err(err(match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => chain(&e),
+        })),
         Ok(Ok((client, connection))) => {
             tokio::spawn(async move {
                 let _ = connection.await;
@@ -71,4 +71,16 @@ pub async fn text(client: &Client, sql: &str) -> Result<String, ReceiverError> {
             conninfo: String::new(),
             detail: format!("{sql}: {e}"),
         })
+}
+
+/// An error with its causes on one line ("error connecting to server: Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -8,11 +8,18 @@ mod bad_client_cert;
 mod bad_names;
 mod certs_refuses_overwrite;
 mod conflicting_content;
+mod failover;
+mod faults;
+mod fencing;
 mod foreign_cluster;
+mod hostile;
 mod key_permissions;
 mod leftovers_cleaned;
+mod promote_timeout;
 mod receiver_down;
 mod ship_and_replay;
+mod status_json;
+mod warm_standby;
 
 use std::path::PathBuf;
 

@@ -16,9 +16,12 @@
 //! /usr/lib/postgresql/*/bin. Set `WALSHIP_KEEP_TEST_DIR=1` to keep scenario directories.
 
 pub mod certs;
+pub mod failover;
 pub mod net;
 pub mod pg;
 pub mod process;
+pub mod proxy;
+pub mod raw;
 pub mod scenario;
 pub mod segments;
 pub mod walship;

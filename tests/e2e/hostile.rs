@@ -1,0 +1,650 @@
+//! Hostile peers, through a raw QUIC client speaking the walship protocol byte by byte: frames
+//! with a bad magic, another protocol version or an oversized length; requests whose size or
+//! digest lie; names with `/`, `..` or 100 characters; a segment stored under another segment's
+//! name; a connection holding 100 silent streams; and TLS peers with an expired certificate, no
+//! certificate, or a sender expecting another server name.
+//!
+//! Each case asserts the receiver's exact refusal, that nothing is visible under the file's name
+//! (and no temp file is left), and that the receiver then still stores a correct push.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use walship_common::proto::frame::MAX_HEADER_BYTES;
+use walship_common::proto::{Refusal, Reply, Request};
+use walship_tests::process::{wait_for, OsUser};
+use walship_tests::raw::{
+    client_tls_without_cert, honest_request, preamble, request_with_version, RawClient, StreamEnd,
+};
+use walship_tests::walship::{
+    archive_names, assert_pushed, assert_refused, push, receiver_config, sender_for,
+};
+use walship_tests::{donors, CertSet, Receiver, ReceiverSetup, Scenario, Segment};
+
+/// A scenario with certificates, a receiver with a chosen `idle_timeout` and a sender for it.
+/// Fields drop in order: the receiver stops, then a mounted archive is unmounted, then the
+/// scenario reports.
+pub struct Rig {
+    pub rx: Option<Receiver>,
+    pub mount: Option<Tmpfs>,
+    pub setup: ReceiverSetup,
+    pub sender: PathBuf,
+    pub certs: CertSet,
+    pub sc: Scenario,
+}
+
+impl Rig {
+    /// Certificates, receiver config (with `idle_timeout`), sender config; the receiver started.
+    pub fn start(name: &str, idle_timeout: &str) -> Rig {
+        let mut rig = Rig::configure(name, idle_timeout);
+        rig.spawn();
+        rig
+    }
+
+    /// Like [`start`](Self::start) but without starting the receiver.
+    pub fn configure(name: &str, idle_timeout: &str) -> Rig {
+        let sc = Scenario::new(name);
+        let certs = CertSet::create(&sc, "certs");
+        let setup = receiver_config(&sc, "receiver", &certs, None);
+        append(
+            &sc,
+            &setup.config,
+            &format!("idle_timeout = \"{idle_timeout}\"\n"),
+        );
+        let sender = sender_for(&sc, "sender", &setup, &certs);
+        Rig {
+            rx: None,
+            mount: None,
+            setup,
+            sender,
+            certs,
+            sc,
+        }
+    }
+
+    /// Start `serve` (appending to `receiver.log`).
+    pub fn spawn(&mut self) {
+        assert!(self.rx.is_none(), "receiver already running");
+        self.rx = Some(Receiver::spawn(&self.sc, &self.setup.config, "receiver"));
+    }
+
+    pub fn rx(&self) -> &Receiver {
+        self.rx.as_ref().expect("receiver running")
+    }
+
+    pub fn archive(&self) -> &Path {
+        &self.setup.archive_dir
+    }
+
+    /// A raw client with the sender's certificates.
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(&self.setup.addr, &self.certs)
+    }
+
+    /// Push `seg` with walship-sender, require exit 0 and the stored bytes identical.
+    pub fn assert_serves(&self, seg: &Segment) {
+        let path = seg.write_to(&self.sc, &format!("push-{}", seg.name));
+        assert_pushed(&self.sc, &self.sender, &path, &seg.name);
+        assert_stored(self.archive(), seg);
+    }
+
+    /// SIGTERM the receiver, require exit 0 and no ERROR/WARN line outside `allowed`.
+    pub fn stop_and_check(&mut self, allowed: &[&str]) {
+        if let Some(rx) = self.rx.take() {
+            rx.stop_and_check(allowed);
+        }
+    }
+}
+
+/// A tmpfs mounted on a directory (as root), unmounted on drop.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `mount -t tmpfs -o size=SIZE tmpfs DIR`, then give DIR to `owner`. Failing to mount fails
+    /// the test: the disk-full case must not be silently skipped.
+    pub fn mount(dir: &Path, size: &str, owner: &OsUser) -> Tmpfs {
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("could not run `mount`: {e}"));
+        assert!(
+            out.status.success(),
+            "`mount -t tmpfs -o size={size} tmpfs {}` failed ({}): {}\nthe disk-full test needs \
+             to mount a small tmpfs as the receiver's archive_dir: run the tests as root in an \
+             environment that allows mount (e.g. a container with CAP_SYS_ADMIN)",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        owner.chown(dir);
+        Tmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Busy (a process still holds a file): detach it now, it goes when released.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+/// Append `text` to a config file.
+pub fn append(sc: &Scenario, path: &Path, text: &str) {
+    let mut body =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    body.push_str(text);
+    sc.write_at(path, body, 0o644);
+}
+
+/// Temp files in an archive directory.
+pub fn temps(dir: &Path) -> Vec<String> {
+    archive_names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".walship-tmp."))
+        .collect()
+}
+
+/// Nothing under `name` in `dir`, and no temp file at all.
+pub fn assert_nothing_under(dir: &Path, name: &str) {
+    assert!(
+        !dir.join(name).exists(),
+        "{name} is visible in {} after a failed upload; archive: {:?}",
+        dir.display(),
+        archive_names(dir)
+    );
+    assert_eq!(
+        temps(dir),
+        Vec::<String>::new(),
+        "temp files left in {}",
+        dir.display()
+    );
+}
+
+/// `dir/<seg.name>` holds exactly `seg.bytes`.
+pub fn assert_stored(dir: &Path, seg: &Segment) {
+    let stored =
+        fs::read(dir.join(&seg.name)).unwrap_or_else(|e| panic!("read stored {}: {e}", seg.name));
+    assert!(
+        stored == seg.bytes,
+        "stored {} differs from the pushed segment ({} vs {} bytes)",
+        seg.name,
+        stored.len(),
+        seg.bytes.len()
+    );
+}
+
+/// The reply to `end`, which must be a refusal matching `want`.
+fn refusal(end: StreamEnd, what: &str) -> Refusal {
+    match end {
+        StreamEnd::Reply(Reply::Refused(r)) => r,
+        other => panic!("{what}: expected a refusal from the receiver, got {other:?}"),
+    }
+}
+
+/// Refusals the receiver logs at WARN for hostile input (allowed in its log).
+const HOSTILE_WARNINGS: [&str; 6] = [
+    "malformed request",
+    "protocol version",
+    "sender announced",
+    "received content has sha-256",
+    "is not a wal file name",
+    "is not a valid wal segment",
+];
+
+#[test]
+fn bad_frames() {
+    let d = donors();
+    let mut rig = Rig::start("hostile_frames", "2s");
+    let raw = rig.raw();
+    let seg = &d.home[0];
+    let req = honest_request(&seg.name, &seg.bytes);
+
+    // Not our magic at all: an HTTP request sent to the walship port.
+    let r = refusal(
+        raw.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "bad magic",
+    );
+    assert!(
+        matches!(&r, Refusal::Malformed { reason } if reason.contains("bad magic")),
+        "{r:?}"
+    );
+
+    // Our magic, protocol version 2, followed by a well-formed request and the content.
+    let mut v2 = request_with_version(&req, 2);
+    v2.extend_from_slice(&seg.bytes[..4096]);
+    let r = refusal(raw.exchange(&v2), "version 2");
+    assert_eq!(
+        r,
+        Refusal::UnsupportedVersion {
+            receiver: 1,
+            sender: 2
+        }
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // A header length over the limit: refused from the preamble alone, without waiting for
+    // (or allocating) the body. The stream stays open, so a reply proves the receiver did not
+    // try to read the announced body.
+    for len in [MAX_HEADER_BYTES as u32 + 1, u32::MAX] {
+        let mut s = raw.open().expect("open stream");
+        s.write(&preamble(*b"WSHP", 1, len))
+            .expect("write preamble");
+        let started = Instant::now();
+        let r = refusal(s.reply(Duration::from_secs(10)), "oversized header");
+        assert!(
+            matches!(&r, Refusal::Malformed { reason } if reason.contains("exceeds the limit of 4096")),
+            "header length {len}: {r:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "header length {len}: the refusal took {:.1?}, as if the receiver waited for the body",
+            started.elapsed()
+        );
+    }
+
+    // A valid preamble and an undecodable body.
+    let mut junk = preamble(*b"WSHP", 1, 8);
+    junk.extend_from_slice(&[0xff; 8]);
+    let r = refusal(raw.exchange(&junk), "undecodable body");
+    assert!(
+        matches!(&r, Refusal::Malformed { reason } if reason.contains("undecodable")),
+        "{r:?}"
+    );
+
+    // Half a preamble, then the end of the stream: no request to answer; the stream just ends.
+    match raw.exchange(b"WSHP\x00") {
+        StreamEnd::Ended(_) => {}
+        other => panic!("truncated preamble: expected the stream to end, got {other:?}"),
+    }
+    assert_eq!(temps(rig.archive()), Vec::<String>::new());
+    raw.close();
+
+    rig.assert_serves(seg);
+    rig.rx().assert_logged("malformed request");
+    rig.stop_and_check(&HOSTILE_WARNINGS);
+}
+
+#[test]
+fn lying_sizes_and_digests() {
+    let d = donors();
+    let mut rig = Rig::start("hostile_sizes", "2s");
+    let raw = rig.raw();
+    let seg = &d.home[1];
+    let size = seg.bytes.len() as u64;
+    let req = honest_request(&seg.name, &seg.bytes);
+    let half = seg.bytes.len() / 2;
+
+    // Announces the whole segment, sends half, finishes.
+    let r = refusal(raw.upload(&req, &seg.bytes[..half]), "short content");
+    assert_eq!(
+        r,
+        Refusal::SizeMismatch {
+            name: seg.name.clone(),
+            announced: size,
+            received: half as u64
+        }
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // Announces the whole segment, sends it and one more byte.
+    let mut longer = seg.bytes.clone();
+    longer.push(0);
+    let r = refusal(raw.upload(&req, &longer), "long content");
+    assert!(
+        matches!(&r, Refusal::SizeMismatch { name, announced, received }
+            if *name == seg.name && *announced == size && *received > size),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // The right bytes, announced with another digest.
+    let mut wrong = req.clone();
+    wrong.sha256[0] ^= 0xff;
+    let r = refusal(raw.upload(&wrong, &seg.bytes), "wrong digest");
+    assert_eq!(
+        r,
+        Refusal::ChecksumMismatch {
+            name: seg.name.clone(),
+            expected: hex::encode(wrong.sha256),
+            actual: hex::encode(req.sha256),
+        }
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // The announced digest, content damaged after the page header.
+    let mut damaged = seg.bytes.clone();
+    damaged[5_000_000] ^= 0x01;
+    let r = refusal(raw.upload(&req, &damaged), "damaged content");
+    assert!(
+        matches!(&r, Refusal::ChecksumMismatch { name, .. } if *name == seg.name),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+    raw.close();
+
+    rig.assert_serves(seg);
+    rig.stop_and_check(&HOSTILE_WARNINGS);
+}
+
+#[test]
+fn bad_names_and_misnamed_segment() {
+    let d = donors();
+    let mut rig = Rig::start("hostile_names", "2s");
+    let raw = rig.raw();
+    let seg = &d.home[1];
+    let scenario_before = archive_names(rig.sc.dir());
+
+    let names = [
+        format!("{}/", seg.name),
+        format!("../{}", seg.name),
+        format!("x/{}", seg.name),
+        "..".to_string(),
+        "/".to_string(),
+        "0".repeat(100),
+        "A".repeat(100),
+    ];
+    for name in &names {
+        let req = Request {
+            name: name.clone(),
+            size: seg.bytes.len() as u64,
+            sha256: walship_common::proto::upload::sha256(&seg.bytes),
+        };
+        let r = refusal(raw.upload(&req, &seg.bytes), name);
+        assert!(
+            matches!(&r, Refusal::BadName { name: n, .. } if n == name),
+            "{name:?}: {r:?}"
+        );
+        assert_eq!(
+            archive_names(rig.archive()),
+            Vec::<String>::new(),
+            "after {name:?}"
+        );
+    }
+    assert_eq!(
+        archive_names(rig.sc.dir()),
+        scenario_before,
+        "a name escaped the archive directory"
+    );
+
+    // Segment home[1]'s bytes under home[2]'s name: the page address contradicts the name.
+    let other = &d.home[2];
+    let r = refusal(
+        raw.upload(&honest_request(&other.name, &seg.bytes), &seg.bytes),
+        "misnamed segment",
+    );
+    assert!(
+        matches!(&r, Refusal::BadSegment { name, reason }
+            if *name == other.name && reason.contains("page address")),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &other.name);
+    raw.close();
+
+    rig.assert_serves(seg);
+    rig.assert_serves(other);
+    rig.stop_and_check(&HOSTILE_WARNINGS);
+}
+
+#[test]
+fn many_silent_streams() {
+    const STREAMS: usize = 100;
+    let d = donors();
+    let mut rig = Rig::start("hostile_streams", "2s");
+    let raw = rig.raw();
+    let started = Instant::now();
+
+    // 100 streams that each send the first 4 bytes of a preamble and then nothing. The
+    // receiver allows 64 streams per connection at once: the rest open as the first are closed.
+    let tasks: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let conn = raw.connection().clone();
+            raw.runtime().spawn(async move {
+                let (mut send, mut recv) =
+                    conn.open_bi().await.map_err(|e| format!("open: {e}"))?;
+                send.write_all(b"WSHP")
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                let opened = Instant::now();
+                let end = walship_tests::raw::read_reply(&mut recv).await;
+                Ok::<_, String>((end, opened.elapsed()))
+            })
+        })
+        .collect();
+
+    // Meanwhile a normal push goes through.
+    rig.assert_serves(&d.home[0]);
+    let pushed_after = started.elapsed();
+
+    let results = raw.runtime().block_on(async {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(tokio::time::timeout(Duration::from_secs(20), t).await);
+        }
+        out
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        let (end, held) = match r {
+            Err(_) => panic!("stream {i}: not closed by the receiver within 20s"),
+            Ok(Err(e)) => panic!("stream {i}: task failed: {e}"),
+            Ok(Ok(Err(e))) => panic!("stream {i}: {e}"),
+            Ok(Ok(Ok(v))) => v,
+        };
+        assert!(
+            matches!(end, StreamEnd::Ended(_)),
+            "stream {i}: expected the receiver to close the silent stream, got {end:?}"
+        );
+        assert!(
+            held >= Duration::from_millis(1500) && held < Duration::from_secs(8),
+            "stream {i} was closed after {held:.1?}, expected about the 2s idle_timeout"
+        );
+    }
+    assert!(
+        pushed_after < Duration::from_secs(10),
+        "the normal push took {pushed_after:.1?} while 100 silent streams were open"
+    );
+    let discarded = rig
+        .rx()
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("no data for 2s"))
+        .count();
+    assert!(
+        discarded >= STREAMS,
+        "the receiver logged {discarded} streams closed for silence, expected {STREAMS}"
+    );
+    assert_eq!(temps(rig.archive()), Vec::<String>::new());
+    raw.close();
+    rig.assert_serves(&d.home[1]);
+    rig.stop_and_check(&[]);
+}
+
+#[test]
+fn tls_expired_client_cert() {
+    let d = donors();
+    let mut rig = Rig::start("hostile_tls_expired", "2s");
+    let sc = rig.sc.clone();
+    let seg = &d.home[0];
+    let path = seg.write_to(&sc, "segment");
+
+    // Client certificates signed by the receiver's own CA: one expired yesterday, one valid (the
+    // control that shows the expired one fails for its dates, not for its issuer).
+    let ca_key = fs::read_to_string(rig.certs.dir.join("ca.key")).expect("read ca.key");
+    let now = time::OffsetDateTime::now_utc();
+    let expired = issue_client_cert(
+        &sc,
+        &ca_key,
+        "client-expired",
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    );
+    let valid = issue_client_cert(
+        &sc,
+        &ca_key,
+        "client-valid",
+        now - time::Duration::days(1),
+        now + time::Duration::days(30),
+    );
+    let sender_with = |name: &str, (cert, key): &(PathBuf, PathBuf)| {
+        walship_tests::walship::sender_config(
+            &sc,
+            name,
+            &rig.setup.addr,
+            &rig.certs.ca(),
+            cert,
+            key,
+            Some("5s"),
+        )
+    };
+
+    let out = push(
+        &sc,
+        &sender_with("sender-expired", &expired),
+        &path,
+        &seg.name,
+    );
+    assert_refused(&out, &["expired"]);
+    assert_nothing_under(rig.archive(), &seg.name);
+    wait_logged(rig.rx(), "rejected connection");
+    rig.rx().assert_logged("certificate expired");
+
+    // The control: the same CA's valid certificate is accepted.
+    let out = push(&sc, &sender_with("sender-valid", &valid), &path, &seg.name);
+    out.assert_code(0);
+    assert_stored(rig.archive(), seg);
+    rig.assert_serves(&d.home[1]);
+    rig.stop_and_check(&["rejected connection"]);
+}
+
+#[test]
+fn tls_no_client_cert() {
+    let d = donors();
+    let mut rig = Rig::start("hostile_tls_nocert", "2s");
+    let seg = &d.home[0];
+
+    // TLS 1.3: the client considers the handshake done before the receiver judges its (absent)
+    // certificate, so the refusal may show on the connection or on the first stream.
+    let tls = client_tls_without_cert(&rig.certs.ca());
+    match RawClient::connect_with(&rig.setup.addr, tls, Duration::from_secs(5)) {
+        Err(e) => assert!(e.contains("handshake"), "{e}"),
+        Ok(raw) => {
+            let end = raw.upload(&honest_request(&seg.name, &seg.bytes), &seg.bytes);
+            assert!(
+                matches!(&end, StreamEnd::Ended(e) if e.contains("116") || e.contains("certificate")),
+                "a client without a certificate got {end:?}"
+            );
+        }
+    }
+    assert_nothing_under(rig.archive(), &seg.name);
+    wait_logged(rig.rx(), "rejected connection");
+    rig.rx().assert_logged("peer sent no certificates");
+
+    rig.assert_serves(seg);
+    rig.stop_and_check(&["rejected connection"]);
+}
+
+#[test]
+#[ignore = "bug: walship-sender's handshake_error looks for \"NotValidForName\" but rustls displays \"certificate not valid for name\": the stderr line blames the client certificate (`cert`/`key` must be signed by the receiver's client_ca) and never mentions server_name"]
+fn tls_wrong_server_name() {
+    let d = donors();
+    let mut rig = Rig::start("hostile_tls_name", "2s");
+    let sc = rig.sc.clone();
+    let seg = &d.home[0];
+    let path = seg.write_to(&sc, "segment");
+
+    // The receiver's certificate is for localhost; this sender expects another name.
+    let other_name = sc.path("sender-other-name.toml");
+    let text = fs::read_to_string(&rig.sender).expect("read sender.toml");
+    assert!(text.contains("server_name = \"localhost\""), "{text}");
+    sc.write_at(
+        &other_name,
+        text.replace(
+            "server_name = \"localhost\"",
+            "server_name = \"other.example\"",
+        ),
+        0o644,
+    );
+    let out = push(&sc, &other_name, &path, &seg.name);
+    assert_refused(&out, &["server_name"]);
+    assert!(
+        !out.stderr.contains("client_ca"),
+        "the sender blames its client certificate for a server name mismatch\n{out}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    rig.assert_serves(seg);
+    // The sender aborts the handshake; the receiver sees (and logs) the abort.
+    rig.stop_and_check(&["rejected connection"]);
+}
+
+/// Wait (a little: the receiver logs after the handshake fails on its side) for a log line.
+fn wait_logged(rx: &Receiver, needle: &str) {
+    let lower = needle.to_lowercase();
+    let found = wait_for(Duration::from_secs(5), || {
+        rx.log_text().to_lowercase().contains(&lower).then_some(())
+    });
+    if found.is_none() {
+        rx.assert_logged(needle);
+    }
+}
+
+/// A client certificate valid from `not_before` to `not_after`, signed by the CA whose key is
+/// `ca_key` (the CA `walship-receiver certs` made: common name "walship CA"). Written as
+/// `<name>.pem` and `<name>.key` (0600, owned by postgres); returns their paths.
+fn issue_client_cert(
+    sc: &Scenario,
+    ca_key: &str,
+    name: &str,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> (PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    // rcgen signs with the issuer's key and names the issuer by its distinguished name: the CA
+    // rebuilt from its key and name is, for signing, the CA that `certs` made.
+    let ca_key = KeyPair::from_pem(ca_key).expect("parse ca.key");
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "walship CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("rebuild CA certificate");
+
+    let key = KeyPair::generate().expect("generate client key");
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "walship-sender");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("sign client certificate");
+    let pem = sc.path(&format!("{name}.pem"));
+    let key_path = sc.path(&format!("{name}.key"));
+    sc.write_at(&pem, cert.pem(), 0o644);
+    sc.write_at(&key_path, key.serialize_pem(), 0o600);
+    (pem, key_path)
+}
