@@ -119,3 +119,58 @@ proptest! {
         let _ = decode_system_id(&bytes);
     }
 }
+
+mod frames {
+    use proptest::prelude::*;
+    use walship_common::proto::frame::{decode_frame, MAX_HEADER_BYTES, MAX_REPLY_BYTES};
+    use walship_common::proto::{ArchiveFacts, Refusal, Reply, Request, Upload};
+
+    proptest! {
+        #[test]
+        fn request_round_trips(name in "[0-9A-F.a-z/]{0,64}", size in any::<u64>(), sha in any::<[u8; 32]>()) {
+            let r = Request { name, size, sha256: sha };
+            prop_assert_eq!(decode_frame::<Request>(&r.encode(), MAX_HEADER_BYTES).unwrap(), r);
+        }
+
+        #[test]
+        fn reply_round_trips(name in ".{0,80}", a in any::<u64>(), b in any::<u64>()) {
+            for reply in [
+                Reply::Stored,
+                Reply::AlreadyHad,
+                Reply::Refused(Refusal::ForeignCluster { name: name.clone(), segment: a, archive: b }),
+                Reply::Refused(Refusal::SizeMismatch { name: name.clone(), announced: a, received: b }),
+            ] {
+                prop_assert_eq!(decode_frame::<Reply>(&reply.encode(), MAX_REPLY_BYTES).unwrap(), reply);
+            }
+        }
+
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame::<Request>(&bytes, MAX_HEADER_BYTES);
+            let _ = decode_frame::<Reply>(&bytes, MAX_REPLY_BYTES);
+            let _ = Request::decode_body(&bytes);
+            let _ = Reply::decode_body(&bytes);
+        }
+
+        #[test]
+        fn upload_never_panics_and_accepts_only_exact_content(
+            body in proptest::collection::vec(any::<u8>(), 0..4096),
+            cut in 0usize..4096,
+            flip in any::<bool>(),
+        ) {
+            // A history file: content is free-form, only size and digest decide.
+            let sha = walship_common::proto::upload::sha256(&body);
+            let req = Request { name: "00000002.history".into(), size: body.len() as u64, sha256: sha };
+            let mut up = Upload::begin(&req, &ArchiveFacts::default()).unwrap();
+            let cut = cut.min(body.len());
+            let mut sent = body.clone();
+            if flip && !sent.is_empty() {
+                let at = cut.min(sent.len() - 1);
+                sent[at] ^= 1;
+            }
+            up.feed(&sent[..cut]).unwrap();
+            up.feed(&sent[cut..]).unwrap();
+            prop_assert_eq!(up.finish().is_ok(), !flip || body.is_empty());
+        }
+    }
+}
