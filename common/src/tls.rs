@@ -286,9 +286,69 @@ impl CertSet {
     }
 }
 
+/// Which end of the handshake is explaining a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Sender,
+    Receiver,
+}
+
+/// Turn a failed handshake's text (quinn/rustls) into what to do. The errors reach us only as
+/// text through quinn, in two shapes: our own verification failing ("invalid peer certificate:
+/// certificate expired: ...", "...: UnknownIssuer") or the peer's TLS alert ("error 48").
+pub fn explain_handshake_failure(text: &str, side: Side, server_name: &str) -> String {
+    let t = text.to_ascii_lowercase();
+    let has = |needles: &[&str]| needles.iter().any(|n| t.contains(n));
+    let ours = t.contains("invalid peer certificate") || t.contains("peer sent no certificates");
+    let expired = has(&["certificate expired", ": expired", "error 45"]);
+    let not_yet = has(&["not valid yet", "notvalidyet"]);
+    match side {
+        Side::Sender if ours && has(&["not valid for name", "notvalidforname"]) => format!(
+            "the receiver's certificate does not cover server_name {server_name:?}: set server_name in the sender config to a name the receiver's certificate was made for"
+        ),
+        Side::Sender if ours && expired => "the receiver's certificate has expired: make new certificates (walship-receiver certs) or check the clocks".into(),
+        Side::Sender if ours && not_yet => "the receiver's certificate is not valid yet: check the clocks of both hosts".into(),
+        Side::Sender if ours => "the receiver's certificate is not signed by the CA in `ca`: use the ca.pem made with the receiver's certificates".into(),
+        Side::Sender if expired => "the receiver refused our client certificate as expired: renew `cert`/`key` or check the clocks".into(),
+        Side::Sender if has(&["error 120", "no application protocol"]) => "the peer does not speak walship protocol 1 (ALPN walship/1): is it a walship-receiver of the same release?".into(),
+        Side::Sender if has(&["error 42", "error 46", "error 48", "error 116", "certificate"]) => "the receiver refused our client certificate: `cert`/`key` must be signed by the receiver's client_ca".into(),
+        Side::Sender => "PostgreSQL will retry".into(),
+        Side::Receiver if t.contains("peer sent no certificates") => "the sender presented no client certificate: set cert/key in its config".into(),
+        Side::Receiver if ours && expired => "the sender's client certificate has expired: renew it or check the clocks".into(),
+        Side::Receiver if ours && not_yet => "the sender's client certificate is not valid yet: check the clocks of both hosts".into(),
+        Side::Receiver if ours => "the sender's client certificate is not signed by this receiver's client_ca".into(),
+        Side::Receiver if has(&["error 42", "error 45", "error 46", "error 48"]) => "the sender refused this receiver's certificate: check the sender's `ca` and `server_name` against this receiver's certificate".into(),
+        Side::Receiver if has(&["error 120", "no application protocol"]) => "the client does not speak walship protocol 1 (ALPN walship/1)".into(),
+        Side::Receiver => "the client gave up during the handshake".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_failures_get_the_right_advice() {
+        use Side::*;
+        let name = "the cryptographic handshake failed: error 42: invalid peer certificate: certificate not valid for name \"other.example\"; certificate is only valid for DnsName(\"localhost\")";
+        assert!(explain_handshake_failure(name, Sender, "other.example").contains("server_name"));
+        let expired = "the cryptographic handshake failed: error 45: invalid peer certificate: certificate expired: verification time 1 (UNIX), but certificate is not valid after 0 (1 seconds ago)";
+        assert!(explain_handshake_failure(expired, Sender, "x").contains("expired"));
+        assert!(explain_handshake_failure(expired, Receiver, "x")
+            .contains("sender's client certificate has expired"));
+        let issuer =
+            "the cryptographic handshake failed: error 48: invalid peer certificate: UnknownIssuer";
+        assert!(explain_handshake_failure(issuer, Sender, "x").contains("`ca`"));
+        assert!(explain_handshake_failure(issuer, Receiver, "x").contains("client_ca"));
+        let alert = "closed by peer: the cryptographic handshake failed: error 48";
+        assert!(explain_handshake_failure(alert, Sender, "x").contains("client_ca"));
+        assert!(explain_handshake_failure(alert, Receiver, "x")
+            .contains("sender refused this receiver's certificate"));
+        let none = "the cryptographic handshake failed: error 116: peer sent no certificates";
+        assert!(explain_handshake_failure(none, Receiver, "x").contains("no client certificate"));
+        let alpn = "closed by peer: the cryptographic handshake failed: error 120";
+        assert!(explain_handshake_failure(alpn, Sender, "x").contains("ALPN"));
+    }
 
     #[test]
     fn generated_set_loads_into_both_configs() {

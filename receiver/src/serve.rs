@@ -115,9 +115,10 @@ async fn connection(
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            // Most often a client certificate not signed by client_ca, or a sender trusting
-            // another CA: a person must look.
-            error!("rejected connection: {e}; check that the sender's certificate is signed by this receiver's client_ca and that it trusts this receiver's CA");
+            // A certificate problem on one side or the other: a person must look.
+            let text = e.to_string();
+            let advice = tls::explain_handshake_failure(&text, tls::Side::Receiver, "");
+            error!("rejected connection: {text}; {advice}");
             return;
         }
     };

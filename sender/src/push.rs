@@ -294,21 +294,9 @@ async fn read_reply(rx: &mut quinn::RecvStream, _receiver: &str) -> Result<Reply
 /// Turn a handshake-time failure into advice: which side's certificate is wrong.
 fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError) -> SenderError {
     let text = e.to_string();
-    let detail = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        format!("{text}; the receiver's certificate is not signed by the CA in `ca`: use the ca.pem made with the receiver's certificates")
-    } else if text.contains("NotValidForName") {
-        format!("{text}; the receiver's certificate does not cover server_name {server_name:?}: set server_name to the name the certificate was made for")
-    } else if text.contains("Expired") || text.contains("NotValidYet") {
-        format!("{text}; a certificate is outside its validity period: check the clocks, or renew the certificates")
-    } else if text.contains("alert") || text.contains("certificate") || text.contains("0x1") {
-        format!("{text}; the receiver rejected our client certificate: `cert`/`key` must be signed by the receiver's client_ca")
-    } else if text.contains("no application protocol") || text.contains("ALPN") {
-        format!("{text}; the peer is not a walship-receiver of this protocol version")
-    } else {
-        format!("{text} (PostgreSQL will retry)")
-    };
+    let advice = tls::explain_handshake_failure(&text, tls::Side::Sender, server_name);
     SenderError::Handshake {
         addr: addr.to_string(),
-        detail,
+        detail: format!("{text}; {advice}"),
     }
 }

@@ -269,7 +269,7 @@ fn link_cuts() {
     // A 6 s cut, longer than the 4 s idle timeouts: the push must fail cleanly and promptly.
     let seg = &d.home[1];
     px.set(Faults {
-        cut_after_upstream_bytes: Some(px.stats().upstream_bytes + (4 << 20)),
+        cut_after_upstream_bytes: Some(4 << 20),
         ..Faults::default()
     });
     let path = seg.write_to(&rig.sc, "cut-long");

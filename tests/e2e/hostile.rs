@@ -564,7 +564,6 @@ fn tls_no_client_cert() {
 }
 
 #[test]
-#[ignore = "bug: walship-sender's handshake_error looks for \"NotValidForName\" but rustls displays \"certificate not valid for name\": the stderr line blames the client certificate (`cert`/`key` must be signed by the receiver's client_ca) and never mentions server_name"]
 fn tls_wrong_server_name() {
     let d = donors();
     let mut rig = Rig::start("hostile_tls_name", "2s");

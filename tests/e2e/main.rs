@@ -12,12 +12,14 @@ mod failover;
 mod faults;
 mod fencing;
 mod foreign_cluster;
+mod fsync_order;
 mod hostile;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;
 mod receiver_down;
 mod ship_and_replay;
+mod soak;
 mod status_json;
 mod warm_standby;
 

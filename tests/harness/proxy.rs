@@ -38,7 +38,8 @@ pub struct Faults {
     pub delay: Duration,
     /// Drop everything.
     pub cut: bool,
-    /// Set `cut` once this many bytes went from clients to the target.
+    /// Set `cut` once this many more bytes (counted from [`Proxy::set`]) went from clients to
+    /// the target.
     pub cut_after_upstream_bytes: Option<u64>,
 }
 
@@ -118,8 +119,12 @@ impl Proxy {
     }
 
     /// Replace the faults.
-    pub fn set(&self, faults: Faults) {
-        *self.shared.faults.lock().expect("faults lock") = faults;
+    pub fn set(&self, mut faults: Faults) {
+        let mut f = self.shared.faults.lock().expect("faults lock");
+        // Internally the limit is absolute: bytes counted since the proxy started.
+        let sent = self.shared.upstream_bytes.load(Ordering::Relaxed);
+        faults.cut_after_upstream_bytes = faults.cut_after_upstream_bytes.map(|n| sent + n);
+        *f = faults;
     }
 
     /// Cut the link (drop everything) or heal it.
