@@ -24,7 +24,7 @@ RECV_PID=
 cleanup() {
   [ -n "$RECV_PID" ] && kill "$RECV_PID" 2>/dev/null || true
   as_pg "$PGBIN/pg_ctl" -D "$W/pg" stop -m immediate >/dev/null 2>&1 || true
-  rm -rf "$W"
+  [ -n "${KEEP:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
 mkdir -p "$W/bin" "$W/segs" "$W/copy"
@@ -65,6 +65,7 @@ ca = "certs/ca.pem"
 cert = "certs/client.pem"
 key = "certs/client.key"
 EOT
+sed 's/^key = .*/&\ncompression = "none"/' "$W/sender.toml" > "$W/sender-plain.toml"
 chown -R postgres "$W"
 runuser -u postgres -- "$W/bin/walship-receiver" --config "$W/receiver.toml" serve 2>"$W/receiver.log" &
 RECV_PID=$!
@@ -74,7 +75,7 @@ now() { date +%s%N; }
 durable_copy() { # the reference: what a careful archive_command does locally
   cp "$1" "$W/copy/.tmp.$2" && sync "$W/copy/.tmp.$2" && mv "$W/copy/.tmp.$2" "$W/copy/$2" && sync "$W/copy"
 }
-: > "$W/copy.ms"; : > "$W/push.ms"
+: > "$W/copy.ms"; : > "$W/push.ms"; : > "$W/plain.ms"
 cd "$W"
 for r in $(seq "$ROUNDS"); do
   for f in segs/*; do
@@ -84,8 +85,20 @@ for r in $(seq "$ROUNDS"); do
     t0=$(now); as_pg "$W/bin/walship-sender" --config "$W/sender.toml" push "$f" "$s"; t1=$(now)
     echo $(( (t1 - t0) / 1000 )) >> "$W/push.ms"
     cmp -s "$f" "$W/archive/$s" || { echo "MISMATCH $s" >&2; exit 1; }
+    rm -f "$W/archive/$s"
+    t0=$(now); as_pg "$W/bin/walship-sender" --config "$W/sender-plain.toml" push "$f" "$s"; t1=$(now)
+    echo $(( (t1 - t0) / 1000 )) >> "$W/plain.ms"
+    cmp -s "$f" "$W/archive/$s" || { echo "MISMATCH $s" >&2; exit 1; }
     rm -f "$W/copy/$s" "$W/archive/$s"
   done
+done
+# Bytes on the wire with the default compression (the sender logs them at debug level).
+: > "$W/wire.txt"
+for f in segs/*; do
+  s=$(basename "$f")
+  RUST_LOG=walship_sender=debug as_pg "$W/bin/walship-sender" --config "$W/sender.toml" push "$f" "$s" 2>&1 |
+    sed -n 's/.*wire=\([0-9]*\) plain=\([0-9]*\).*/\1 \2/p' >> "$W/wire.txt"
+  rm -f "$W/archive/$s"
 done
 # runuser itself costs a fork+exec+PAM session: measure it to report push without it.
 : > "$W/runuser.ms"
@@ -95,12 +108,17 @@ python3 - "$W" <<'PY'
 import statistics, sys
 w = sys.argv[1]
 def load(n): return [int(x) / 1000 for x in open(f"{w}/{n}.ms")]
-copy, push, ru = load("copy"), load("push"), load("runuser")
-mc, mp, mr = statistics.median(copy), statistics.median(push), statistics.median(ru)
+copy, push, plain, ru = load("copy"), load("push"), load("plain"), load("runuser")
+mc, mp, mpl, mr = statistics.median(copy), statistics.median(push), statistics.median(plain), statistics.median(ru)
+wire = [tuple(map(int, l.split())) for l in open(f"{w}/wire.txt") if l.strip()]
 mb = 16.777216
 print(f"{'':34} {'median ms':>10} {'min':>8} {'max':>8} {'MB/s':>8} {'x copy':>7}")
 print(f"{'durable local copy (reference)':34} {mc:10.1f} {min(copy):8.1f} {max(copy):8.1f} {mb/mc*1000:8.0f} {1:7.2f}")
-print(f"{'walship push (fresh process)':34} {mp:10.1f} {min(push):8.1f} {max(push):8.1f} {mb/mp*1000:8.0f} {mp/mc:7.2f}")
+print(f"{'walship push, zstd-1 (default)':34} {mp:10.1f} {min(push):8.1f} {max(push):8.1f} {mb/mp*1000:8.0f} {mp/mc:7.2f}")
+print(f"{'walship push, compression=none':34} {mpl:10.1f} {min(plain):8.1f} {max(plain):8.1f} {mb/mpl*1000:8.0f} {mpl/mc:7.2f}")
 print(f"{'  of which runuser overhead':34} {mr:10.1f}")
-print(f"samples: {len(copy)} each, 16 MiB real pgbench segments, loopback")
+if wire:
+    sw, sp = sum(a for a, _ in wire), sum(b for _, b in wire)
+    print(f"bytes on the wire (zstd-1): {sw} of {sp} ({sw / sp:.3f}, {sp / sw:.1f}x smaller)")
+print(f"samples: {len(copy)} each, 16 MiB real pgbench segments, loopback, fresh process per push")
 PY

@@ -110,6 +110,22 @@ impl TempFile {
         &self.path
     }
 
+    /// Ask the kernel to start writing `len` bytes at `offset` to disk now, without waiting
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, as PostgreSQL does for its own WAL). Data
+    /// reaches the disk while the rest of the file is still arriving, so the final fsync in
+    /// [`publish`](Self::publish) has little left to do. This is a hint, not durability: the
+    /// fsync still decides, and an error here is ignored.
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: sync_file_range only reads its integer arguments; `fd` is an open descriptor
+        // owned by `self.file` for the duration of the call.
+        #[allow(unsafe_code)]
+        let _ = unsafe {
+            libc::sync_file_range(fd, offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+
     /// fsync, link to `dir/name` without replacing, remove the temp name, fsync the directory.
     pub fn publish(mut self, name: &str) -> Result<Published, DurableError> {
         // The data must be on disk before any name points at it.

@@ -11,8 +11,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 use walship_common::config::ReceiverSettings;
 use walship_common::durable::{is_disk_full, TempFile};
+use walship_common::proto::encoding::max_wire_bytes;
 use walship_common::proto::frame::{decode_preamble, FrameError, MAX_HEADER_BYTES, PREAMBLE_LEN};
-use walship_common::proto::{Refusal, Reply, Request, Upload, PROTOCOL_VERSION};
+use walship_common::proto::{
+    BodyDecoder, Encoding, Refusal, Reply, Request, Upload, PROTOCOL_VERSION,
+};
 use walship_common::tls;
 
 use crate::error::ReceiverError;
@@ -240,7 +243,7 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
     span.record("segment", request.name.as_str());
     span.record("bytes", request.size);
 
-    let mut upload = match Upload::begin(&request, &archive.facts()) {
+    let upload = match Upload::begin(&request, &archive.facts()) {
         Ok(u) => u,
         Err(r) => return refuse(r),
     };
@@ -274,34 +277,76 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
         Ok(t) => t,
         Err(e) => return refuse(storage_refusal(&name, &e)),
     };
-    let tmp = Arc::new(tmp);
-    let mut buf = vec![0u8; WRITE_BUF.min(upload.size() as usize).max(1)];
+    let decoder = match BodyDecoder::new(request.encoding) {
+        Ok(d) => d,
+        Err(r) => return refuse(r),
+    };
+    let max_wire = max_wire_bytes(request.encoding, request.size);
+    let mut sink = Sink {
+        upload,
+        decoder,
+        tmp,
+        written: 0,
+    };
+    let mut wire = 0u64;
+    // Compressed bytes expand ~5-20x: smaller wire batches keep decoding and writing in step
+    // with the arrival instead of all at the end.
+    let batch = match request.encoding {
+        Encoding::Plain => WRITE_BUF,
+        Encoding::Zstd => WRITE_BUF / 8,
+    };
+    let mut buf = vec![0u8; batch.min(max_wire as usize).max(1)];
     let mut filled = 0;
     loop {
         let n = read_or_gone!(recv.read(&mut buf[filled..]));
-        let Some(n) = n else { break };
-        if let Err(r) = upload.feed(&buf[filled..filled + n]) {
-            return refuse(r);
+        let done = n.is_none();
+        if let Some(n) = n {
+            filled += n;
+            wire += n as u64;
+            if wire > max_wire {
+                return refuse(Refusal::SizeMismatch {
+                    name,
+                    announced: request.size,
+                    received: wire,
+                });
+            }
         }
-        filled += n;
-        if filled == buf.len() {
-            match write_out(&tmp, buf, filled).await {
-                Ok(b) => buf = b,
-                Err(e) => return refuse(write_refusal(&name, &e)),
+        if filled > 0 && (done || filled == buf.len()) {
+            // Decode, check and write on the blocking pool: it is CPU and disk work.
+            let result = tokio::task::spawn_blocking(move || {
+                let r = sink.consume(&buf[..filled]);
+                (sink, buf, r)
+            })
+            .await;
+            match result {
+                Ok((s, b, Ok(()))) => (sink, buf) = (s, b),
+                Ok((_, _, Err(r))) => return refuse(r),
+                Err(e) => {
+                    return refuse(Refusal::StorageFailed {
+                        name,
+                        detail: e.to_string(),
+                    })
+                }
             }
             filled = 0;
         }
-    }
-    if filled > 0 {
-        if let Err(e) = write_out(&tmp, buf, filled).await {
-            return refuse(write_refusal(&name, &e));
+        if done {
+            break;
         }
+    }
+    let Sink {
+        upload,
+        decoder,
+        tmp,
+        ..
+    } = sink;
+    if let Err(r) = decoder.finish() {
+        return refuse(r);
     }
     let verified = match upload.finish() {
         Ok(v) => v,
         Err(r) => return refuse(r),
     };
-    let tmp = Arc::into_inner(tmp).expect("no write in flight holds the temp file");
     let archive = archive.clone();
     match tokio::task::spawn_blocking(move || archive.commit(tmp, &verified)).await {
         Ok(reply) => Outcome::Reply(reply),
@@ -312,16 +357,39 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
     }
 }
 
-/// Write `buf[..n]` to the temp file on the blocking pool; hands the buffer back.
-async fn write_out(tmp: &Arc<TempFile>, buf: Vec<u8>, n: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let tmp = tmp.clone();
-    tokio::task::spawn_blocking(move || {
-        let res = tmp.file().write_all(&buf[..n]);
-        res.map(|()| buf)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+/// Where the bytes of one upload go: decoded, accounted for, written to the temp file.
+struct Sink {
+    upload: Upload,
+    decoder: BodyDecoder,
+    tmp: TempFile,
+    /// Plain bytes written so far.
+    written: u64,
+}
+
+impl Sink {
+    /// Blocking: decode `wire` and write the plain bytes.
+    fn consume(&mut self, wire: &[u8]) -> Result<(), Refusal> {
+        use std::io::Write;
+        let Sink {
+            upload,
+            decoder,
+            tmp,
+            written,
+        } = self;
+        let name = upload.name().to_string();
+        let before = *written;
+        decoder.decode(wire, &mut |plain| {
+            upload.feed(plain)?;
+            tmp.file()
+                .write_all(plain)
+                .map_err(|e| write_refusal(&name, &e))?;
+            *written += plain.len() as u64;
+            Ok(())
+        })?;
+        // Start writeback of what this batch wrote, so the final fsync is short.
+        tmp.start_writeback(before, *written - before);
+        Ok(())
+    }
 }
 
 fn write_refusal(name: &str, e: &std::io::Error) -> Refusal {

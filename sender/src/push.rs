@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use quinn::VarInt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 use walship_common::config::SenderSettings;
 use walship_common::proto::frame::{
     decode_preamble, MAX_FILE_BYTES, MAX_REPLY_BYTES, PREAMBLE_LEN,
 };
-use walship_common::proto::{Reply, Request};
+use walship_common::proto::{BodyEncoder, Encoding, Reply, Request};
 use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
 use walship_common::{tls, WalFileName};
 
@@ -131,6 +130,7 @@ fn prepare(path: &Path, name: &str) -> Result<Prepared, SenderError> {
             name: parsed.to_string(),
             size: total,
             sha256: hasher.finalize().into(),
+            encoding: Encoding::Plain,
         },
     })
 }
@@ -189,7 +189,8 @@ async fn send(
     path: &Path,
     prepared: Prepared,
 ) -> Result<Pushed, SenderError> {
-    let request = prepared.request;
+    let mut request = prepared.request;
+    request.encoding = settings.compression;
     let name = request.name.clone();
     let receiver = settings.receiver.clone();
     let connecting = endpoint
@@ -228,26 +229,27 @@ async fn send(
     };
     tx.write_all(&request.encode()).await.map_err(write_err)?;
 
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|source| SenderError::ReadFile {
+    // Read and compress on a blocking thread while this task sends: the two overlap, and the
+    // bounded channel keeps memory to a few chunks whatever the file size.
+    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let producer = {
+        let (path, size) = (path.to_path_buf(), request.size);
+        let (encoding, level) = (request.encoding, settings.compression_level);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = produce(&path, size, encoding, level, &chunks_tx) {
+                let _ = chunks_tx.blocking_send(Err(e));
+            }
+        })
+    };
+    let mut stopped_early = false;
+    let mut wire = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(|source| SenderError::ReadFile {
             path: path.to_path_buf(),
             source,
         })?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut stopped_early = false;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|source| SenderError::ReadFile {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        if n == 0 {
-            break;
-        }
-        match tx.write_all(&buf[..n]).await {
+        wire += chunk.len() as u64;
+        match tx.write_all(&chunk).await {
             Ok(()) => {}
             // The receiver stopped reading: it has answered already (refused or had it).
             Err(quinn::WriteError::Stopped(_)) => {
@@ -257,6 +259,9 @@ async fn send(
             Err(e) => return Err(write_err(e)),
         }
     }
+    drop(chunks);
+    let _ = producer.await;
+    tracing::debug!(wire, plain = request.size, "content sent");
     if !stopped_early {
         let _ = tx.finish();
     }
@@ -274,6 +279,34 @@ async fn send(
         Reply::Stored => Ok(Pushed::Stored),
         Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
         Reply::Refused(refusal) => Err(SenderError::Refused { name, refusal }),
+    }
+}
+
+/// Read `path`, encode, and hand wire chunks to the sender task (blocking).
+fn produce(
+    path: &Path,
+    size: u64,
+    encoding: Encoding,
+    level: i32,
+    out: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut encoder = BodyEncoder::new(encoding, level, size)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        let mut wire = Vec::new();
+        if n == 0 {
+            encoder.finish(&mut wire)?;
+        } else {
+            encoder.encode(&buf[..n], &mut wire)?;
+        }
+        if !wire.is_empty() && out.blocking_send(Ok(wire)).is_err() {
+            return Ok(()); // the sender task stopped: the receiver answered early
+        }
+        if n == 0 {
+            return Ok(());
+        }
     }
 }
 

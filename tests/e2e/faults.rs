@@ -318,7 +318,14 @@ fn proxy_sender(rig: &Rig, px: &Proxy, name: &str, connect_timeout: &str) -> std
         &rig.certs.client_key(),
         Some(connect_timeout),
     );
-    append(&rig.sc, &config, "timeout = \"20s\"\n");
+    // Transport faults need bulk traffic to bite: a zstd-compressed segment is a few hundred
+    // packets (too few for 2% duplication to be sure to hit, and under the 4 MiB cut points),
+    // so these senders ship plain content. Compression is covered by every other scenario.
+    append(
+        &rig.sc,
+        &config,
+        "timeout = \"20s\"\ncompression = \"none\"\n",
+    );
     config
 }
 

@@ -286,6 +286,63 @@ fn bad_frames() {
 }
 
 #[test]
+fn hostile_compressed_streams() {
+    use walship_common::proto::{BodyEncoder, Encoding};
+    let d = donors();
+    let mut rig = Rig::start("hostile_zstd", "2s");
+    let raw = rig.raw();
+    let seg = &d.home[1];
+    let zstd = |plain: &[u8]| {
+        let mut e = BodyEncoder::new(Encoding::Zstd, 1, plain.len() as u64).expect("encoder");
+        let mut out = Vec::new();
+        e.encode(plain, &mut out).expect("encode");
+        e.finish(&mut out).expect("finish");
+        out
+    };
+    let mut req = honest_request(&seg.name, &seg.bytes);
+    req.encoding = Encoding::Zstd;
+
+    // Garbage where a zstd frame should be.
+    let r = refusal(raw.upload(&req, &[0x5a; 4096]), "garbage zstd");
+    assert!(
+        matches!(&r, Refusal::Malformed { reason } if reason.contains("compressed stream")),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // A frame cut short.
+    let wire = zstd(&seg.bytes);
+    let r = refusal(raw.upload(&req, &wire[..wire.len() / 2]), "truncated zstd");
+    assert!(
+        matches!(r, Refusal::Malformed { .. } | Refusal::SizeMismatch { .. }),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // A small frame that inflates past the announced size (a decompression bomb): refused as
+    // soon as the plain bytes pass the announcement, never written beyond it.
+    let mut bomb_plain = seg.bytes.clone();
+    bomb_plain.extend(std::iter::repeat_n(0u8, 64 << 20));
+    let r = refusal(raw.upload(&req, &zstd(&bomb_plain)), "zstd bomb");
+    assert!(
+        matches!(&r, Refusal::SizeMismatch { announced, .. } if *announced == seg.bytes.len() as u64),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // The honest compressed upload is stored byte-identical.
+    assert!(
+        matches!(raw.upload(&req, &wire), StreamEnd::Reply(Reply::Stored)),
+        "honest zstd upload"
+    );
+    assert_eq!(
+        fs::read(rig.archive().join(&seg.name)).expect("stored"),
+        seg.bytes
+    );
+    rig.stop_and_check(&HOSTILE_WARNINGS);
+}
+
+#[test]
 fn lying_sizes_and_digests() {
     let d = donors();
     let mut rig = Rig::start("hostile_sizes", "2s");
@@ -369,6 +426,7 @@ fn bad_names_and_misnamed_segment() {
             name: name.clone(),
             size: seg.bytes.len() as u64,
             sha256: walship_common::proto::upload::sha256(&seg.bytes),
+            encoding: walship_common::proto::Encoding::Plain,
         };
         let r = refusal(raw.upload(&req, &seg.bytes), name);
         assert!(

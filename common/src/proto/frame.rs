@@ -28,8 +28,10 @@ pub struct Request {
     pub name: String,
     /// Exact number of content bytes that follow.
     pub size: u64,
-    /// SHA-256 of the content.
+    /// SHA-256 of the content (the plain bytes, whatever the encoding).
     pub sha256: [u8; 32],
+    /// How the content travels.
+    pub encoding: crate::proto::encoding::Encoding,
 }
 
 /// The receiver's one answer per stream.
@@ -200,6 +202,7 @@ mod tests {
             name: "000000010000000000000001".into(),
             size: 16 << 20,
             sha256: [7; 32],
+            encoding: crate::proto::encoding::Encoding::Zstd,
         }
     }
 

@@ -8,8 +8,10 @@
 //!
 //! [`upload::Upload`] is the receiver's pure state machine for one stream.
 
+pub mod encoding;
 pub mod frame;
 pub mod upload;
 
+pub use encoding::{BodyDecoder, BodyEncoder, Encoding};
 pub use frame::{FrameError, Refusal, Reply, Request, ALPN, PROTOCOL_VERSION};
 pub use upload::{ArchiveFacts, Upload, Verified};

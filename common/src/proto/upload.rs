@@ -214,6 +214,7 @@ mod tests {
             name: name.into(),
             size: body.len() as u64,
             sha256: sha256(body),
+            encoding: crate::proto::Encoding::Plain,
         }
     }
 
@@ -316,6 +317,7 @@ mod tests {
                 name: bad.into(),
                 size: 1,
                 sha256: [0; 32],
+                encoding: crate::proto::Encoding::Plain,
             };
             assert!(
                 matches!(
@@ -329,6 +331,7 @@ mod tests {
             name: "00000002.history".into(),
             size: MAX_FILE_BYTES + 1,
             sha256: [0; 32],
+            encoding: crate::proto::Encoding::Plain,
         };
         assert!(matches!(
             Upload::begin(&req, &ArchiveFacts::default()),
