@@ -71,6 +71,65 @@ fn receiver_killed_mid_transfer() {
     rig.stop_and_check(&["removed leftover of an interrupted transfer"]);
 }
 
+/// The same with PostgreSQL's own view: a real `walship-sender push` in flight (held mid-transfer
+/// by the proxy) when the receiver is SIGKILLed exits 1 with one line, nothing is visible, and
+/// after the restart the retried push stores the file byte-identical.
+#[test]
+fn receiver_killed_under_a_real_push() {
+    let d = donors();
+    let mut rig = Rig::start("faults_rx_killed_push", "2s");
+    let px = Proxy::start(&rig.setup.addr, proxy::seed("faults_rx_killed_push"));
+    let via_proxy = proxy_sender(&rig, &px, "sender-kill", "3s");
+    for (round, seg) in d.home.iter().enumerate() {
+        px.set(Faults {
+            cut_after_upstream_bytes: Some(4 << 20),
+            ..Faults::default()
+        });
+        let path = seg.write_to(&rig.sc, &format!("kill-{round}"));
+        let out = thread::scope(|s| {
+            let pushing = s.spawn(|| push(&rig.sc, &via_proxy, &path, &seg.name));
+            let stalled = wait_for(Duration::from_secs(20), || px.is_cut().then_some(()));
+            assert!(
+                stalled.is_some(),
+                "round {round}: the push never got 4 MiB through: {:?}",
+                px.stats()
+            );
+            wait_partial(rig.archive(), &seg.name);
+            kill9(receiver_pid(&rig.setup.config));
+            // The path heals, but nobody is listening any more.
+            px.set(Faults::default());
+            pushing.join().expect("push thread")
+        });
+        out.assert_code(1);
+        assert_eq!(
+            out.stderr_lines().len(),
+            1,
+            "round {round}: one line for PostgreSQL's log\n{out}"
+        );
+        assert!(
+            out.elapsed < Duration::from_secs(25),
+            "round {round}: took {:.1?}\n{out}",
+            out.elapsed
+        );
+        assert!(
+            !rig.archive().join(&seg.name).exists(),
+            "round {round}: {} visible after the kill",
+            seg.name
+        );
+
+        drop(rig.rx.take()); // reaps the killed process
+        rig.spawn();
+        assert_eq!(
+            temps(rig.archive()),
+            Vec::<String>::new(),
+            "round {round}: leftovers after restart"
+        );
+        assert_pushed(&rig.sc, &via_proxy, &path, &seg.name);
+        assert_stored(rig.archive(), seg);
+    }
+    rig.stop_and_check(&["removed leftover of an interrupted transfer"]);
+}
+
 #[test]
 fn sender_gone_mid_transfer() {
     let d = donors();
