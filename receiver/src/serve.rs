@@ -118,10 +118,16 @@ async fn connection(
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            // A certificate problem on one side or the other: a person must look.
             let text = e.to_string();
-            let advice = tls::explain_handshake_failure(&text, tls::Side::Receiver, "");
-            error!("rejected connection: {text}; {advice}");
+            if is_tls_failure(&e) {
+                // A certificate problem on one side or the other: a person must look.
+                let advice = tls::explain_handshake_failure(&text, tls::Side::Receiver, "");
+                error!("rejected connection: {text}; {advice}");
+            } else {
+                // A client that hangs up (its connect timeout ran out, it was killed) is not
+                // an error here: it says so in PostgreSQL's log and retries.
+                info!("client went away during the handshake: {text}");
+            }
             return;
         }
     };
@@ -151,6 +157,18 @@ async fn connection(
         );
         tracker.spawn(stream(send, recv, archive, idle).instrument(span));
     }
+}
+
+/// Whether a failed handshake ended with a TLS alert (QUIC "crypto error" codes
+/// 0x100-0x1ff: certificate refused, no certificate, ALPN mismatch) rather than the peer
+/// leaving.
+fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    (0x100..=0x1ff).contains(&u64::from(code))
 }
 
 /// What became of one stream.
