@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use walship_tests::failover::{next_segment, pgbench_digest, Pair, PairOptions};
 use walship_tests::process::{tail, terminate, wait_deadline, wait_for};
-use walship_tests::proxy::Proxy;
+use walship_tests::proxy::{Proxy, Rng};
 use walship_tests::walship::{archived_files, sender_config, unexpected_lines};
 use walship_tests::Scenario;
 
@@ -464,28 +464,5 @@ impl Drop for Killable {
                 eprintln!("walship-receiver serve ignored SIGTERM; killed it");
             }
         }
-    }
-}
-
-/// xorshift64*, seeded: which fault, when, for how long.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A duration between `lo` and `hi` milliseconds, inclusive.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo + 1))
     }
 }

@@ -325,15 +325,16 @@ fn delay_line(shared: &Shared, rx: mpsc::Receiver<Delayed>) {
     }
 }
 
-/// xorshift64*: small, seedable, good enough to pick which datagrams to damage.
-struct Rng(u64);
+/// xorshift64*: small, seedable, good enough to pick which datagrams to damage (and, in the
+/// soak, which fault comes when).
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -342,7 +343,12 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// A duration between `lo` and `hi` milliseconds, inclusive.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next_u64() % (hi - lo + 1))
     }
 }
