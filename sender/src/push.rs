@@ -33,19 +33,14 @@ pub enum Pushed {
     AlreadyHad,
 }
 
-/// A file checked locally and hashed, ready to send.
-struct Prepared {
-    request: Request,
-}
-
 pub async fn push(
     settings: &SenderSettings,
     path: &Path,
     name: &str,
 ) -> Result<Pushed, SenderError> {
-    let prepared = {
-        let (path, name) = (path.to_path_buf(), name.to_string());
-        tokio::task::spawn_blocking(move || prepare(&path, &name))
+    let request = {
+        let (path, name, encoding) = (path.to_path_buf(), name.to_string(), settings.compression);
+        tokio::task::spawn_blocking(move || prepare(&path, &name, encoding))
             .await
             .map_err(|e| SenderError::Internal(e.to_string()))??
     };
@@ -55,7 +50,7 @@ pub async fn push(
     let endpoint = client_endpoint(addr, client, settings)?;
     let result = timeout(
         settings.timeout,
-        send(settings, &endpoint, addr, path, prepared),
+        send(settings, &endpoint, addr, path, request),
     )
     .await;
     let result = match result {
@@ -76,8 +71,9 @@ pub async fn push(
     result
 }
 
-/// Check the name and, for segments, the page header against it; hash the content.
-fn prepare(path: &Path, name: &str) -> Result<Prepared, SenderError> {
+/// Check the name and, for segments, the page header against it; hash the content: the
+/// request to send.
+fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, SenderError> {
     let parsed: WalFileName =
         name.parse().map_err(
             |e: walship_common::wal::name::NameError| SenderError::BadName {
@@ -125,13 +121,11 @@ fn prepare(path: &Path, name: &str) -> Result<Prepared, SenderError> {
             .check_against(segment, total)
             .map_err(|e| bad(e.to_string()))?;
     }
-    Ok(Prepared {
-        request: Request {
-            name: parsed.to_string(),
-            size: total,
-            sha256: hasher.finalize().into(),
-            encoding: Encoding::Plain,
-        },
+    Ok(Request {
+        name: parsed.to_string(),
+        size: total,
+        sha256: hasher.finalize().into(),
+        encoding,
     })
 }
 
@@ -187,10 +181,8 @@ async fn send(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     path: &Path,
-    prepared: Prepared,
+    request: Request,
 ) -> Result<Pushed, SenderError> {
-    let mut request = prepared.request;
-    request.encoding = settings.compression;
     let name = request.name.clone();
     let receiver = settings.receiver.clone();
     let connecting = endpoint
@@ -267,7 +259,7 @@ async fn send(
     }
     tracing::debug!("all bytes written");
 
-    let reply = read_reply(&mut rx, &receiver).await.map_err(|e| match e {
+    let reply = read_reply(&mut rx).await.map_err(|e| match e {
         ReplyError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c))) => {
             conn_err(c)
         }
@@ -315,7 +307,7 @@ enum ReplyError {
     Frame(walship_common::proto::FrameError),
 }
 
-async fn read_reply(rx: &mut quinn::RecvStream, _receiver: &str) -> Result<Reply, ReplyError> {
+async fn read_reply(rx: &mut quinn::RecvStream) -> Result<Reply, ReplyError> {
     let mut pre = [0u8; PREAMBLE_LEN];
     rx.read_exact(&mut pre).await.map_err(ReplyError::Read)?;
     let len = decode_preamble(&pre, MAX_REPLY_BYTES).map_err(ReplyError::Frame)?;

@@ -459,15 +459,8 @@ fn wait_abandoned(rig: &Rig, name: &str, count: usize) {
 /// The pid of the `walship-receiver ... serve` this scenario started with `config`.
 fn receiver_pid(config: &Path) -> u32 {
     let config = config.to_string_lossy();
-    for entry in std::fs::read_dir("/proc").expect("list /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+    for (pid, dir) in walship_tests::process::processes() {
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
             continue;
         };
         let args: Vec<String> = cmdline

@@ -560,15 +560,8 @@ impl Drop for Traced {
 
 /// The (first) child process of `parent`, from /proc.
 fn child_of(parent: u32) -> Option<u32> {
-    for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+    for (pid, dir) in walship_tests::process::processes() {
+        let Ok(stat) = fs::read_to_string(dir.join("stat")) else {
             continue;
         };
         // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.

@@ -15,17 +15,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
-use std::io::{Seek, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::io::Write as _;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use walship_tests::failover::{next_segment, pgbench_digest, Pair, PairOptions};
-use walship_tests::process::{tail, terminate, wait_deadline, wait_for};
+use walship_tests::process::wait_for;
 use walship_tests::proxy::{Proxy, Rng};
 use walship_tests::walship::{archived_files, sender_config, unexpected_lines};
-use walship_tests::Scenario;
 
 /// Default length of the load phase.
 const DEFAULT_SECS: u64 = 600;
@@ -58,10 +56,9 @@ fn soak() {
             ..PairOptions::default()
         },
     );
-    // The pair's receiver is replaced by one we can SIGKILL: same config, same log.
-    p.rx.stop();
+    // The pair's receiver is the one the faults SIGKILL and restart (same config, one log).
     let log = p.rx.log_path().to_path_buf();
-    let mut rx = Killable::spawn(&p.sc, &p.setup.config, &log);
+
     let px = Proxy::start(&p.setup.addr, seed);
     let sender = sender_config(
         &p.sc,
@@ -119,11 +116,11 @@ fn soak() {
                 eprintln!("soak {}: link healed", at());
             }
             if now >= next_kill {
-                rx.kill9();
+                p.rx.kill9();
                 kills += 1;
                 let pause = rng.millis(0, 3_000);
                 thread::sleep(pause);
-                rx.start();
+                p.rx.start();
                 eprintln!(
                     "soak {}: receiver SIGKILLed (#{kills}), restarted after {pause:.1?}",
                     at()
@@ -229,7 +226,7 @@ fn soak() {
     }
 
     // Exactly once: one "stored" line per archived file, none for anything else.
-    rx.stop();
+    p.rx.stop();
     let text = String::from_utf8_lossy(&fs::read(&log).expect("read receiver log")).into_owned();
     let mut stored: BTreeMap<String, usize> = BTreeMap::new();
     let mut already = 0usize;
@@ -374,95 +371,4 @@ fn is_segment(name: &str) -> bool {
 /// Every name in `dir`, sorted.
 fn archive_names(dir: &Path) -> Vec<String> {
     walship_tests::walship::archive_names(dir)
-}
-
-/// `walship-receiver serve` that can be SIGKILLed and started again, appending to one log.
-struct Killable {
-    sc: Scenario,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Killable {
-    fn spawn(sc: &Scenario, config: &Path, log: &Path) -> Killable {
-        let mut k = Killable {
-            sc: sc.clone(),
-            config: config.to_path_buf(),
-            log: log.to_path_buf(),
-            child: None,
-        };
-        k.start();
-        k
-    }
-
-    /// Start `serve` and wait for "listening" in the log written since.
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "receiver already running");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
-        let from = file.seek(std::io::SeekFrom::End(0)).unwrap_or(0) as usize;
-        let cmd = self
-            .sc
-            .cmd(self.sc.bin("walship-receiver"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve");
-        let mut child = cmd.spawn_with(Stdio::null(), Stdio::from(file));
-        let ready = wait_for(Duration::from_secs(30), || {
-            let text = fs::read(&self.log).unwrap_or_default();
-            if text
-                .get(from..)
-                .is_some_and(|t| String::from_utf8_lossy(t).contains("listening"))
-            {
-                return Some(true);
-            }
-            matches!(child.try_wait(), Ok(Some(_))).then_some(false)
-        });
-        if ready != Some(true) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`{}` did not start; its log:\n{}",
-                cmd.describe(),
-                tail(&self.log, 40)
-            );
-        }
-        self.child = Some(child);
-    }
-
-    /// SIGKILL and reap.
-    fn kill9(&mut self) {
-        let mut child = self.child.take().expect("receiver running");
-        child.kill().expect("SIGKILL walship-receiver");
-        child.wait().expect("reap walship-receiver");
-    }
-
-    /// SIGTERM: serve must exit 0.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        terminate(child.id());
-        let status = wait_deadline(&mut child, Duration::from_secs(30));
-        assert!(
-            status.is_some_and(|s| s.code() == Some(0)),
-            "walship-receiver serve did not exit 0 after SIGTERM ({status:?}); log:\n{}",
-            tail(&self.log, 40)
-        );
-    }
-}
-
-impl Drop for Killable {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(child.id());
-            if wait_deadline(&mut child, Duration::from_secs(20)).is_none() {
-                eprintln!("walship-receiver serve ignored SIGTERM; killed it");
-            }
-        }
-    }
 }

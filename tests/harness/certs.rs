@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use crate::process::Cmd;
 use crate::scenario::Scenario;
 
-/// What `certs` writes, in this order.
+/// What `certs` writes, in this order: the contract, spelled out here rather than taken
+/// from `walship_common::tls::CERT_FILES`, so that a rename there fails the tests.
 pub const CERT_FILES: [&str; 6] = [
     "ca.pem",
     "ca.key",

@@ -382,3 +382,12 @@ fn quote(s: &OsStr) -> String {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
+
+/// Every process in /proc: its pid and its /proc directory.
+pub fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
+}

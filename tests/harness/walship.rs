@@ -182,6 +182,13 @@ impl Receiver {
         }
     }
 
+    /// SIGKILL and reap: a crash. [`start`](Self::start) brings it back, appending to the log.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("receiver running");
+        child.kill().expect("SIGKILL walship-receiver");
+        child.wait().expect("reap walship-receiver");
+    }
+
     /// SIGTERM, then wait: `serve` must exit 0 on a signal.
     pub fn stop(&mut self) {
         if let Some(status) = self.terminate() {
