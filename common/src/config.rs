@@ -20,6 +20,11 @@ pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default zstd level: level 1 compresses pgbench WAL about 12x at over 1 GB/s on one core, so
 /// it costs less time than it saves on any link slower than that.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Default for `lookahead`: four segments in flight keep a 2-core primary's disk and one core
+/// of compression busy without starving PostgreSQL.
+pub const DEFAULT_LOOKAHEAD: usize = 4;
+/// Upper bound for `lookahead`, well under the receiver's streams per connection.
+pub const MAX_LOOKAHEAD: usize = 32;
 /// Default QUIC idle timeout: a peer silent this long is gone.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -71,6 +76,9 @@ pub struct SenderFile {
     pub timeout: Option<String>,
     pub compression: Option<String>,
     pub compression_level: Option<i32>,
+    pub socket: Option<PathBuf>,
+    pub pgdata: Option<PathBuf>,
+    pub lookahead: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +109,13 @@ pub struct SenderSettings {
     pub compression: Encoding,
     /// zstd level (`compression_level`, default 1).
     pub compression_level: i32,
+    /// The daemon's Unix socket (`socket`): `push` hands off there when a daemon answers.
+    pub socket: Option<PathBuf>,
+    /// The primary's data directory (`pgdata`): the daemon looks ahead through
+    /// `pg_wal/archive_status/*.ready` when set.
+    pub pgdata: Option<PathBuf>,
+    /// Most segments the daemon ships ahead at once (`lookahead`; 0 turns look-ahead off).
+    pub lookahead: usize,
 }
 
 impl ReceiverSettings {
@@ -184,7 +199,18 @@ impl SenderSettings {
                 "expected 1 (fastest, the default) to 19 (smallest)",
             ));
         }
+        let lookahead = file.lookahead.unwrap_or(DEFAULT_LOOKAHEAD);
+        if lookahead > MAX_LOOKAHEAD {
+            return Err(invalid(
+                "lookahead",
+                lookahead.to_string(),
+                &format!("expected 0 (off) to {MAX_LOOKAHEAD}"),
+            ));
+        }
         Ok(SenderSettings {
+            socket: file.socket.map(|p| base.join(p)),
+            pgdata: file.pgdata.map(|p| base.join(p)),
+            lookahead,
             compression,
             compression_level,
             config_path: path.to_path_buf(),

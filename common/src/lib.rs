@@ -1,6 +1,8 @@
 //! walship-common: everything that *decides*, with no sockets and no runtime.
 //!
 //! Module map:
+//! - [`lookahead`]: the sender daemon's book of `.ready` files shipped ahead, tied to file
+//!   identity.
 //! - [`lsn`]: `Lsn`, printed like PostgreSQL (`0/3000028`).
 //! - [`wal::name`]: WAL file names (`WalFileName`: segment, history, backup, partial).
 //! - [`wal::header`]: the long page header at the start of a segment, checked against a name,
@@ -15,6 +17,7 @@
 
 pub mod config;
 pub mod durable;
+pub mod lookahead;
 pub mod lsn;
 pub mod pg_control;
 pub mod proto;

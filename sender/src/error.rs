@@ -62,6 +62,12 @@ pub enum SenderError {
     BadReply(FrameError, String),
     #[error("receiver refused {name}: {refusal}")]
     Refused { name: String, refusal: Refusal },
+    /// A setup problem, already worded with what to do.
+    #[error("{0}")]
+    Setup(String),
+    /// The daemon's own verdict, already one line.
+    #[error("{0}")]
+    Daemon(String),
     #[error("internal: {0}")]
     Internal(String),
 }

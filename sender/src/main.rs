@@ -5,11 +5,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use walship_common::config::{self, SenderSettings};
+use walship_common::proto::handoff::HandoffReply;
 
+mod daemon;
 mod error;
+mod handoff;
 mod push;
 
 use error::SenderError;
@@ -35,23 +39,47 @@ enum Command {
         /// WAL file name (%f).
         name: String,
     },
+    /// Run beside the primary: keep a warm connection to the receiver, answer `push` on the
+    /// Unix socket `socket`, and with `pgdata` ship `.ready` segments ahead (`lookahead`).
+    /// Foreground; SIGTERM or SIGINT stops it (exit 0).
+    Daemon,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match cli.command {
-        Command::Push { path, name } => match run_push(cli.config, &path, &name) {
-            Ok(outcome) => {
-                tracing::debug!(?outcome, %name, "pushed");
-                ExitCode::SUCCESS
+        Command::Daemon => {
+            init_tracing("info");
+            let result = config::require(cli.config.as_deref())
+                .map_err(SenderError::from)
+                .and_then(|path| Ok(SenderSettings::load(path)?))
+                .and_then(daemon::run);
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("walship-sender daemon: {e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                // One line: it lands in PostgreSQL's log.
-                eprintln!("walship-sender: {e}");
-                ExitCode::from(1)
-            }
-        },
+        }
+        Command::Push { path, name } => {
+            init_tracing("warn");
+            push_exit(run_push(cli.config, &path, &name), &name)
+        }
+    }
+}
+
+fn push_exit(result: Result<push::Pushed, SenderError>, name: &str) -> ExitCode {
+    match result {
+        Ok(outcome) => {
+            tracing::debug!(?outcome, %name, "pushed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line: it lands in PostgreSQL's log.
+            eprintln!("walship-sender: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -61,6 +89,21 @@ fn run_push(
     name: &str,
 ) -> Result<push::Pushed, SenderError> {
     let settings = SenderSettings::load(config::require(config.as_deref())?)?;
+    if let Some(socket) = &settings.socket {
+        // The daemon's verdict is final either way; only a daemon that cannot be asked sends
+        // us to the receiver directly. The wait covers the daemon's own connect and push.
+        let wait = settings.connect_timeout + settings.timeout + Duration::from_secs(5);
+        match handoff::ask(socket, path, name, wait) {
+            Ok(HandoffReply::Stored) => return Ok(push::Pushed::Stored),
+            Ok(HandoffReply::AlreadyHad) => return Ok(push::Pushed::AlreadyHad),
+            Ok(HandoffReply::ShippedAhead) => return Ok(push::Pushed::ShippedAhead),
+            Ok(HandoffReply::Failed { message }) => return Err(SenderError::Daemon(message)),
+            Err(e @ handoff::Unavailable::NotStarted(_)) => {
+                tracing::debug!("{e}; pushing directly")
+            }
+            Err(e) => tracing::warn!("{e}; pushing directly"),
+        }
+    }
     // One segment at a time: a current-thread runtime starts fastest.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -69,9 +112,9 @@ fn run_push(
     runtime.block_on(push::push(&settings, path, name))
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -31,6 +31,8 @@ const CHUNK: usize = 256 << 10;
 pub enum Pushed {
     Stored,
     AlreadyHad,
+    /// The daemon's look-ahead had shipped exactly this file.
+    ShippedAhead,
 }
 
 pub async fn push(
@@ -38,42 +40,97 @@ pub async fn push(
     path: &Path,
     name: &str,
 ) -> Result<Pushed, SenderError> {
-    let request = {
-        let (path, name, encoding) = (path.to_path_buf(), name.to_string(), settings.compression);
-        tokio::task::spawn_blocking(move || prepare(&path, &name, encoding))
-            .await
-            .map_err(|e| SenderError::Internal(e.to_string()))??
-    };
+    let request = prepare_blocking(path, name, settings.compression).await?;
     tracing::debug!("prepared (hashed, header checked)");
-    let client = tls::client_config(&settings.ca, &settings.cert, &settings.key)?;
-    let addr = resolve(settings).await?;
-    let endpoint = client_endpoint(addr, client, settings)?;
-    let result = timeout(
-        settings.timeout,
-        send(settings, &endpoint, addr, path, request),
-    )
-    .await;
-    let result = match result {
-        Ok(r) => r,
-        Err(_) => Err(SenderError::ReplyTimeout {
-            addr: settings.receiver.clone(),
-            name: name.to_string(),
-            timeout: settings.timeout,
-        }),
-    };
+    let target = Target::new(settings).await?;
+    let result = timeout(settings.timeout, async {
+        let conn = target.connect().await?;
+        let result = transfer(settings, &conn, path, request).await;
+        conn.close(VarInt::from_u32(0), b"done");
+        result
+    })
+    .await
+    .unwrap_or_else(|_| Err(reply_timeout(settings, name)));
     tracing::debug!("reply received");
     // The verdict is in hand. Give the endpoint driver a moment to put CONNECTION_CLOSE on the
     // wire so the receiver frees the connection at once rather than after its idle timeout,
     // but do not sit out QUIC's draining period (3 PTO, ~80 ms even on loopback): nothing the
     // receiver could still send matters.
-    let _ = timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
+    let _ = timeout(CLOSE_FLUSH, target.endpoint.wait_idle()).await;
     tracing::debug!("done");
     result
 }
 
+pub fn reply_timeout(settings: &SenderSettings, name: &str) -> SenderError {
+    SenderError::ReplyTimeout {
+        addr: settings.receiver.clone(),
+        name: name.to_string(),
+        timeout: settings.timeout,
+    }
+}
+
+/// [`prepare`] on the blocking pool.
+pub async fn prepare_blocking(
+    path: &Path,
+    name: &str,
+    encoding: Encoding,
+) -> Result<Request, SenderError> {
+    let (path, name) = (path.to_path_buf(), name.to_string());
+    tokio::task::spawn_blocking(move || prepare(&path, &name, encoding))
+        .await
+        .map_err(|e| SenderError::Internal(e.to_string()))?
+}
+
+/// The receiver as a place to connect to: its address, and a client endpoint with our
+/// certificate. The daemon keeps one for its whole life; `push` makes one per call.
+pub struct Target {
+    pub endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    receiver: String,
+    server_name: String,
+    connect_timeout: Duration,
+}
+
+impl Target {
+    pub async fn new(settings: &SenderSettings) -> Result<Self, SenderError> {
+        let client = tls::client_config(&settings.ca, &settings.cert, &settings.key)?;
+        let addr = resolve(settings).await?;
+        let endpoint = client_endpoint(addr, client, settings)?;
+        Ok(Target {
+            endpoint,
+            addr,
+            receiver: settings.receiver.clone(),
+            server_name: settings.server_name.clone(),
+            connect_timeout: settings.connect_timeout,
+        })
+    }
+
+    /// A new QUIC connection, mutual TLS done.
+    pub async fn connect(&self) -> Result<quinn::Connection, SenderError> {
+        let addr = self.addr;
+        let connecting = self
+            .endpoint
+            .connect(addr, &self.server_name)
+            .map_err(|e| SenderError::Internal(format!("connect to {addr}: {e}")))?;
+        let conn = match timeout(self.connect_timeout, connecting).await {
+            Err(_) | Ok(Err(quinn::ConnectionError::TimedOut)) => {
+                return Err(SenderError::ReceiverUnreachable {
+                    port: addr.port().to_string(),
+                    addr: self.receiver.clone(),
+                    timeout: self.connect_timeout,
+                })
+            }
+            Ok(Err(e)) => return Err(handshake_error(&self.receiver, &self.server_name, e)),
+            Ok(Ok(c)) => c,
+        };
+        tracing::debug!("connected");
+        Ok(conn)
+    }
+}
+
 /// Check the name and, for segments, the page header against it; hash the content: the
 /// request to send.
-fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, SenderError> {
+pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, SenderError> {
     let parsed: WalFileName =
         name.parse().map_err(
             |e: walship_common::wal::name::NameError| SenderError::BadName {
@@ -176,30 +233,15 @@ fn client_endpoint(
     Ok(endpoint)
 }
 
-async fn send(
+/// Send one file on a new stream of `conn` and wait for the receiver's verdict.
+pub async fn transfer(
     settings: &SenderSettings,
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
+    conn: &quinn::Connection,
     path: &Path,
     request: Request,
 ) -> Result<Pushed, SenderError> {
     let name = request.name.clone();
     let receiver = settings.receiver.clone();
-    let connecting = endpoint
-        .connect(addr, &settings.server_name)
-        .map_err(|e| SenderError::Internal(format!("connect to {addr}: {e}")))?;
-    let conn = match timeout(settings.connect_timeout, connecting).await {
-        Err(_) | Ok(Err(quinn::ConnectionError::TimedOut)) => {
-            return Err(SenderError::ReceiverUnreachable {
-                port: addr.port().to_string(),
-                addr: receiver,
-                timeout: settings.connect_timeout,
-            })
-        }
-        Ok(Err(e)) => return Err(handshake_error(&receiver, &settings.server_name, e)),
-        Ok(Ok(c)) => c,
-    };
-    tracing::debug!("connected");
     let lost = |detail: String| SenderError::ConnectionLost {
         addr: receiver.clone(),
         name: name.clone(),
@@ -266,7 +308,6 @@ async fn send(
         ReplyError::Read(e) => lost(e.to_string()),
         ReplyError::Frame(f) => SenderError::BadReply(f, receiver.clone()),
     })?;
-    conn.close(VarInt::from_u32(0), b"done");
     match reply {
         Reply::Stored => Ok(Pushed::Stored),
         Reply::AlreadyHad => Ok(Pushed::AlreadyHad),

@@ -8,6 +8,7 @@ mod bad_client_cert;
 mod bad_names;
 mod certs_refuses_overwrite;
 mod conflicting_content;
+mod daemon;
 mod failover;
 mod faults;
 mod fencing;

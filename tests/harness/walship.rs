@@ -21,7 +21,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `serve` may take to exit after SIGTERM (it lets uploads finish first).
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Deadline for one push or restore: a push of 16 MiB on loopback takes well under a second.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Exit codes above this abort PostgreSQL's recovery; the contract forbids them.
 pub const MAX_EXIT_CODE: i32 = 125;
 /// Bytes in a WAL segment (the default `--wal-segsize`).
@@ -109,31 +109,63 @@ pub fn sender_for(sc: &Scenario, name: &str, rx: &ReceiverSetup, certs: &CertSet
     )
 }
 
-/// `walship-receiver serve` running in the background, logging to `<scenario>/<log_name>.log`.
-pub struct Receiver {
+/// `walship-receiver serve`, the usual [`Service`].
+pub type Receiver = Service;
+
+/// A long-running walship command (`walship-receiver serve`, `walship-sender daemon`) in the
+/// background, logging to `<scenario>/<log_name>.log`.
+pub struct Service {
     sc: Scenario,
+    program: &'static str,
+    subcommand: &'static str,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
-impl Receiver {
-    /// Start `serve` and wait until it logs "listening" (or fail with its log).
-    pub fn spawn(sc: &Scenario, config: &Path, log_name: &str) -> Receiver {
+impl Service {
+    /// Start `walship-receiver serve` and wait until it logs "listening" (or fail with its log).
+    pub fn spawn(sc: &Scenario, config: &Path, log_name: &str) -> Service {
+        Service::spawn_command(sc, "walship-receiver", "serve", config, log_name)
+    }
+
+    /// Start `walship-sender daemon` and wait until it logs "listening".
+    pub fn spawn_daemon(sc: &Scenario, config: &Path, log_name: &str) -> Service {
+        Service::spawn_command(sc, "walship-sender", "daemon", config, log_name)
+    }
+
+    fn spawn_command(
+        sc: &Scenario,
+        program: &'static str,
+        subcommand: &'static str,
+        config: &Path,
+        log_name: &str,
+    ) -> Service {
         let log = sc.path(&format!("{log_name}.log"));
-        let mut rx = Receiver {
+        let mut service = Service {
             sc: sc.clone(),
+            program,
+            subcommand,
             config: config.to_path_buf(),
             log,
             child: None,
         };
-        rx.start();
-        rx
+        service.start();
+        service
+    }
+
+    fn what(&self) -> String {
+        format!("{} {}", self.program, self.subcommand)
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Start (again) after [`stop`](Self::stop); the log file is appended to.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "receiver already running");
+        assert!(self.child.is_none(), "{} already running", self.what());
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -142,13 +174,13 @@ impl Receiver {
         let from = file.seek(std::io::SeekFrom::End(0)).unwrap_or(0) as usize;
         let cmd = self
             .sc
-            .cmd(self.sc.bin("walship-receiver"))
+            .cmd(self.sc.bin(self.program))
             .arg("--config")
             .arg(&self.config)
-            .arg("serve");
+            .arg(self.subcommand);
         let child = cmd.spawn_with(
             Stdio::null(),
-            Stdio::from(file.try_clone().expect("dup receiver log")),
+            Stdio::from(file.try_clone().expect("dup the service log")),
         );
         self.child = Some(child);
         let started = Instant::now();
@@ -184,17 +216,18 @@ impl Receiver {
 
     /// SIGKILL and reap: a crash. [`start`](Self::start) brings it back, appending to the log.
     pub fn kill9(&mut self) {
-        let mut child = self.child.take().expect("receiver running");
-        child.kill().expect("SIGKILL walship-receiver");
-        child.wait().expect("reap walship-receiver");
+        let mut child = self.child.take().expect("service running");
+        child.kill().expect("SIGKILL the service");
+        child.wait().expect("reap the service");
     }
 
-    /// SIGTERM, then wait: `serve` must exit 0 on a signal.
+    /// SIGTERM, then wait: the service must exit 0 on a signal.
     pub fn stop(&mut self) {
         if let Some(status) = self.terminate() {
             assert!(
                 status.code() == Some(0),
-                "walship-receiver serve exited with {status} after SIGTERM (expected 0); log:\n{}",
+                "{} exited with {status} after SIGTERM (expected 0); log:\n{}",
+                self.what(),
                 crate::process::tail(&self.log, 40)
             );
         }
@@ -212,7 +245,8 @@ impl Receiver {
         let unexpected = unexpected_lines(&self.log_text(), allowed);
         assert!(
             unexpected.is_empty(),
-            "unexpected ERROR/WARN lines in the receiver log {} (allowed: {allowed:?}):\n{}",
+            "unexpected ERROR/WARN lines in the {} log {} (allowed: {allowed:?}):\n{}",
+            self.what(),
             self.log.display(),
             unexpected.join("\n")
         );
@@ -248,19 +282,20 @@ impl Receiver {
         match wait_deadline(&mut child, STOP_TIMEOUT) {
             Some(status) => Some(status),
             None => panic!(
-                "walship-receiver serve did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed; log:\n{}",
+                "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed; log:\n{}",
+                self.what(),
                 crate::process::tail(&self.log, 40)
             ),
         }
     }
 }
 
-impl Drop for Receiver {
+impl Drop for Service {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(child.id());
             if wait_deadline(&mut child, STOP_TIMEOUT).is_none() {
-                eprintln!("walship-receiver serve ignored SIGTERM; killed it");
+                eprintln!("{} ignored SIGTERM; killed it", self.what());
             }
         }
     }

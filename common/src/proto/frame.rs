@@ -112,10 +112,16 @@ fn config() -> impl bincode::config::Config {
 }
 
 fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    encode_with(MAGIC, body)
+}
+
+/// A frame with the given magic: the wire protocol uses [`MAGIC`], the local hand-off between
+/// `push` and the daemon its own, so neither can be mistaken for the other.
+pub(crate) fn encode_with<T: Serialize>(magic: [u8; 4], body: &T) -> Vec<u8> {
     let payload = bincode::serde::encode_to_vec(body, config())
         .expect("serialising a plain struct into a Vec cannot fail");
     let mut out = Vec::with_capacity(PREAMBLE_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&magic);
     out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&payload);
@@ -124,8 +130,16 @@ fn encode<T: Serialize>(body: &T) -> Vec<u8> {
 
 /// Check a preamble; returns the body length, bounded by `max`.
 pub fn decode_preamble(pre: &[u8; PREAMBLE_LEN], max: usize) -> Result<usize, FrameError> {
+    decode_preamble_with(MAGIC, pre, max)
+}
+
+pub(crate) fn decode_preamble_with(
+    expected: [u8; 4],
+    pre: &[u8; PREAMBLE_LEN],
+    max: usize,
+) -> Result<usize, FrameError> {
     let magic: [u8; 4] = pre[..4].try_into().expect("4 bytes");
-    if magic != MAGIC {
+    if magic != expected {
         return Err(FrameError::BadMagic(magic));
     }
     let version = u16::from_be_bytes([pre[4], pre[5]]);
@@ -142,7 +156,7 @@ pub fn decode_preamble(pre: &[u8; PREAMBLE_LEN], max: usize) -> Result<usize, Fr
     Ok(len)
 }
 
-fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != body.len() {

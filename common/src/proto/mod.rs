@@ -6,10 +6,13 @@
 //! its side. The reply is sent only after the file is verified and durable, so the sender trusts
 //! it, never transport acknowledgements.
 //!
+//! [`handoff`] is the local hand-off between `push` and the sender daemon (Unix socket).
+//!
 //! [`upload::Upload`] is the receiver's pure state machine for one stream.
 
 pub mod encoding;
 pub mod frame;
+pub mod handoff;
 pub mod upload;
 
 pub use encoding::{BodyDecoder, BodyEncoder, Encoding};

@@ -1,0 +1,147 @@
+//! The local hand-off between `walship-sender push` and `walship-sender daemon` over the
+//! daemon's Unix socket: one [`Handoff`] frame from `push`, one [`HandoffReply`] back, then both
+//! close. Same preamble layout as the wire protocol (magic, version, length) with its own magic,
+//! so a wire peer and a local peer can never be confused.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::frame::{decode_body, decode_preamble_with, encode_with, FrameError, PREAMBLE_LEN};
+
+/// First bytes of every hand-off frame.
+pub const HANDOFF_MAGIC: [u8; 4] = *b"WSLH";
+/// Largest hand-off body accepted: a path (PATH_MAX is 4096) and a WAL name, or a reply line.
+pub const MAX_HANDOFF_BYTES: usize = 8 * 1024;
+
+/// `push` asks the daemon to make `path` durable on the receiver as `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// Absolute path of the file (`%p` joined to push's working directory, the data directory).
+    pub path: PathBuf,
+    /// The WAL file name (`%f`).
+    pub name: String,
+}
+
+/// The daemon's verdict. Only the first three mean "durable on the receiver".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandoffReply {
+    /// The receiver stored it, on the daemon's warm connection.
+    Stored,
+    /// The receiver already held identical content.
+    AlreadyHad,
+    /// Look-ahead had shipped it and the receiver acknowledged exactly the file now at `path`
+    /// (same device, inode, size, mtime and ctime as when it was read).
+    ShippedAhead,
+    /// Not durable: the one line to print (PostgreSQL will retry).
+    Failed { message: String },
+}
+
+impl Handoff {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with(HANDOFF_MAGIC, self)
+    }
+    pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body(body)
+    }
+}
+
+impl HandoffReply {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with(HANDOFF_MAGIC, self)
+    }
+    pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body(body)
+    }
+}
+
+/// Check a hand-off preamble; returns the body length.
+pub fn decode_handoff_preamble(pre: &[u8; PREAMBLE_LEN]) -> Result<usize, FrameError> {
+    decode_preamble_with(HANDOFF_MAGIC, pre, MAX_HANDOFF_BYTES)
+}
+
+/// Read one hand-off frame body from a blocking reader (used by `push`).
+pub fn read_frame(r: &mut impl std::io::Read) -> Result<Vec<u8>, ReadFrameError> {
+    let mut pre = [0u8; PREAMBLE_LEN];
+    r.read_exact(&mut pre).map_err(ReadFrameError::Io)?;
+    let len = decode_handoff_preamble(&pre).map_err(ReadFrameError::Frame)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(ReadFrameError::Io)?;
+    Ok(body)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Frame(FrameError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::{decode_preamble, MAX_HEADER_BYTES};
+
+    #[test]
+    fn round_trips() {
+        let h = Handoff {
+            path: "/var/lib/postgresql/15/main/pg_wal/000000010000000000000003".into(),
+            name: "000000010000000000000003".into(),
+        };
+        let bytes = h.encode();
+        assert_eq!(
+            read_frame(&mut &bytes[..])
+                .map(|b| Handoff::decode_body(&b).unwrap())
+                .unwrap(),
+            h
+        );
+        for reply in [
+            HandoffReply::Stored,
+            HandoffReply::AlreadyHad,
+            HandoffReply::ShippedAhead,
+            HandoffReply::Failed {
+                message: "receiver refused".into(),
+            },
+        ] {
+            let bytes = reply.encode();
+            let body = read_frame(&mut &bytes[..]).unwrap();
+            assert_eq!(HandoffReply::decode_body(&body).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn wire_and_handoff_frames_are_not_interchangeable() {
+        let h = Handoff {
+            path: "/x".into(),
+            name: "000000010000000000000003".into(),
+        };
+        let bytes = h.encode();
+        let pre: &[u8; PREAMBLE_LEN] = bytes[..PREAMBLE_LEN].try_into().unwrap();
+        assert!(matches!(
+            decode_preamble(pre, MAX_HEADER_BYTES),
+            Err(FrameError::BadMagic(_))
+        ));
+        let wire = crate::proto::Reply::Stored.encode();
+        assert!(matches!(
+            read_frame(&mut &wire[..]),
+            Err(ReadFrameError::Frame(FrameError::BadMagic(_)))
+        ));
+    }
+
+    #[test]
+    fn refuses_oversized_and_truncated_frames() {
+        let mut bytes = HANDOFF_MAGIC.to_vec();
+        bytes.extend_from_slice(&crate::proto::PROTOCOL_VERSION.to_be_bytes());
+        bytes.extend_from_slice(&((MAX_HANDOFF_BYTES + 1) as u32).to_be_bytes());
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ReadFrameError::Frame(FrameError::TooLong { .. }))
+        ));
+        let good = HandoffReply::Stored.encode();
+        assert!(matches!(
+            read_frame(&mut &good[..good.len() - 1]),
+            Err(ReadFrameError::Io(_))
+        ));
+    }
+}

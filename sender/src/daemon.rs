@@ -1,0 +1,473 @@
+//! `walship-sender daemon`: runs beside the primary, keeps a warm QUIC connection to the
+//! receiver, answers `push` on a Unix socket, and (with `pgdata`) ships the segments PostgreSQL
+//! has marked `.ready` ahead of the archiver, several at once, one QUIC stream each.
+//!
+//! It never writes in the data directory: it reads `pg_wal/archive_status` and the segments,
+//! nothing else. What it answers `push` for an already-shipped segment rests on the book in
+//! `walship_common::lookahead`: the acknowledgement counts only for the file identity read.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use quinn::VarInt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::time::timeout;
+use walship_common::config::SenderSettings;
+use walship_common::lookahead::{self, Book, FileIdentity, Lookup, Outcome, SETTLE};
+use walship_common::proto::frame::PREAMBLE_LEN;
+use walship_common::proto::handoff::{decode_handoff_preamble, Handoff, HandoffReply};
+use walship_common::WalFileName;
+
+use crate::error::SenderError;
+use crate::push::{self, Pushed, Target};
+
+/// How often `archive_status` is listed. PostgreSQL creates `.ready` and then signals its
+/// archiver; 20 ms keeps look-ahead well ahead of it at a negligible cost (one small readdir).
+const POLL: Duration = Duration::from_millis(20);
+/// Reconnect backoff bounds for the warm connection.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A `push` that connects must send its request at once.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
+    let socket = settings.socket.clone().ok_or_else(|| {
+        SenderError::Setup(format!(
+            "the daemon needs `socket = \"/run/walship/sender.sock\"` (a path of your choice) in {}",
+            settings.config_path.display()
+        ))
+    })?;
+    let status_dir = match &settings.pgdata {
+        Some(pgdata) if settings.lookahead > 0 => {
+            let dir = pgdata.join("pg_wal").join("archive_status");
+            if !dir.is_dir() {
+                return Err(SenderError::Setup(format!(
+                    "pgdata = {}: no pg_wal/archive_status there; set `pgdata` to the primary's data directory, or `lookahead = 0`",
+                    pgdata.display()
+                )));
+            }
+            Some(dir)
+        }
+        _ => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| SenderError::Internal(e.to_string()))?;
+    runtime.block_on(async move {
+        let listener = bind(&socket)?;
+        let target = Target::new(&settings).await?;
+        let daemon = Arc::new(Daemon {
+            target,
+            settings,
+            conn: tokio::sync::Mutex::new(None),
+            book: Mutex::new(Book::new()),
+            changed: tokio::sync::watch::channel(0).0,
+        });
+        let warm = tokio::spawn(daemon.clone().keep_warm());
+        if let Some(dir) = status_dir {
+            tokio::spawn(daemon.clone().look_ahead(dir));
+        }
+        tracing::info!(
+            socket = %socket.display(),
+            lookahead = daemon.settings.lookahead,
+            pgdata = ?daemon.settings.pgdata,
+            receiver = %daemon.settings.receiver,
+            "listening"
+        );
+        let result = daemon
+            .clone()
+            .accept(&listener.listener, listener.uid)
+            .await;
+        listener.remove();
+        warm.abort();
+        if let Some(conn) = daemon.conn.lock().await.take() {
+            conn.close(VarInt::from_u32(0), b"daemon stopping");
+        }
+        let _ = timeout(
+            Duration::from_millis(100),
+            daemon.target.endpoint.wait_idle(),
+        )
+        .await;
+        result
+    })
+}
+
+struct Daemon {
+    settings: SenderSettings,
+    target: Target,
+    /// The warm connection; replaced when it closes.
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    book: Mutex<Book>,
+    /// Bumped whenever a transfer ends, for pushes waiting on one.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Daemon {
+    /// Accept `push` clients until SIGTERM or SIGINT.
+    async fn accept(self: Arc<Self>, listener: &UnixListener, uid: u32) -> Result<(), SenderError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| SenderError::Internal(e.to_string()))?;
+        loop {
+            let stream = tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!("accept on the daemon socket: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // The socket is 0600, so only our user (or root) can connect; check anyway.
+            match stream.peer_cred() {
+                Ok(cred) if cred.uid() == uid || cred.uid() == 0 => {}
+                other => {
+                    tracing::warn!(peer = ?other, "refused a client of another user on the daemon socket");
+                    continue;
+                }
+            }
+            tokio::spawn(self.clone().serve_client(stream));
+        }
+        tracing::info!("stopping");
+        Ok(())
+    }
+
+    async fn serve_client(self: Arc<Self>, mut stream: UnixStream) {
+        let request = match timeout(REQUEST_TIMEOUT, read_handoff(&mut stream)).await {
+            Ok(Ok(Some(r))) => r,
+            // Connected and closed without a byte: a liveness probe (a second daemon checking
+            // whether this one is alive).
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!("unreadable request on the daemon socket: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("a client connected to the daemon socket and sent nothing");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let reply = self.handle(&request).await;
+        tracing::debug!(name = %request.name, ?reply, elapsed = ?started.elapsed(), "push answered");
+        // If push has gone (killed, timed out) there is nobody to tell.
+        let _ = stream.write_all(&reply.encode()).await;
+    }
+
+    /// Answer one `push`: from the book when look-ahead shipped exactly this file, else by
+    /// shipping it now on the warm connection.
+    async fn handle(&self, request: &Handoff) -> HandoffReply {
+        let failed = |e: SenderError| HandoffReply::Failed {
+            message: e.to_string(),
+        };
+        if !request.path.is_absolute() {
+            return failed(SenderError::Setup(format!(
+                "the daemon needs an absolute path, got {}",
+                request.path.display()
+            )));
+        }
+        let name = request.name.as_str();
+        loop {
+            let mut changed = self.changed.subscribe();
+            let identity = match identity(&request.path).await {
+                Ok(id) => id,
+                Err(e) => return failed(e),
+            };
+            let lookup = self.book().lookup(name, &identity);
+            match lookup {
+                Lookup::Shipped => return HandoffReply::ShippedAhead,
+                Lookup::InFlight => {
+                    let _ = changed.changed().await;
+                }
+                Lookup::Ship => {
+                    if self.book().begin(name) {
+                        break;
+                    }
+                }
+            }
+        }
+        let (result, outcome) = self.ship(&request.path, name).await;
+        self.finish(name, outcome);
+        match result {
+            Ok(Pushed::Stored) => HandoffReply::Stored,
+            Ok(Pushed::AlreadyHad) => HandoffReply::AlreadyHad,
+            Ok(Pushed::ShippedAhead) => HandoffReply::ShippedAhead,
+            Err(e) => failed(e),
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        // A panic while holding the lock cannot leave the book half-updated in a way that
+        // matters: every method is a single map operation.
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finish(&self, name: &str, outcome: Outcome) {
+        self.book().finish(name, outcome, Instant::now());
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Ship `path` as `name` and say what the receiver's acknowledgement may be trusted for.
+    async fn ship(&self, path: &Path, name: &str) -> (Result<Pushed, SenderError>, Outcome) {
+        let mut before = match identity(path).await {
+            Ok(id) => id,
+            Err(e) => return (Err(e), Outcome::Failed),
+        };
+        if !before.settled(SystemTime::now()) {
+            // Just written: wait until a further write would be sure to move its times.
+            tokio::time::sleep(SETTLE).await;
+            before = match identity(path).await {
+                Ok(id) => id,
+                Err(e) => return (Err(e), Outcome::Failed),
+            };
+        }
+        let settled = before.settled(SystemTime::now());
+        let result = self.ship_once(path, name).await;
+        let outcome = match (&result, identity(path).await) {
+            (Ok(_), Ok(after)) if settled && after == before => Outcome::Acked(before),
+            (Ok(_), _) => Outcome::Untrusted,
+            (Err(_), _) => Outcome::Failed,
+        };
+        (result, outcome)
+    }
+
+    /// One attempt, retried once on a fresh connection when the warm one turns out dead
+    /// (the receiver restarted): the receiver answers "already had" if the first got through.
+    async fn ship_once(&self, path: &Path, name: &str) -> Result<Pushed, SenderError> {
+        let settings = &self.settings;
+        let request = push::prepare_blocking(path, name, settings.compression).await?;
+        let attempt = |conn: quinn::Connection| {
+            let request = request.clone();
+            async move {
+                timeout(
+                    settings.timeout,
+                    push::transfer(settings, &conn, path, request),
+                )
+                .await
+                .unwrap_or_else(|_| Err(push::reply_timeout(settings, name)))
+            }
+        };
+        let conn = self.connection().await?;
+        match attempt(conn.clone()).await {
+            Err(SenderError::ConnectionLost { .. } | SenderError::Handshake { .. })
+                if conn.close_reason().is_some() =>
+            {
+                tracing::info!(%name, "warm connection was gone; retrying on a new one");
+                attempt(self.connection().await?).await
+            }
+            other => other,
+        }
+    }
+
+    /// The warm connection, or a new one if it closed.
+    async fn connection(&self) -> Result<quinn::Connection, SenderError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = self.target.connect().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Keep a connection open, reconnecting with backoff, so `push` finds one ready.
+    async fn keep_warm(self: Arc<Self>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.connection().await {
+                Ok(conn) => {
+                    backoff = FIRST_BACKOFF;
+                    let reason = conn.closed().await;
+                    tracing::info!("connection to receiver closed ({reason}); reconnecting");
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Ship `.ready` segments ahead of the archiver, at most `lookahead` at once.
+    async fn look_ahead(self: Arc<Self>, status_dir: PathBuf) {
+        let wal_dir = status_dir
+            .parent()
+            .expect("archive_status is under pg_wal")
+            .to_path_buf();
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listing_failed = false;
+        loop {
+            tick.tick().await;
+            let dir = status_dir.clone();
+            let ready = match tokio::task::spawn_blocking(move || list_ready(&dir)).await {
+                Ok(Ok(ready)) => {
+                    listing_failed = false;
+                    ready
+                }
+                Ok(Err(e)) => {
+                    if !listing_failed {
+                        tracing::warn!(
+                            "cannot list {}: {e}; look-ahead paused",
+                            status_dir.display()
+                        );
+                    }
+                    listing_failed = true;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("look-ahead listing task failed: {e}");
+                    continue;
+                }
+            };
+            let start = {
+                let mut book = self.book();
+                book.retain_ready(&ready);
+                book.plan(&ready, self.settings.lookahead, Instant::now())
+            };
+            for name in start {
+                let daemon = self.clone();
+                let path = wal_dir.join(&name);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let (result, outcome) = daemon.ship(&path, &name).await;
+                    daemon.finish(&name, outcome);
+                    match result {
+                        Ok(pushed) => {
+                            tracing::debug!(%name, ?pushed, ?outcome, elapsed = ?started.elapsed(), "shipped ahead")
+                        }
+                        // PostgreSQL's own push will try again and report in its log.
+                        Err(e) => tracing::warn!(%name, "look-ahead: {e}"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn identity(path: &Path) -> Result<FileIdentity, SenderError> {
+    tokio::fs::metadata(path)
+        .await
+        .map(|m| FileIdentity::of(&m))
+        .map_err(|source| SenderError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// One request, or `None` when the client closed before sending anything.
+async fn read_handoff(stream: &mut UnixStream) -> Result<Option<Handoff>, String> {
+    let mut pre = [0u8; PREAMBLE_LEN];
+    let first = stream.read(&mut pre).await.map_err(|e| e.to_string())?;
+    if first == 0 {
+        return Ok(None);
+    }
+    stream
+        .read_exact(&mut pre[first..])
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = decode_handoff_preamble(&pre).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    Handoff::decode_body(&body)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// `.ready` WAL files in `archive_status`, in the archiver's order.
+fn list_ready(status_dir: &Path) -> std::io::Result<Vec<WalFileName>> {
+    let mut ready = Vec::new();
+    for entry in std::fs::read_dir(status_dir)? {
+        if let Some(name) = entry?.file_name().to_str().and_then(lookahead::ready_name) {
+            ready.push(name);
+        }
+    }
+    lookahead::archive_order(&mut ready);
+    Ok(ready)
+}
+
+/// The bound daemon socket; removed again on a clean stop.
+struct BoundSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    ino: u64,
+    uid: u32,
+}
+
+impl BoundSocket {
+    /// Remove the socket file if it is still ours (a second daemon may have replaced it).
+    fn remove(&self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Bind the socket with mode 0600 from the first moment it is reachable: bind under a
+/// temporary name, chmod, then rename into place (which also replaces the stale socket of a
+/// killed daemon atomically). Refuses when another daemon answers there, or when the path is
+/// something other than a socket.
+fn bind(path: &Path) -> Result<BoundSocket, SenderError> {
+    let err =
+        |what: String| SenderError::Setup(format!("daemon socket {}: {what}", path.display()));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(err(
+                "exists and is not a socket; choose another `socket` path".into(),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(
+                "another walship-sender daemon is listening there; stop it first".into(),
+            ));
+        }
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = path
+        .file_name()
+        .ok_or_else(|| err("not a file path".into()))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let std_listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(|e| {
+        err(format!(
+            "bind: {e} (does the directory exist and belong to this user?)"
+        ))
+    })?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::symlink_metadata(&tmp))
+        .and_then(|meta| std::fs::rename(&tmp, path).map(|()| meta));
+    let meta = match placed {
+        Ok(meta) => meta,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e.to_string()));
+        }
+    };
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| err(e.to_string()))?;
+    let listener = UnixListener::from_std(std_listener).map_err(|e| err(e.to_string()))?;
+    Ok(BoundSocket {
+        listener,
+        path: path.to_path_buf(),
+        ino: meta.ino(),
+        uid: meta.uid(),
+    })
+}

@@ -1,0 +1,66 @@
+//! `push`'s side of the hand-off: ask a running daemon over its Unix socket. Plain blocking I/O:
+//! no runtime is built when the daemon answers, which keeps an already-shipped segment's push
+//! to about a millisecond.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use walship_common::proto::handoff::{read_frame, Handoff, HandoffReply, ReadFrameError};
+
+/// Why the daemon could not be used; `push` then connects to the receiver itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// No socket file: no daemon was started, or it stopped cleanly.
+    #[error("no daemon socket at {}", .0.display())]
+    NotStarted(PathBuf),
+    /// A socket that does not answer, or a daemon that went away mid-request.
+    #[error("daemon at {} did not answer ({detail})", socket.display())]
+    NoAnswer { socket: PathBuf, detail: String },
+}
+
+/// Ask the daemon to push `path` as `name`; `wait` bounds the whole exchange.
+pub fn ask(
+    socket: &Path,
+    path: &Path,
+    name: &str,
+    wait: Duration,
+) -> Result<HandoffReply, Unavailable> {
+    let no_answer = |detail: String| Unavailable::NoAnswer {
+        socket: socket.to_path_buf(),
+        detail,
+    };
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Unavailable::NotStarted(socket.to_path_buf()))
+        }
+        Err(e) => return Err(no_answer(e.to_string())),
+    };
+    // %p is relative to the data directory (PostgreSQL's working directory); the daemon runs
+    // elsewhere, so send an absolute path.
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| no_answer(format!("current directory: {e}")))?
+            .join(path)
+    };
+    let request = Handoff {
+        path,
+        name: name.to_string(),
+    };
+    stream
+        .set_read_timeout(Some(wait))
+        .and_then(|()| stream.set_write_timeout(Some(wait)))
+        .and_then(|()| stream.write_all(&request.encode()))
+        .map_err(|e| no_answer(e.to_string()))?;
+    let body = read_frame(&mut stream).map_err(|e| match e {
+        ReadFrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            no_answer("it closed the connection without a verdict".into())
+        }
+        e => no_answer(e.to_string()),
+    })?;
+    HandoffReply::decode_body(&body).map_err(|e| no_answer(e.to_string()))
+}
