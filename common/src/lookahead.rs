@@ -194,7 +194,8 @@ impl Book {
 pub enum Outcome {
     /// Durable on the receiver, and these are the bytes it holds.
     Acked(FileIdentity),
-    /// Durable, but the file changed (or was too fresh) around the read: trust nothing.
+    /// Durable, but the file changed (or was too fresh) around the read, or nobody will ask
+    /// again: keep nothing.
     Untrusted,
     /// Not durable.
     Failed,

@@ -12,7 +12,10 @@ use tracing::{error, info, info_span, warn, Instrument};
 use walship_common::config::ReceiverSettings;
 use walship_common::durable::{is_disk_full, TempFile};
 use walship_common::proto::encoding::max_wire_bytes;
-use walship_common::proto::frame::{decode_preamble, FrameError, MAX_HEADER_BYTES, PREAMBLE_LEN};
+use walship_common::proto::frame::{
+    decode_preamble, FrameError, MAX_HEADER_BYTES, PREAMBLE_LEN, TRAILER_LEN,
+};
+use walship_common::proto::upload::TrailerSplit;
 use walship_common::proto::{
     BodyDecoder, Encoding, Refusal, Reply, Request, Upload, PROTOCOL_VERSION,
 };
@@ -267,11 +270,15 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
     };
     let name = upload.name().to_string();
 
-    // Already stored? Answer without taking the bytes.
-    let existing = {
-        let (archive, name, sha) = (archive.clone(), name.clone(), request.sha256);
-        tokio::task::spawn_blocking(move || archive.compare_existing(&name, request.size, &sha))
-            .await
+    // Already stored? With the digest in the header, answer without taking the bytes. With a
+    // trailer digest, the commit compares with the stored copy instead.
+    let existing = match request.sha256 {
+        Some(sha) => {
+            let (archive, name) = (archive.clone(), name.clone());
+            tokio::task::spawn_blocking(move || archive.compare_existing(&name, request.size, &sha))
+                .await
+        }
+        None => Ok(Ok(None)),
     };
     match existing {
         Ok(Ok(None)) => {}
@@ -299,10 +306,12 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
         Ok(d) => d,
         Err(r) => return refuse(r),
     };
-    let max_wire = max_wire_bytes(request.encoding, request.size);
+    let trailer = TrailerSplit::new(upload.expects_trailer());
+    let max_wire = max_wire_bytes(request.encoding, request.size) + TRAILER_LEN as u64;
     let mut sink = Sink {
         upload,
         decoder,
+        trailer,
         tmp,
         written: 0,
     };
@@ -353,13 +362,17 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
         }
     }
     let Sink {
-        upload,
+        mut upload,
         decoder,
+        trailer,
         tmp,
         ..
     } = sink;
     if let Err(r) = decoder.finish() {
         return refuse(r);
+    }
+    if let Some(digest) = trailer.trailer() {
+        upload.set_trailer(digest);
     }
     let verified = match upload.finish() {
         Ok(v) => v,
@@ -379,6 +392,8 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
 struct Sink {
     upload: Upload,
     decoder: BodyDecoder,
+    /// Holds back the digest trailer at the end of the stream.
+    trailer: TrailerSplit,
     tmp: TempFile,
     /// Plain bytes written so far.
     written: u64,
@@ -391,19 +406,23 @@ impl Sink {
         let Sink {
             upload,
             decoder,
+            trailer,
             tmp,
             written,
         } = self;
         let name = upload.name().to_string();
         let before = *written;
-        decoder.decode(wire, &mut |plain| {
-            upload.feed(plain)?;
-            tmp.file()
-                .write_all(plain)
-                .map_err(|e| write_refusal(&name, &e))?;
-            *written += plain.len() as u64;
-            Ok(())
-        })?;
+        let (held, content) = trailer.split(wire);
+        for part in [&held[..], content] {
+            decoder.decode(part, &mut |plain| {
+                upload.feed(plain)?;
+                tmp.file()
+                    .write_all(plain)
+                    .map_err(|e| write_refusal(&name, &e))?;
+                *written += plain.len() as u64;
+                Ok(())
+            })?;
+        }
         // Start writeback of what this batch wrote, so the final fsync is short.
         tmp.start_writeback(before, *written - before);
         Ok(())

@@ -194,6 +194,14 @@ impl Daemon {
             }
         }
         let (result, outcome) = self.ship(&request.path, name).await;
+        // Without look-ahead nothing prunes the book, and PostgreSQL will not ask again for a
+        // segment it was told is archived: keep nothing (`Untrusted` removes the entry). With it, keep the acknowledgement
+        // until the .ready file goes, so look-ahead does not ship the segment a second time.
+        let outcome = if self.look_ahead_on() {
+            outcome
+        } else {
+            Outcome::Untrusted
+        };
         self.finish(name, outcome);
         match result {
             Ok(Pushed::Stored) => HandoffReply::Stored,
@@ -201,6 +209,10 @@ impl Daemon {
             Ok(Pushed::ShippedAhead) => HandoffReply::ShippedAhead,
             Err(e) => failed(e),
         }
+    }
+
+    fn look_ahead_on(&self) -> bool {
+        self.settings.pgdata.is_some() && self.settings.lookahead > 0
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {

@@ -1,6 +1,7 @@
 //! `walship-sender push PATH NAME`: PostgreSQL's archive_command. Sends one file on one QUIC
-//! stream and succeeds only on the receiver's "stored" or "already had" reply, which it sends
-//! after verifying the SHA-256 and fsyncing: transport acknowledgements prove nothing.
+//! stream, read once (hash, compress and send in one pipeline, the SHA-256 as a trailer), and
+//! succeeds only on the receiver's "stored" or "already had" reply, which it sends after
+//! verifying the SHA-256 and fsyncing: transport acknowledgements prove nothing.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ pub async fn push(
     name: &str,
 ) -> Result<Pushed, SenderError> {
     let request = prepare_blocking(path, name, settings.compression).await?;
-    tracing::debug!("prepared (hashed, header checked)");
+    tracing::debug!("prepared (name and header checked)");
     let target = Target::new(settings).await?;
     let result = timeout(settings.timeout, async {
         let conn = target.connect().await?;
@@ -128,8 +129,9 @@ impl Target {
     }
 }
 
-/// Check the name and, for segments, the page header against it; hash the content: the
-/// request to send.
+/// Check the name and, for segments, the page header against the name and the file's size: the
+/// request to send. The digest follows the content as a trailer (computed while sending), so
+/// the file is read once.
 pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, SenderError> {
     let parsed: WalFileName =
         name.parse().map_err(
@@ -150,22 +152,6 @@ pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, S
             size,
         });
     }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut head = Vec::with_capacity(LONG_PAGE_HEADER_LEN);
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        if head.len() < LONG_PAGE_HEADER_LEN {
-            let take = (LONG_PAGE_HEADER_LEN - head.len()).min(n);
-            head.extend_from_slice(&buf[..take]);
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
     if let Some(segment) = parsed.segment_bytes() {
         // Catch a wrong %p/%f pairing here, with a clear message, before using the network.
         let bad = |reason: String| SenderError::BadSegment {
@@ -173,15 +159,20 @@ pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, S
             name: name.to_string(),
             reason,
         };
+        let mut head = Vec::with_capacity(LONG_PAGE_HEADER_LEN);
+        (&mut file)
+            .take(LONG_PAGE_HEADER_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(read_err)?;
         let header = LongPageHeader::decode(&head).map_err(|e| bad(e.to_string()))?;
         header
-            .check_against(segment, total)
+            .check_against(segment, size)
             .map_err(|e| bad(e.to_string()))?;
     }
     Ok(Request {
         name: parsed.to_string(),
-        size: total,
-        sha256: hasher.finalize().into(),
+        size,
+        sha256: None,
         encoding,
     })
 }
@@ -315,7 +306,8 @@ pub async fn transfer(
     }
 }
 
-/// Read `path`, encode, and hand wire chunks to the sender task (blocking).
+/// Read `size` bytes of `path` once: hash, encode, and hand wire chunks to the sender task,
+/// then the digest trailer (blocking).
 fn produce(
     path: &Path,
     size: u64,
@@ -323,15 +315,27 @@ fn produce(
     level: i32,
     out: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) -> std::io::Result<()> {
-    let mut file = std::fs::File::open(path)?;
+    let file = std::fs::File::open(path)?;
+    let mut file = file.take(size);
     let mut encoder = BodyEncoder::new(encoding, level, size)?;
+    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
     loop {
         let n = file.read(&mut buf)?;
         let mut wire = Vec::new();
         if n == 0 {
+            if total != size {
+                // PostgreSQL never shortens a finished segment; someone else did.
+                return Err(std::io::Error::other(format!(
+                    "the file shrank from {size} to {total} bytes while it was read"
+                )));
+            }
             encoder.finish(&mut wire)?;
+            wire.extend_from_slice(&hasher.finalize_reset());
         } else {
+            hasher.update(&buf[..n]);
+            total += n as u64;
             encoder.encode(&buf[..n], &mut wire)?;
         }
         if !wire.is_empty() && out.blocking_send(Ok(wire)).is_err() {

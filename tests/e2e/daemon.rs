@@ -204,7 +204,13 @@ fn daemon_under_postgres_with_lookahead_and_a_kill() {
     // way they do behind a slow archiver: look-ahead ships them without being asked.
     primary.pgbench(&["-i", "-s", "2", "-q"]);
     primary.pgbench(&["-n", "-c", "2", "-T", "2"]);
-    let backlog_end = primary.walfile_name(&primary.switch_wal());
+    // However slow the machine, at least three finished segments wait.
+    primary.sql("create table filler (i int)");
+    for i in 0..3 {
+        primary.sql(&format!("insert into filler values ({i})"));
+        primary.switch_wal();
+    }
+    let backlog_end = primary.sql("select pg_walfile_name(pg_current_wal_lsn() - 1)");
     let backlog: Vec<String> = (segno(&first_segment)..=segno(&backlog_end))
         .map(segment_name)
         .collect();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use walship_common::proto::frame::MAX_HEADER_BYTES;
-use walship_common::proto::{Refusal, Reply, Request};
+use walship_common::proto::{Refusal, Reply, Request, PROTOCOL_VERSION};
 use walship_tests::process::{wait_for, OsUser};
 use walship_tests::raw::{
     client_tls_without_cert, honest_request, preamble, request_with_version, RawClient, StreamEnd,
@@ -230,15 +230,16 @@ fn bad_frames() {
         "{r:?}"
     );
 
-    // Our magic, protocol version 2, followed by a well-formed request and the content.
-    let mut v2 = request_with_version(&req, 2);
+    // Our magic, the next protocol version, followed by a well-formed request and the content.
+    let next = PROTOCOL_VERSION + 1;
+    let mut v2 = request_with_version(&req, next);
     v2.extend_from_slice(&seg.bytes[..4096]);
-    let r = refusal(raw.exchange(&v2), "version 2");
+    let r = refusal(raw.exchange(&v2), "next version");
     assert_eq!(
         r,
         Refusal::UnsupportedVersion {
-            receiver: 1,
-            sender: 2
+            receiver: PROTOCOL_VERSION,
+            sender: next
         }
     );
     assert_nothing_under(rig.archive(), &seg.name);
@@ -248,7 +249,7 @@ fn bad_frames() {
     // try to read the announced body.
     for len in [MAX_HEADER_BYTES as u32 + 1, u32::MAX] {
         let mut s = raw.open().expect("open stream");
-        s.write(&preamble(*b"WSHP", 1, len))
+        s.write(&preamble(*b"WSHP", PROTOCOL_VERSION, len))
             .expect("write preamble");
         let started = Instant::now();
         let r = refusal(s.reply(Duration::from_secs(10)), "oversized header");
@@ -264,7 +265,7 @@ fn bad_frames() {
     }
 
     // A valid preamble and an undecodable body.
-    let mut junk = preamble(*b"WSHP", 1, 8);
+    let mut junk = preamble(*b"WSHP", PROTOCOL_VERSION, 8);
     junk.extend_from_slice(&[0xff; 8]);
     let r = refusal(raw.exchange(&junk), "undecodable body");
     assert!(
@@ -377,14 +378,16 @@ fn lying_sizes_and_digests() {
 
     // The right bytes, announced with another digest.
     let mut wrong = req.clone();
-    wrong.sha256[0] ^= 0xff;
+    if let Some(d) = wrong.sha256.as_mut() {
+        d[0] ^= 0xff;
+    }
     let r = refusal(raw.upload(&wrong, &seg.bytes), "wrong digest");
     assert_eq!(
         r,
         Refusal::ChecksumMismatch {
             name: seg.name.clone(),
-            expected: hex::encode(wrong.sha256),
-            actual: hex::encode(req.sha256),
+            expected: hex::encode(wrong.sha256.expect("header digest")),
+            actual: hex::encode(req.sha256.expect("header digest")),
         }
     );
     assert_nothing_under(rig.archive(), &seg.name);
@@ -425,7 +428,7 @@ fn bad_names_and_misnamed_segment() {
         let req = Request {
             name: name.clone(),
             size: seg.bytes.len() as u64,
-            sha256: walship_common::proto::upload::sha256(&seg.bytes),
+            sha256: Some(walship_common::proto::upload::sha256(&seg.bytes)),
             encoding: walship_common::proto::Encoding::Plain,
         };
         let r = refusal(raw.upload(&req, &seg.bytes), name);

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 /// ALPN protocol id; a peer that does not offer it fails the TLS handshake.
 pub const ALPN: &[u8] = b"walship/1";
 /// Version carried in every preamble.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: the digest may follow the content as a trailer (`Request::sha256` is `None`).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"WSHP";
 /// magic (4) + version (2) + body length (4).
@@ -18,6 +19,8 @@ pub const PREAMBLE_LEN: usize = 10;
 pub const MAX_HEADER_BYTES: usize = 4096;
 /// Largest reply body accepted (reasons carry a few paths and numbers).
 pub const MAX_REPLY_BYTES: usize = 16 * 1024;
+/// Length of the digest trailer (a SHA-256).
+pub const TRAILER_LEN: usize = 32;
 /// Largest file accepted: PostgreSQL's largest WAL segment size (`--wal-segsize=1024`).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
@@ -28,8 +31,11 @@ pub struct Request {
     pub name: String,
     /// Exact number of content bytes that follow.
     pub size: u64,
-    /// SHA-256 of the content (the plain bytes, whatever the encoding).
-    pub sha256: [u8; 32],
+    /// SHA-256 of the content (the plain bytes, whatever the encoding). `None`: the digest is
+    /// the last [`TRAILER_LEN`] bytes of the stream, after the content, so the sender can
+    /// read, hash, compress and send in one pass. `Some` lets the receiver answer "already
+    /// had" before the content arrives.
+    pub sha256: Option<[u8; 32]>,
     /// How the content travels.
     pub encoding: crate::proto::encoding::Encoding,
 }
@@ -215,7 +221,7 @@ mod tests {
         Request {
             name: "000000010000000000000001".into(),
             size: 16 << 20,
-            sha256: [7; 32],
+            sha256: Some([7; 32]),
             encoding: crate::proto::encoding::Encoding::Zstd,
         }
     }
@@ -259,9 +265,9 @@ mod tests {
         ));
 
         let mut buf = request().encode();
-        buf[5] = 2;
+        buf[4..6].copy_from_slice(&1u16.to_be_bytes());
         let err = decode_frame::<Request>(&buf, MAX_HEADER_BYTES).unwrap_err();
-        assert_eq!(err, FrameError::Version { ours: 1, theirs: 2 });
+        assert_eq!(err, FrameError::Version { ours: 2, theirs: 1 });
         assert!(err.to_string().contains("same walship release"));
 
         let mut buf = request().encode();

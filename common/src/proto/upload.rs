@@ -34,7 +34,8 @@ pub struct Verified {
 pub struct Upload {
     name: WalFileName,
     announced: u64,
-    expected: [u8; 32],
+    /// From the header, or set from the trailer before [`Upload::finish`].
+    expected: Option<[u8; 32]>,
     received: u64,
     hasher: Sha256,
     /// First bytes, kept until the long page header can be decoded.
@@ -108,9 +109,28 @@ impl Upload {
         Ok(())
     }
 
+    /// Whether the digest comes as a trailer after the content.
+    pub fn expects_trailer(&self) -> bool {
+        self.expected.is_none()
+    }
+
+    /// The digest read from the trailer (when the header carried none).
+    pub fn set_trailer(&mut self, digest: [u8; 32]) {
+        if self.expected.is_none() {
+            self.expected = Some(digest);
+        }
+    }
+
     /// The verdict once the sender has finished its side.
     pub fn finish(self) -> Result<Verified, Refusal> {
         let name = self.name.to_string();
+        let Some(expected) = self.expected else {
+            return Err(Refusal::SizeMismatch {
+                name,
+                announced: self.announced + crate::proto::frame::TRAILER_LEN as u64,
+                received: self.received,
+            });
+        };
         if self.received != self.announced {
             return Err(Refusal::SizeMismatch {
                 name,
@@ -128,10 +148,10 @@ impl Upload {
             });
         }
         let actual: [u8; 32] = self.hasher.finalize().into();
-        if actual != self.expected {
+        if actual != expected {
             return Err(Refusal::ChecksumMismatch {
                 name,
-                expected: hex::encode(self.expected),
+                expected: hex::encode(expected),
                 actual: hex::encode(actual),
             });
         }
@@ -167,6 +187,49 @@ impl Upload {
         }
         self.system_id = Some(header.system_id);
         Ok(())
+    }
+}
+
+/// Splits a stream into its content and the [`TRAILER_LEN`](crate::proto::frame::TRAILER_LEN)
+/// bytes at its very end, without knowing where the end is until the stream finishes: the last
+/// bytes seen are held back until more arrive.
+#[derive(Debug, Default)]
+pub struct TrailerSplit {
+    enabled: bool,
+    held: Vec<u8>,
+}
+
+impl TrailerSplit {
+    /// `enabled`: the stream ends with a trailer (else everything is content).
+    pub fn new(enabled: bool) -> Self {
+        TrailerSplit {
+            enabled,
+            held: Vec::new(),
+        }
+    }
+
+    /// The content in `chunk` and the bytes held back before it, in order: first the returned
+    /// vector (at most a trailer's length), then the returned slice of `chunk`.
+    pub fn split<'a>(&mut self, chunk: &'a [u8]) -> (Vec<u8>, &'a [u8]) {
+        const N: usize = crate::proto::frame::TRAILER_LEN;
+        if !self.enabled {
+            return (Vec::new(), chunk);
+        }
+        if chunk.len() >= N {
+            let (content, tail) = chunk.split_at(chunk.len() - N);
+            let released = std::mem::replace(&mut self.held, tail.to_vec());
+            (released, content)
+        } else {
+            let mut all = std::mem::take(&mut self.held);
+            all.extend_from_slice(chunk);
+            self.held = all.split_off(all.len().saturating_sub(N));
+            (all, &[])
+        }
+    }
+
+    /// The trailer, once the stream ended: `None` when it was shorter than a trailer.
+    pub fn trailer(self) -> Option<[u8; 32]> {
+        self.held.try_into().ok()
     }
 }
 
@@ -213,7 +276,7 @@ mod tests {
         Request {
             name: name.into(),
             size: body.len() as u64,
-            sha256: sha256(body),
+            sha256: Some(sha256(body)),
             encoding: crate::proto::Encoding::Plain,
         }
     }
@@ -316,7 +379,7 @@ mod tests {
             let req = Request {
                 name: bad.into(),
                 size: 1,
-                sha256: [0; 32],
+                sha256: Some([0; 32]),
                 encoding: crate::proto::Encoding::Plain,
             };
             assert!(
@@ -330,7 +393,7 @@ mod tests {
         let req = Request {
             name: "00000002.history".into(),
             size: MAX_FILE_BYTES + 1,
-            sha256: [0; 32],
+            sha256: Some([0; 32]),
             encoding: crate::proto::Encoding::Plain,
         };
         assert!(matches!(
@@ -372,5 +435,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.system_id, None);
+    }
+
+    #[test]
+    fn trailer_split_finds_the_last_bytes_whatever_the_chunking() {
+        let stream: Vec<u8> = (0..200u8).collect();
+        for size in [1, 5, 31, 32, 33, 64, 199, 200] {
+            let mut split = TrailerSplit::new(true);
+            let mut content = Vec::new();
+            for chunk in stream.chunks(size) {
+                let (held, part) = split.split(chunk);
+                content.extend_from_slice(&held);
+                content.extend_from_slice(part);
+            }
+            assert_eq!(content, &stream[..168], "chunk size {size}");
+            assert_eq!(split.trailer().unwrap().to_vec(), &stream[168..]);
+        }
+        let mut short = TrailerSplit::new(true);
+        let _ = short.split(&[1, 2, 3]);
+        assert_eq!(short.trailer(), None);
+        let mut off = TrailerSplit::new(false);
+        assert_eq!(off.split(&stream).1, &stream[..]);
+    }
+
+    #[test]
+    fn trailer_digest_is_checked_and_required() {
+        let (name, body) = segment(1, 42);
+        let mut req = request(&name, &body);
+        req.sha256 = None;
+        let facts = ArchiveFacts::default();
+        let mut up = Upload::begin(&req, &facts).unwrap();
+        assert!(up.expects_trailer());
+        up.feed(&body).unwrap();
+        up.set_trailer(sha256(&body));
+        assert_eq!(up.finish().unwrap().sha256, sha256(&body));
+
+        let mut up = Upload::begin(&req, &facts).unwrap();
+        up.feed(&body).unwrap();
+        up.set_trailer([9; 32]);
+        assert!(matches!(up.finish(), Err(Refusal::ChecksumMismatch { .. })));
+
+        // The stream ended before a trailer: never stored.
+        let mut up = Upload::begin(&req, &facts).unwrap();
+        up.feed(&body).unwrap();
+        assert!(matches!(up.finish(), Err(Refusal::SizeMismatch { .. })));
     }
 }
