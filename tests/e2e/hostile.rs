@@ -392,6 +392,26 @@ fn lying_sizes_and_digests() {
     );
     assert_nothing_under(rig.archive(), &seg.name);
 
+    // Protocol 2's trailer digest: wrong, or missing (the stream ends with the content).
+    let mut trailer_req = req.clone();
+    trailer_req.sha256 = None;
+    let mut with_trailer = seg.bytes.clone();
+    let mut bad_digest = req.sha256.expect("header digest");
+    bad_digest[31] ^= 0x01;
+    with_trailer.extend_from_slice(&bad_digest);
+    let r = refusal(raw.upload(&trailer_req, &with_trailer), "wrong trailer");
+    assert!(
+        matches!(&r, Refusal::ChecksumMismatch { name, .. } if *name == seg.name),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+    let r = refusal(raw.upload(&trailer_req, &seg.bytes), "no trailer");
+    assert!(
+        matches!(&r, Refusal::SizeMismatch { name, .. } if *name == seg.name),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
     // The announced digest, content damaged after the page header.
     let mut damaged = seg.bytes.clone();
     damaged[5_000_000] ^= 0x01;

@@ -1,8 +1,9 @@
 //! The wire protocol between `walship-sender` and `walship-receiver`.
 //!
 //! One QUIC connection (ALPN [`frame::ALPN`]) carries one bidirectional stream per file. On each
-//! stream the sender writes a [`frame::Request`] header, then exactly `size` bytes of file
-//! content, then finishes its side; the receiver answers with one [`frame::Reply`] and finishes
+//! stream the sender writes a [`frame::Request`] header, then the file content (`size` plain
+//! bytes, encoded as the header says), then, when the header carries no digest, the SHA-256 as
+//! a 32-byte trailer, then finishes its side; the receiver answers with one [`frame::Reply`] and finishes
 //! its side. The reply is sent only after the file is verified and durable, so the sender trusts
 //! it, never transport acknowledgements.
 //!
