@@ -307,7 +307,8 @@ pub async fn transfer(
 }
 
 /// Read `size` bytes of `path` once: hash, encode, and hand wire chunks to the sender task,
-/// then the digest trailer (blocking).
+/// then the digest trailer (blocking). Hashing runs on its own thread beside compression, so a
+/// 16 MiB segment costs the slower of the two, not their sum.
 fn produce(
     path: &Path,
     size: u64,
@@ -315,36 +316,66 @@ fn produce(
     level: i32,
     out: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) -> std::io::Result<()> {
-    let file = std::fs::File::open(path)?;
-    let mut file = file.take(size);
+    let mut file = std::fs::File::open(path)?.take(size);
     let mut encoder = BodyEncoder::new(encoding, level, size)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        let mut wire = Vec::new();
-        if n == 0 {
-            if total != size {
-                // PostgreSQL never shortens a finished segment; someone else did.
-                return Err(std::io::Error::other(format!(
-                    "the file shrank from {size} to {total} bytes while it was read"
-                )));
+    // A few chunks in flight bound the memory: CHUNK x (queue + 2).
+    let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            let mut hasher = Sha256::new();
+            for chunk in chunks {
+                hasher.update(&chunk[..]);
             }
-            encoder.finish(&mut wire)?;
-            wire.extend_from_slice(&hasher.finalize_reset());
-        } else {
-            hasher.update(&buf[..n]);
+            <[u8; 32]>::from(hasher.finalize())
+        });
+        let mut total = 0u64;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = read_full(&mut file, &mut buf)?;
+            let mut wire = Vec::new();
+            if n == 0 {
+                if total != size {
+                    // PostgreSQL never shortens a finished segment; someone else did.
+                    return Err(std::io::Error::other(format!(
+                        "the file shrank from {size} to {total} bytes while it was read"
+                    )));
+                }
+                drop(to_hasher);
+                encoder.finish(&mut wire)?;
+                let digest = hasher
+                    .join()
+                    .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
+                wire.extend_from_slice(&digest);
+                // If the sender task has stopped, the receiver answered early: nothing to do.
+                let _ = out.blocking_send(Ok(wire));
+                return Ok(());
+            }
             total += n as u64;
-            encoder.encode(&buf[..n], &mut wire)?;
+            buf.truncate(n);
+            let chunk = Arc::new(buf);
+            to_hasher
+                .send(chunk.clone())
+                .map_err(|_| std::io::Error::other("the hashing thread stopped"))?;
+            encoder.encode(&chunk, &mut wire)?;
+            if !wire.is_empty() && out.blocking_send(Ok(wire)).is_err() {
+                return Ok(()); // the sender task stopped: the receiver answered early
+            }
         }
-        if !wire.is_empty() && out.blocking_send(Ok(wire)).is_err() {
-            return Ok(()); // the sender task stopped: the receiver answered early
-        }
-        if n == 0 {
-            return Ok(());
+    })
+}
+
+/// Fill `buf` unless the file ends first; the number of bytes read.
+fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(filled)
 }
 
 enum ReplyError {
