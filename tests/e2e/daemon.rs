@@ -167,6 +167,18 @@ fn lookahead_acknowledgement_is_tied_to_file_identity() {
     daemon.stop();
     assert!(!socket.exists(), "a clean stop removes the socket");
     daemon.check_log(&[]);
+
+    // Without look-ahead the daemon keeps no acknowledgement: every push asks the receiver.
+    let plain = sender_for(&sc, "sender-plain", &rx_setup, &certs);
+    add_keys(&plain, "socket = \"plain.sock\"\n");
+    let mut no_lookahead = Service::spawn_daemon(&sc, &plain, "daemon-plain");
+    for _ in 0..2 {
+        let out = push_debug(&sc, &plain, &p2, &s2.name);
+        out.assert_code(0);
+        assert!(out.stderr.contains("outcome=AlreadyHad"), "{out}");
+    }
+    no_lookahead.stop();
+    no_lookahead.check_log(&[]);
     rx.stop_and_check(&[
         "different content",
         "already archived with different content",
