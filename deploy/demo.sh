@@ -92,6 +92,8 @@ SCONF=$SDIR/sender.toml
 ARCHIVE=$RDIR/archive
 RECEIVER_JOB=""
 RECEIVER_PID=""
+DAEMON_JOB=""
+DAEMON_PID=""
 
 cleanup() {
     local rc=$? status
@@ -106,6 +108,11 @@ cleanup() {
             info "stopped PostgreSQL in $dir"
         fi
     done
+    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+        kill -TERM "$DAEMON_PID"
+        wait "$DAEMON_JOB"; status=$?
+        info "stopped walship-sender daemon with SIGTERM: exit status $status (0 = clean shutdown)"
+    fi
     if [ -n "$RECEIVER_PID" ] && kill -0 "$RECEIVER_PID" 2>/dev/null; then
         kill -TERM "$RECEIVER_PID"
         for _ in $(seq 1 100); do kill -0 "$RECEIVER_PID" 2>/dev/null || break; sleep 0.1; done
@@ -299,6 +306,11 @@ ca = "certs/ca.pem"
 cert = "certs/client.pem"
 key = "certs/client.key"
 connect_timeout = "10s"
+# The daemon: push hands segments to it over this socket; with pgdata it ships
+# .ready segments ahead of the archiver, up to lookahead at once.
+socket = "$RUN/sender.sock"
+pgdata = "$PRIMARY"
+lookahead = 4
 EOF
 if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$RCONF" "$SCONF"; fi
 sed 's/^/       /' "$RCONF"
@@ -316,6 +328,20 @@ receiver_ready() {
 }
 wait_until 20 "walship-receiver to log 'listening on'" receiver_ready
 grep -m1 'listening on' "$LOG/receiver.log" | indent
+
+banner "Sender daemon: walship-sender daemon (warm connection, look-ahead over archive_status/*.ready)"
+# shellcheck disable=SC2016 # $$, $1 and $@ are for the inner sh
+as_pg env RUST_LOG=info,walship_sender::daemon=debug sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$RUN/daemon.pid" \
+    "$BIN/walship-sender" --config "$SCONF" daemon >>"$LOG/sender-daemon.log" 2>&1 &
+DAEMON_JOB=$!
+wait_until 10 "the daemon's pid file" test -s "$RUN/daemon.pid"
+DAEMON_PID=$(cat "$RUN/daemon.pid")
+daemon_ready() {
+    kill -0 "$DAEMON_PID" 2>/dev/null || fail "walship-sender daemon exited during startup (see $LOG/sender-daemon.log)"
+    grep -q 'listening' "$LOG/sender-daemon.log"
+}
+wait_until 20 "walship-sender daemon to log 'listening'" daemon_ready
+grep -m1 'listening' "$LOG/sender-daemon.log" | cut -c1-160 | indent
 
 # ---------------------------------------------------------------- 6. archiving on
 
@@ -375,6 +401,8 @@ info "primary: pgbench_accounts count=$P_COUNT sum(abalance)=$P_SUM; pgbench_his
 banner "Segments arriving"
 info "archive_dir $ARCHIVE: $(find "$ARCHIVE" -maxdepth 1 -type f -name '0*' | wc -l) files, newest:"
 (cd "$ARCHIVE" && ls -l -- 0* | tail -n 3) | indent
+info "pushes answered by the daemon: $(grep -c 'push answered' "$LOG/sender-daemon.log" || true)," \
+    "of which from look-ahead: $(grep -c 'reply=ShippedAhead' "$LOG/sender-daemon.log" || true)"
 info "primary, pg_stat_archiver:"
 show "$PRIMARY_PORT" 'SELECT archived_count, last_archived_wal, last_archived_time, failed_count FROM pg_stat_archiver'
 replayed_switch() {
