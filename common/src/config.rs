@@ -23,8 +23,9 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Default for `lookahead`: four segments in flight keep a 2-core primary's disk and one core
 /// of compression busy without starving PostgreSQL.
 pub const DEFAULT_LOOKAHEAD: usize = 4;
-/// Upper bound for `lookahead`, well under the receiver's streams per connection.
-pub const MAX_LOOKAHEAD: usize = 32;
+/// Upper bound for `lookahead`: each transfer in flight holds a few MiB of buffers, and the
+/// daemon's memory is bounded by its transfer slots (see the sender's daemon).
+pub const MAX_LOOKAHEAD: usize = 8;
 /// Default QUIC idle timeout: a peer silent this long is gone.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -30,6 +30,11 @@ const POLL: Duration = Duration::from_millis(20);
 /// Reconnect backoff bounds for the warm connection.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Transfers running at once, look-ahead and hand-offs together; others wait for a slot. With
+/// look-ahead at its maximum (8) two slots stay for PostgreSQL's own pushes. Memory per
+/// transfer is about 4 MiB (read, hash and wire chunk queues, the zstd context), so the daemon
+/// stays near 50 MiB at worst, send window included.
+const TRANSFER_SLOTS: usize = walship_common::config::MAX_LOOKAHEAD + 2;
 /// A `push` that connects must send its request at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,6 +71,7 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
             settings,
             conn: tokio::sync::Mutex::new(None),
             book: Mutex::new(Book::new()),
+            slots: tokio::sync::Semaphore::new(TRANSFER_SLOTS),
             changed: tokio::sync::watch::channel(0).0,
         });
         let warm = tokio::spawn(daemon.clone().keep_warm());
@@ -103,6 +109,8 @@ struct Daemon {
     /// The warm connection; replaced when it closes.
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     book: Mutex<Book>,
+    /// Bounds the transfers running at once (and so the daemon's memory).
+    slots: tokio::sync::Semaphore,
     /// Bumped whenever a transfer ends, for pushes waiting on one.
     changed: tokio::sync::watch::Sender<u64>,
 }
@@ -253,6 +261,11 @@ impl Daemon {
     /// One attempt, retried once on a fresh connection when the warm one turns out dead
     /// (the receiver restarted): the receiver answers "already had" if the first got through.
     async fn ship_once(&self, path: &Path, name: &str) -> Result<Pushed, SenderError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| SenderError::Internal(e.to_string()))?;
         let settings = &self.settings;
         let request = push::prepare_blocking(path, name, settings.compression).await?;
         let attempt = |conn: quinn::Connection| {
