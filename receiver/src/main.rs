@@ -83,7 +83,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Restore { name, path } => {
-            init_tracing("warn");
+            // restore_command runs once per WAL file: no logging set-up unless asked for
+            // (RUST_LOG); its errors go to stderr directly.
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_tracing("warn");
+            }
             let result = settings(cli.config).and_then(|s| restore::restore(&s, &name, &path));
             match result {
                 Ok(restore::Restored::Copied(bytes)) => {
@@ -160,6 +164,7 @@ fn fail(e: &ReceiverError) -> ExitCode {
 
 fn serve_main(config: Option<PathBuf>) -> Result<(), ReceiverError> {
     let settings = settings(config)?;
+    fixed_mmap_threshold();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| ReceiverError::Task(e.to_string()))?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -170,6 +175,21 @@ fn serve_main(config: Option<PathBuf>) -> Result<(), ReceiverError> {
         });
         serve::run(settings, shutdown).await
     })
+}
+
+/// Have glibc serve allocations of 1 MiB and more (the zstd decoder's 2 MiB window) straight
+/// from mmap and give them back on free. By default the threshold rises to the size of the
+/// largest block freed, after which every upload's window comes from one of up to 16 malloc
+/// arenas (one per blocking thread) that keep it: measured, 64 uploads in a burst then peaked
+/// at 73 MiB instead of 34.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the runtime (and
+    // any other thread) starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 async fn wait_for_signal() {

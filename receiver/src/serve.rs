@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 use walship_common::config::ReceiverSettings;
 use walship_common::durable::{is_disk_full, TempFile};
 use walship_common::proto::encoding::max_wire_bytes;
@@ -24,11 +25,63 @@ use walship_common::tls;
 use crate::error::ReceiverError;
 use crate::store::{storage_refusal, Archive};
 
-/// Bytes gathered from the stream before one write to the temp file: large writes keep the
-/// per-segment syscall count low, and it bounds memory per transfer.
-const WRITE_BUF: usize = 1 << 20;
-/// Streams (files) one connection may have open at once.
-const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+// Memory. The receiver's memory is bounded whatever the number of senders, connections and
+// streams. With the constants below:
+//
+//   process, runtime, TLS and QUIC state at rest                            ~7 MiB (measured)
+// + MAX_CONNECTIONS x connection state (TLS, QUIC, no stream credit)     256 x ~30 KiB = 8 MiB
+// + MAX_SENDING_CONNECTIONS x CONNECTION_WINDOW (bytes received, unread)  16 x 4 MiB = 64 MiB
+//     (QUIC flow control: a sender cannot have more than this in flight to us)
+// + MAX_ACTIVE_UPLOADS x per upload                                       8 x 2.7 MiB = 22 MiB
+//     (zstd: 2 MiB window, encoding::WINDOW_LOG, capped in the decoder; 256 KiB of block
+//     buffers; a 256 KiB decoded chunk; the wire batch. Plain: just the 256 KiB batch)
+// = ~100 MiB at the very worst (16 connections each with 16 streams sending at once, 240 more
+// connections open and waiting).
+//
+// A connection gets stream credit (may send) only once it holds one of MAX_SENDING_CONNECTIONS
+// slots; until then its sender waits in `open_bi`, costing us no buffer. Connections past
+// MAX_CONNECTIONS wait in QUIC's handshake queue. A stream waits (it is not refused) for one of
+// MAX_ACTIVE_UPLOADS upload slots before any per-upload memory is allocated, its first
+// STREAM_WINDOW bytes held by QUIC meanwhile. Because a connection's window is the sum of its
+// streams' windows, streams waiting on a connection never use up the window an active stream
+// on the same connection needs.
+//
+// The common case is far below: `push` uses one stream per connection, which can hold only
+// STREAM_WINDOW unread: 16 pushes at once hold 16 x 256 KiB = 4 MiB in QUIC. Measured peak
+// (VmHWM) with 16 pushes of 16 MiB segments at once: ~36 MiB with zstd, ~18 MiB plain; 64 at
+// once: ~39 and ~20 MiB (it was 133 and 74 MiB with no limits). QUIC's reassembly may keep up
+// to 2.5x the unread bytes allocated for an authenticated peer sending pathological frames
+// (the 64 MiB term becomes 160 MiB); real senders' frames cost ~1.1x.
+
+/// Uploads decoding and writing at once, across all connections. Each holds a zstd window:
+/// this is what bounds decoding memory. Two cores decode faster than 8 senders send.
+const MAX_ACTIVE_UPLOADS: usize = 8;
+/// Connections open at once, sending or waiting to. More wait in QUIC's handshake queue.
+const MAX_CONNECTIONS: usize = 256;
+/// Connections with stream credit at once (each may hold CONNECTION_WINDOW unread bytes). Others
+/// wait, handshake done, until one closes; PostgreSQL's archiver uses one at a time per primary.
+const MAX_SENDING_CONNECTIONS: usize = 16;
+/// Streams (files) one connection may have open at once; a sender opening more waits for one
+/// to finish (QUIC stream credit). The sender daemon's look-ahead uses one each.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// Unread bytes per stream: enough for one stream to fill a loopback or LAN link while the
+/// previous batch is decoded and written (measured: no slower than 8 MiB on loopback). On a
+/// long link it caps one stream near 256 KiB per round trip (25 MB/s of wire bytes at 10 ms,
+/// ~10x that of WAL with zstd); the daemon's parallel streams add up.
+const STREAM_WINDOW: u32 = 256 << 10;
+/// Unread bytes per connection: room for every stream's window, so that streams waiting for an
+/// upload slot cannot starve one that holds a slot on the same connection.
+const CONNECTION_WINDOW: u32 = MAX_STREAMS_PER_CONNECTION * STREAM_WINDOW;
+/// Bytes gathered from the stream before one write to the temp file: large enough to keep the
+/// syscall count low (64 writes per 16 MiB segment), small enough to multiply.
+const WRITE_BUF: usize = 256 << 10;
+/// Compressed bytes gathered before one decode step: they expand ~5-20x, so smaller batches
+/// keep decoding and writing in step with the arrival instead of all at the end.
+const ZSTD_BATCH: usize = 64 << 10;
+/// Handshakes QUIC keeps waiting while MAX_CONNECTIONS are served (more are refused), and the
+/// bytes it may buffer for all of them.
+const MAX_WAITING_HANDSHAKES: usize = 256;
+const WAITING_HANDSHAKE_BYTES: u64 = 1 << 20;
 /// How long in-flight uploads may take to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Application close code sent when the receiver shuts down.
@@ -49,6 +102,10 @@ pub async fn run(
     })?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(settings.idle_timeout)));
+    server
+        .max_incoming(MAX_WAITING_HANDSHAKES)
+        .incoming_buffer_size(WAITING_HANDSHAKE_BYTES / 16)
+        .incoming_buffer_size_total(WAITING_HANDSHAKE_BYTES);
     let endpoint =
         quinn::Endpoint::server(server, settings.listen).map_err(|source| ReceiverError::Bind {
             addr: settings.listen,
@@ -63,7 +120,21 @@ pub async fn run(
     info!(archive_dir = %archive.dir().display(), "listening on {local}");
 
     let tracker = TaskTracker::new();
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sending = Arc::new(Semaphore::new(MAX_SENDING_CONNECTIONS));
+    let uploads = Arc::new(Semaphore::new(MAX_ACTIVE_UPLOADS));
     loop {
+        // A connection slot first: past MAX_CONNECTIONS, handshakes wait in QUIC's queue.
+        let slot = match connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                warn!("{MAX_CONNECTIONS} connections open: new ones wait until one closes");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    p = connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
             incoming = endpoint.accept() => match incoming {
@@ -72,12 +143,19 @@ pub async fn run(
             },
         };
         let remote = incoming.remote_address();
-        let archive = archive.clone();
-        let idle = settings.idle_timeout;
+        let shared = Shared {
+            archive: archive.clone(),
+            sending: sending.clone(),
+            uploads: uploads.clone(),
+            idle: settings.idle_timeout,
+        };
         let (tracker2, shutdown2) = (tracker.clone(), shutdown.clone());
         tracker.spawn(
-            async move { connection(incoming, archive, idle, tracker2, shutdown2).await }
-                .instrument(info_span!("conn", %remote)),
+            async move {
+                connection(incoming, shared, tracker2, shutdown2).await;
+                drop(slot);
+            }
+            .instrument(info_span!("conn", %remote)),
         );
     }
 
@@ -103,18 +181,29 @@ fn transport(idle: Duration) -> quinn::TransportConfig {
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(idle).expect("idle timeout within QUIC's limit"),
     ));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+    // No stream credit until the connection holds a sending slot (see `connection`).
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    // Windows sized for a 16 MiB segment on a fast link, bounded per connection.
-    t.stream_receive_window(VarInt::from_u32(8 << 20));
-    t.receive_window(VarInt::from_u32(32 << 20));
+    // See "Memory" above: the connection window covers all its streams' windows.
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t
+}
+
+/// What every stream task needs.
+#[derive(Clone)]
+struct Shared {
+    archive: Arc<Archive>,
+    /// MAX_SENDING_CONNECTIONS permits: one per connection with stream credit.
+    sending: Arc<Semaphore>,
+    /// MAX_ACTIVE_UPLOADS permits: one per upload decoding and writing.
+    uploads: Arc<Semaphore>,
+    idle: Duration,
 }
 
 async fn connection(
     incoming: quinn::Incoming,
-    archive: Arc<Archive>,
-    idle: Duration,
+    shared: Shared,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -135,6 +224,20 @@ async fn connection(
         }
     };
     info!("connection accepted");
+    let idle = shared.idle;
+    // Stream credit only with a sending slot: until then the sender waits to open a stream.
+    let _sending = match shared.sending.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            info!("{MAX_SENDING_CONNECTIONS} connections sending: this one waits for one to close");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = conn.closed() => return,
+                p = shared.sending.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            }
+        }
+    };
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
     loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -151,14 +254,13 @@ async fn connection(
                 }
             },
         };
-        let archive = archive.clone();
         let span = info_span!(
             "file",
             segment = tracing::field::Empty,
             bytes = tracing::field::Empty,
             outcome = tracing::field::Empty
         );
-        tracker.spawn(stream(send, recv, archive, idle).instrument(span));
+        tracker.spawn(stream(send, recv, shared.clone()).instrument(span));
     }
 }
 
@@ -181,10 +283,11 @@ enum Outcome {
     Gone(String),
 }
 
-async fn stream(mut send: SendStream, mut recv: RecvStream, archive: Arc<Archive>, idle: Duration) {
+async fn stream(mut send: SendStream, mut recv: RecvStream, shared: Shared) {
     let started = Instant::now();
     let span = tracing::Span::current();
-    let outcome = receive(&mut recv, &archive, idle).await;
+    let idle = shared.idle;
+    let outcome = receive(&mut recv, &shared).await;
     let reply = match outcome {
         Outcome::Gone(why) => {
             span.record("outcome", "abandoned");
@@ -222,7 +325,8 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, archive: Arc<Archive
     }
 }
 
-async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) -> Outcome {
+async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
+    let (archive, idle) = (&shared.archive, shared.idle);
     macro_rules! read_or_gone {
         ($fut:expr) => {
             match timeout(idle, $fut).await {
@@ -298,6 +402,9 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
         }
     }
 
+    // An upload slot before any per-upload memory (decoder, buffer) or temp file. Waiting here
+    // costs no more than the stream's window, held by QUIC; the sender waits on flow control.
+    let permit = upload_slot(&shared.uploads).await;
     let tmp = match archive.temp(&name) {
         Ok(t) => t,
         Err(e) => return refuse(storage_refusal(&name, &e)),
@@ -316,11 +423,9 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
         written: 0,
     };
     let mut wire = 0u64;
-    // Compressed bytes expand ~5-20x: smaller wire batches keep decoding and writing in step
-    // with the arrival instead of all at the end.
     let batch = match request.encoding {
         Encoding::Plain => WRITE_BUF,
-        Encoding::Zstd => WRITE_BUF / 8,
+        Encoding::Zstd => ZSTD_BATCH,
     };
     let mut buf = vec![0u8; batch.min(max_wire as usize).max(1)];
     let mut filled = 0;
@@ -361,6 +466,7 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
             break;
         }
     }
+    drop(buf);
     let Sink {
         mut upload,
         decoder,
@@ -371,6 +477,9 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
     if let Err(r) = decoder.finish() {
         return refuse(r);
     }
+    // The decoding memory is gone: the fsyncs below need no slot.
+    drop(decoder);
+    drop(permit);
     if let Some(digest) = trailer.trailer() {
         upload.set_trailer(digest);
     }
@@ -385,6 +494,27 @@ async fn receive(recv: &mut RecvStream, archive: &Arc<Archive>, idle: Duration) 
             name,
             detail: e.to_string(),
         }),
+    }
+}
+
+/// Take one of the MAX_ACTIVE_UPLOADS slots, waiting (first come, first served) if all are busy.
+async fn upload_slot(uploads: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    match uploads.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            let started = Instant::now();
+            debug!("{MAX_ACTIVE_UPLOADS} uploads in progress: waiting for one to finish");
+            let p = uploads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            debug!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "upload slot free"
+            );
+            p
+        }
     }
 }
 

@@ -226,14 +226,80 @@ pub fn read_restore_log(dir: &Path) -> RestoreLog {
 
 /// Replace the restore record. Not fsynced: it is on restore's hot path and a record lost in a
 /// power failure only makes `promote` wait for the next restore call.
+///
+/// Cheap on the hot path: the record is written into a spare file, padded to a fixed size so
+/// it is overwritten in place (no new inode, no block allocation, no truncation), and swapped
+/// with the live one by `renameat2(RENAME_EXCHANGE)`; readers see the old or the new record,
+/// never a mix. Replacing by rename instead costs ~0.2 ms on ext4, which flushes the new file's
+/// data on a rename over an existing file (auto_da_alloc) and frees the old inode. A lock on
+/// the directory serialises concurrent writers. Where the exchange is not possible (first
+/// calls, a file system without it, a record longer than the fixed size) it falls back to a
+/// plain atomic replace.
 pub fn write_restore_log(dir: &Path, log: &RestoreLog) -> Result<(), DurableError> {
+    let body = log.to_toml();
+    if body.len() + PAD_COMMENT.len() < RESTORE_LOG_BYTES
+        && exchange_restore_log(dir, &body).is_ok()
+    {
+        return Ok(());
+    }
     durable::replace(
         dir,
         RESTORE_LOG_FILE,
-        log.to_toml().as_bytes(),
+        body.as_bytes(),
         0o644,
         durable::Sync::AdvisoryOnly,
     )
+}
+
+/// Size every exchanged restore record is padded to (with spaces, which TOML ignores).
+const RESTORE_LOG_BYTES: usize = 512;
+/// Starts the padding, for whoever reads the file.
+const PAD_COMMENT: &str = "# (fixed-size record: padded, rewritten in place)";
+/// The other half of the exchange: holds the previous record. Not a WAL name nor a temp name.
+pub const RESTORE_LOG_SPARE: &str = "walship.restore.spare";
+
+fn exchange_restore_log(dir: &Path, body: &str) -> io::Result<()> {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+    let lock = fs::File::open(dir)?;
+    // Released when `lock` is closed, at the end of this function.
+    lock.lock()?;
+    let spare = dir.join(RESTORE_LOG_SPARE);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        // Overwritten in place: truncating would make ext4 flush it on close (auto_da_alloc).
+        .truncate(false)
+        .mode(0o644)
+        .open(&spare)?;
+    let mut padded = Vec::with_capacity(RESTORE_LOG_BYTES);
+    padded.extend_from_slice(body.as_bytes());
+    padded.extend_from_slice(PAD_COMMENT.as_bytes());
+    padded.resize(RESTORE_LOG_BYTES - 1, b' ');
+    padded.push(b'\n');
+    file.write_all_at(&padded, 0)?;
+    if file.metadata()?.len() != RESTORE_LOG_BYTES as u64 {
+        // Left over from a failed write or an older layout: make it exactly the record.
+        file.set_len(RESTORE_LOG_BYTES as u64)?;
+    }
+    drop(file);
+    let exchanged = rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &spare,
+        rustix::fs::CWD,
+        dir.join(RESTORE_LOG_FILE),
+        rustix::fs::RenameFlags::EXCHANGE,
+    );
+    let Err(errno) = exchanged else {
+        return Ok(());
+    };
+    let err = io::Error::from(errno);
+    if err.kind() == io::ErrorKind::NotFound {
+        // No live record yet: the spare becomes it (and a new spare is made next time).
+        return fs::rename(&spare, dir.join(RESTORE_LOG_FILE));
+    }
+    Err(err)
 }
 
 /// One stored WAL file.
@@ -299,4 +365,73 @@ fn write_pin(dir: &Path, id: SystemId) -> Result<(), DurableError> {
     );
     // Durable like a segment: after a crash the archive must still know its cluster.
     durable::publish_new(dir, PIN_FILE, body.as_bytes(), 0o644).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walship_common::state::RestoreEvent;
+
+    fn event(name: &str, at: u64) -> Option<RestoreEvent> {
+        Some(RestoreEvent {
+            name: name.to_string(),
+            at_unix_ms: at,
+        })
+    }
+
+    #[test]
+    fn restore_log_is_replaced_whole_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_restore_log(dir.path()), RestoreLog::default());
+        let mut log = RestoreLog::default();
+        // First calls create the record and the spare, later ones exchange them.
+        for i in 0..5u64 {
+            log.last_served = event("000000010000000000000003", i);
+            if i == 3 {
+                log.last_missed = event("000000010000000000000004", 4_102_444_800_000);
+            }
+            write_restore_log(dir.path(), &log).unwrap();
+            assert_eq!(read_restore_log(dir.path()), log);
+        }
+        // A shorter record after a longer one leaves nothing of the longer behind.
+        let short = RestoreLog {
+            last_served: event("00000002.history", 1),
+            last_missed: None,
+        };
+        write_restore_log(dir.path(), &short).unwrap();
+        assert_eq!(read_restore_log(dir.path()), short);
+        // Only the record and its spare: no temp files left.
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [RESTORE_LOG_FILE, RESTORE_LOG_SPARE]);
+    }
+
+    #[test]
+    fn restore_log_written_by_replace_is_taken_over() {
+        // A record left by an older walship (plain replace, short file) and a too-long spare.
+        let dir = tempfile::tempdir().unwrap();
+        let old = RestoreLog {
+            last_served: None,
+            last_missed: event("000000010000000000000009", 7),
+        };
+        durable::replace(
+            dir.path(),
+            RESTORE_LOG_FILE,
+            old.to_toml().as_bytes(),
+            0o644,
+            durable::Sync::AdvisoryOnly,
+        )
+        .unwrap();
+        fs::write(dir.path().join(RESTORE_LOG_SPARE), vec![b'x'; 3000]).unwrap();
+        assert_eq!(read_restore_log(dir.path()), old);
+        let new = RestoreLog {
+            last_served: event("00000001000000000000000A", 8),
+            ..old
+        };
+        write_restore_log(dir.path(), &new).unwrap();
+        assert_eq!(read_restore_log(dir.path()), new);
+    }
 }
