@@ -474,6 +474,15 @@ for r in $(seq "$ROUNDS"); do
       verify "$m" "$r" "$s"
     done
   done
+  if [ "$HAVE_DAEMON" = 1 ]; then
+    # Row 7n: the pushes of row 7 again, without the shared wrapper: timed inside one postgres
+    # shell that forks `sh -c CMD` per segment, as the archiver does. What PostgreSQL waits for.
+    for s in "${SEGS[@]}"; do sub "$(method_cmd la "$r")" "$s"; done >"$W/la-cmds-$r"
+    (cd "$A" && as_pg bash -c 'while IFS= read -r c; do
+        t0=$(date +%s%N); sh -c "$c" </dev/null >/dev/null 2>&1 || exit 1; t1=$(date +%s%N)
+        echo "lanw '"$r"' x $(( (t1 - t0) / 1000 )) 0 0"
+      done' <"$W/la-cmds-$r") >>"$W/samples.tsv" || die "row 7n: a push failed"
+  fi
   ws_receiver_stop "r${r}push"
   if [ "$HAVE_DAEMON" = 1 ]; then
     ws_daemon_stop "r${r}daemon"; ws_receiver_stop "r${r}daemon"
@@ -746,6 +755,7 @@ labels = {
  "push": "5. walship push, direct (zstd-1)",
  "daemon": "6. walship push through the daemon (no look-ahead)",
  "la": "7. walship look-ahead: push of a segment the daemon already shipped",
+ "lanw": "7n. the same pushes as 7, without the wrapper (sh -c forked as the archiver does)",
  "la2": "7b. walship look-ahead (lookahead=4), backlog of N .ready: total / N",
 }
 ref = st.median([x[0] for x in samples["copy"]])
@@ -755,7 +765,7 @@ L.append(f"walship compare: {os.popen('date -u +%Y-%m-%dT%H:%MZ').read().strip()
 L.append("")
 L.append("| method | median ms/segment | min | max | MB/s | ratio to (1) | wire bytes/segment (lo, both directions) | peak RSS sender MiB | peak RSS receiver MiB |")
 L.append("|---|---|---|---|---|---|---|---|---|")
-order = ["copy", "seed", "rsync", "rsyncf", "pgbr", "pgbrzst", "pgbrasync", "push", "daemon", "la", "la2"]
+order = ["copy", "seed", "rsync", "rsyncf", "pgbr", "pgbrzst", "pgbrasync", "push", "daemon", "la", "lanw", "la2"]
 for m in order:
     if m in samples:
         v = samples[m]; t = [x[0] for x in v]
@@ -778,9 +788,10 @@ for m in order:
     if m in ("daemon", "la", "la2") and daem_max(m) is not None: snd = f"push {snd} + daemon {mib(daem_max(m))}"
     if m == "pgbrasync": snd = f"{snd} (foreground; async worker not measured)"
     wire_s = "0 (local)" if m in ("copy", "seed") else f"{wire:,.0f}"
+    if m == "lanw": wire_s, snd, rcv = "as 7", "as 7", "as 7"
     L.append(f"| {labels[m]} | {med:.1f} | {lo:.1f} | {hi:.1f} | {MB / med * 1000:.0f} | {med / ref:.2f} | {wire_s} | {snd} | {rcv} |")
 L.append("")
-L.append(f"Every row includes the shared wrapper (runuser -u postgres -- /usr/bin/time sh -c CMD), {wrapper:.1f} ms median on its own. "
+L.append(f"Every row but 7n includes the shared wrapper (runuser -u postgres -- /usr/bin/time sh -c CMD), {wrapper:.1f} ms median on its own. "
          "Interleaved rows: median/min/max over all segments and rounds. Backlog rows (4a, 7b): per-segment time = one round's total / N, "
          "median/min/max over rounds; MB/s and ratio from that. Wire bytes: lo's byte counter around each command (both directions, "
          "all headers and handshakes), mean per segment (the corpus mixes pgbench -i segments, which compress well, and TPC-B ones); "
