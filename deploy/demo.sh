@@ -314,34 +314,31 @@ lookahead = 4
 EOF
 if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$RCONF" "$SCONF"; fi
 sed 's/^/       /' "$RCONF"
-# The small sh wrapper records the receiver's own pid, so that cleanup signals
-# exactly that process.
-# shellcheck disable=SC2016 # $$, $1 and $@ are for the inner sh
-as_pg sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$RUN/receiver.pid" \
-    "$BIN/walship-receiver" --config "$RCONF" serve >>"$LOG/receiver.log" 2>&1 &
-RECEIVER_JOB=$!
-wait_until 10 "the receiver's pid file" test -s "$RUN/receiver.pid"
-RECEIVER_PID=$(cat "$RUN/receiver.pid")
-receiver_ready() {
-    kill -0 "$RECEIVER_PID" 2>/dev/null || fail "walship-receiver serve exited during startup (see $LOG/receiver.log)"
-    grep -q 'listening on' "$LOG/receiver.log"
+# Start a long-running walship command as postgres with RUST_LOG=$2, logging to $LOG/$1.log, and
+# wait until it logs "listening". Sets STARTED_JOB and STARTED_PID: the command's own pid,
+# recorded by a small sh wrapper so that cleanup signals exactly that process.
+start_service() {
+    local name=$1 rust_log=$2
+    shift 2
+    # shellcheck disable=SC2016 # $$, $1 and $@ are for the inner sh
+    as_pg env RUST_LOG="$rust_log" sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$RUN/$name.pid" \
+        "$@" >>"$LOG/$name.log" 2>&1 &
+    STARTED_JOB=$!
+    wait_until 10 "the pid file of $name" test -s "$RUN/$name.pid"
+    STARTED_PID=$(cat "$RUN/$name.pid")
+    service_ready() {
+        kill -0 "$STARTED_PID" 2>/dev/null || fail "$name exited during startup (see $LOG/$name.log)"
+        grep -q 'listening' "$LOG/$name.log"
+    }
+    wait_until 20 "$name to log 'listening'" service_ready
+    grep -m1 'listening' "$LOG/$name.log" | cut -c1-160 | indent
 }
-wait_until 20 "walship-receiver to log 'listening on'" receiver_ready
-grep -m1 'listening on' "$LOG/receiver.log" | indent
+start_service receiver info "$BIN/walship-receiver" --config "$RCONF" serve
+RECEIVER_JOB=$STARTED_JOB RECEIVER_PID=$STARTED_PID
 
 banner "Sender daemon: walship-sender daemon (warm connection, look-ahead over archive_status/*.ready)"
-# shellcheck disable=SC2016 # $$, $1 and $@ are for the inner sh
-as_pg env RUST_LOG=info,walship_sender::daemon=debug sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$RUN/daemon.pid" \
-    "$BIN/walship-sender" --config "$SCONF" daemon >>"$LOG/sender-daemon.log" 2>&1 &
-DAEMON_JOB=$!
-wait_until 10 "the daemon's pid file" test -s "$RUN/daemon.pid"
-DAEMON_PID=$(cat "$RUN/daemon.pid")
-daemon_ready() {
-    kill -0 "$DAEMON_PID" 2>/dev/null || fail "walship-sender daemon exited during startup (see $LOG/sender-daemon.log)"
-    grep -q 'listening' "$LOG/sender-daemon.log"
-}
-wait_until 20 "walship-sender daemon to log 'listening'" daemon_ready
-grep -m1 'listening' "$LOG/sender-daemon.log" | cut -c1-160 | indent
+start_service sender-daemon info,walship_sender::daemon=debug "$BIN/walship-sender" --config "$SCONF" daemon
+DAEMON_JOB=$STARTED_JOB DAEMON_PID=$STARTED_PID
 
 # ---------------------------------------------------------------- 6. archiving on
 

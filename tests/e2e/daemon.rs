@@ -11,7 +11,7 @@ use std::time::Duration;
 use walship_tests::process::wait_for;
 use walship_tests::segments::{segment_name, segno};
 use walship_tests::walship::{
-    archived_files, receiver_config, sender_for, Service, COMMAND_TIMEOUT,
+    archived_files, push_with_env, receiver_config, sender_for, Service, COMMAND_TIMEOUT,
 };
 use walship_tests::{donors, CertSet, Output, PgCluster, Receiver, Scenario};
 
@@ -27,16 +27,13 @@ fn add_keys(config: &Path, keys: &str) {
 
 /// `push` with its debug line on stderr, so the outcome (`ShippedAhead`, `Stored`, …) shows.
 fn push_debug(sc: &Scenario, config: &Path, path: &Path, name: &str) -> Output {
-    let cmd = sc
-        .cmd(sc.bin("walship-sender"))
-        .env("RUST_LOG", "walship_sender=debug")
-        .arg("--config")
-        .arg(config)
-        .arg("push")
-        .arg(path)
-        .arg(name)
-        .timeout(COMMAND_TIMEOUT);
-    sc.run(&cmd)
+    push_with_env(
+        sc,
+        config,
+        path,
+        name,
+        &[("RUST_LOG", "walship_sender=debug")],
+    )
 }
 
 fn wait_archived(dir: &Path, name: &str) {

@@ -326,8 +326,22 @@ fn is_error_or_warn(line: &str) -> bool {
 
 /// `walship-sender --config CONFIG push PATH NAME`.
 pub fn push(sc: &Scenario, config: &Path, path: &Path, name: &str) -> Output {
-    let cmd = sc
-        .cmd(sc.bin("walship-sender"))
+    push_with_env(sc, config, path, name, &[])
+}
+
+/// [`push`] with extra environment variables (for example `RUST_LOG`).
+pub fn push_with_env(
+    sc: &Scenario,
+    config: &Path,
+    path: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = sc.cmd(sc.bin("walship-sender"));
+    for (key, value) in env {
+        cmd = cmd.env(key, value);
+    }
+    let cmd = cmd
         .arg("--config")
         .arg(config)
         .arg("push")
