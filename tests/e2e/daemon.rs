@@ -11,19 +11,9 @@ use std::time::Duration;
 use walship_tests::process::wait_for;
 use walship_tests::segments::{segment_name, segno};
 use walship_tests::walship::{
-    archived_files, push_with_env, receiver_config, sender_for, Service, COMMAND_TIMEOUT,
+    add_keys, archived_files, push_with_env, receiver_config, sender_for, Service, COMMAND_TIMEOUT,
 };
 use walship_tests::{donors, CertSet, Output, PgCluster, Receiver, Scenario};
-
-/// Add daemon keys to a sender config written by the harness.
-fn add_keys(config: &Path, keys: &str) {
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(config)
-        .expect("open sender config");
-    f.write_all(keys.as_bytes())
-        .expect("append to sender config");
-}
 
 /// `push` with its debug line on stderr, so the outcome (`ShippedAhead`, `Stored`, …) shows.
 fn push_debug(sc: &Scenario, config: &Path, path: &Path, name: &str) -> Output {

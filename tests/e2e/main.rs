@@ -19,6 +19,7 @@ mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;
 mod receiver_down;
+mod segment_sizes;
 mod ship_and_replay;
 mod soak;
 mod status_json;

@@ -38,6 +38,8 @@ pub struct PairOptions {
     /// When false, `archive_mode` stays on with an empty command: completed segments wait in
     /// the primary's pg_wal (`.ready`) for the scenario to push by hand.
     pub archive: bool,
+    /// `initdb --wal-segsize` in MiB; PostgreSQL's default (16) when `None`.
+    pub wal_segsize_mb: Option<u32>,
 }
 
 impl Default for PairOptions {
@@ -46,6 +48,7 @@ impl Default for PairOptions {
             hot_standby: true,
             archive_timeout: None,
             archive: true,
+            wal_segsize_mb: None,
         }
     }
 }
@@ -77,7 +80,9 @@ impl Pair {
             conf.push(format!("archive_timeout = '{t}'"));
         }
         let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
-        let mut primary = PgCluster::init(&sc, "primary", &conf);
+        let segsize = opts.wal_segsize_mb.map(|mb| format!("--wal-segsize={mb}"));
+        let initdb_args: Vec<&str> = segsize.iter().map(String::as_str).collect();
+        let mut primary = PgCluster::init_with(&sc, "primary", &initdb_args, &conf);
         primary.start();
 
         // Pinned to the standby's cluster, whose data directory exists only after

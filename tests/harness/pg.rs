@@ -32,17 +32,27 @@ impl PgCluster {
     /// `initdb` a new cluster named `name` in the scenario directory and append `conf` lines
     /// to its postgresql.conf. Not started.
     pub fn init(sc: &Scenario, name: &str, conf: &[&str]) -> PgCluster {
+        PgCluster::init_with(sc, name, &[], conf)
+    }
+
+    /// [`init`](Self::init) with extra `initdb` arguments (for example `--wal-segsize=64`).
+    pub fn init_with(sc: &Scenario, name: &str, initdb_args: &[&str], conf: &[&str]) -> PgCluster {
         let data = sc.path(name);
-        let initdb = sc.cmd(sc.pg_tool("initdb")).arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
+        let initdb = sc
+            .cmd(sc.pg_tool("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .args(initdb_args);
         sc.run(&initdb).assert_success();
         let pg = PgCluster {
             sc: sc.clone(),

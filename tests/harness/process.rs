@@ -187,6 +187,24 @@ impl Cmd {
 
     /// Run to completion (or the deadline: then the child is killed and the test fails).
     pub fn run(&self) -> Output {
+        self.run_watching(|_| {})
+    }
+
+    /// [`run`](Self::run), and the child's peak resident memory in KiB, sampled from
+    /// `/proc/PID/status` (VmHWM) while it runs: the high-water mark only grows, so the last
+    /// sample before it exits is its peak up to then.
+    pub fn run_with_peak_rss(&self) -> (Output, u64) {
+        let mut peak = 0;
+        let out = self.run_watching(|pid| {
+            if let Some(kib) = peak_rss_kib(pid) {
+                peak = peak.max(kib);
+            }
+        });
+        (out, peak)
+    }
+
+    /// [`run`](Self::run), calling `watch` with the child's pid every few milliseconds.
+    fn run_watching(&self, watch: impl FnMut(u32)) -> Output {
         let mut out_file = tempfile::tempfile().expect("create temp file for stdout");
         let mut err_file = tempfile::tempfile().expect("create temp file for stderr");
         let started = Instant::now();
@@ -194,7 +212,7 @@ impl Cmd {
             Stdio::from(out_file.try_clone().expect("dup stdout file")),
             Stdio::from(err_file.try_clone().expect("dup stderr file")),
         );
-        let status = wait_deadline(&mut child, self.timeout);
+        let status = wait_deadline_watching(&mut child, self.timeout, watch);
         let elapsed = started.elapsed();
         let stdout = read_back(&mut out_file);
         let stderr = read_back(&mut err_file);
@@ -276,8 +294,19 @@ impl fmt::Display for Output {
 
 /// Wait for `child` until `timeout`; on expiry kill it and return None.
 pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    wait_deadline_watching(child, timeout, |_| {})
+}
+
+/// [`wait_deadline`], calling `watch` with the child's pid before each poll.
+fn wait_deadline_watching(
+    child: &mut Child,
+    timeout: Duration,
+    mut watch: impl FnMut(u32),
+) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
+    let pid = child.id();
     loop {
+        watch(pid);
         match child.try_wait() {
             Ok(Some(status)) => return Some(status),
             Ok(None) if Instant::now() >= deadline => {
@@ -289,6 +318,15 @@ pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
             Err(e) => panic!("wait for child {}: {e}", child.id()),
         }
     }
+}
+
+/// Peak resident memory (VmHWM) of a live process in KiB; `None` once it has exited.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Send SIGTERM to a process we started. Through `sh`'s builtin `kill`, so the crate needs no

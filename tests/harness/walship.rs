@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::certs::{CertSet, SERVER_NAME};
 use crate::net::free_udp_port;
-use crate::process::{strip_ansi, terminate, wait_deadline, wait_for, Output};
+use crate::process::{strip_ansi, terminate, wait_deadline, wait_for, Cmd, Output};
 use crate::scenario::Scenario;
 
 /// How long `serve` may take to log "listening".
@@ -94,6 +94,16 @@ pub fn sender_config(
     }
     sc.write_at(&config, text, 0o644);
     config
+}
+
+/// Append `keys` (TOML lines) to a config file written by the harness.
+pub fn add_keys(config: &Path, keys: &str) {
+    use std::io::Write;
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(config)
+        .expect("open config");
+    f.write_all(keys.as_bytes()).expect("append to config");
 }
 
 /// The usual sender for a receiver: trusts the set's CA, presents its client certificate.
@@ -337,18 +347,38 @@ pub fn push_with_env(
     name: &str,
     env: &[(&str, &str)],
 ) -> Output {
+    checked(sc.run(&push_command(sc, config, path, name, env)))
+}
+
+/// [`push_with_env`], and the push process's peak resident memory in KiB.
+pub fn push_with_peak_rss(
+    sc: &Scenario,
+    config: &Path,
+    path: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> (Output, u64) {
+    let (out, peak) = push_command(sc, config, path, name, env).run_with_peak_rss();
+    (checked(out), peak)
+}
+
+fn push_command(
+    sc: &Scenario,
+    config: &Path,
+    path: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Cmd {
     let mut cmd = sc.cmd(sc.bin("walship-sender"));
     for (key, value) in env {
         cmd = cmd.env(key, value);
     }
-    let cmd = cmd
-        .arg("--config")
+    cmd.arg("--config")
         .arg(config)
         .arg("push")
         .arg(path)
         .arg(name)
-        .timeout(COMMAND_TIMEOUT);
-    checked(sc.run(&cmd))
+        .timeout(COMMAND_TIMEOUT)
 }
 
 /// Push and require exit 0 with nothing on stderr (PostgreSQL's log gets nothing per success).
