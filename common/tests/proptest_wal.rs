@@ -128,7 +128,7 @@ mod frames {
     proptest! {
         #[test]
         fn request_round_trips(name in "[0-9A-F.a-z/]{0,64}", size in any::<u64>(), sha in any::<[u8; 32]>()) {
-            let r = Request { name, size, sha256: Some(sha), encoding: walship_common::proto::Encoding::Plain };
+            let r = Request { name, size, digest: Some(sha), encoding: walship_common::proto::Encoding::Plain };
             prop_assert_eq!(decode_frame::<Request>(&r.encode(), MAX_HEADER_BYTES).unwrap(), r);
         }
 
@@ -159,8 +159,8 @@ mod frames {
             flip in any::<bool>(),
         ) {
             // A history file: content is free-form, only size and digest decide.
-            let sha = walship_common::proto::upload::sha256(&body);
-            let req = Request { name: "00000002.history".into(), size: body.len() as u64, sha256: Some(sha), encoding: walship_common::proto::Encoding::Plain };
+            let sha = walship_common::proto::digest::digest(&body);
+            let req = Request { name: "00000002.history".into(), size: body.len() as u64, digest: Some(sha), encoding: walship_common::proto::Encoding::Plain };
             let mut up = Upload::begin(&req, &ArchiveFacts::default()).unwrap();
             let cut = cut.min(body.len());
             let mut sent = body.clone();

@@ -376,7 +376,7 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
 
     // Already stored? With the digest in the header, answer without taking the bytes. With a
     // trailer digest, the commit compares with the stored copy instead.
-    let existing = match request.sha256 {
+    let existing = match request.digest {
         Some(sha) => {
             let (archive, name) = (archive.clone(), name.clone());
             tokio::task::spawn_blocking(move || archive.compare_existing(&name, request.size, &sha))

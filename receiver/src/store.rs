@@ -6,10 +6,10 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use walship_common::config::ReceiverSettings;
 use walship_common::durable::{self, DurableError, Published, TempFile};
+use walship_common::proto::digest::{Digest, Hasher};
 use walship_common::proto::upload::check_fence;
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
 use walship_common::state::{Fence, RestoreLog, FENCE_FILE, RESTORE_LOG_FILE};
@@ -101,7 +101,7 @@ impl Archive {
         &self,
         name: &str,
         size: u64,
-        sha256: &[u8; 32],
+        digest: &Digest,
     ) -> io::Result<Option<bool>> {
         let mut file = match fs::File::open(self.dir.join(name)) {
             Ok(f) => f,
@@ -111,7 +111,7 @@ impl Archive {
         if file.metadata()?.len() != size {
             return Ok(Some(false));
         }
-        let mut hasher = Sha256::new();
+        let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
             match file.read(&mut buf)? {
@@ -119,7 +119,7 @@ impl Archive {
                 n => hasher.update(&buf[..n]),
             }
         }
-        let identical = <[u8; 32]>::from(hasher.finalize()) == *sha256;
+        let identical = hasher.finalize() == *digest;
         if identical {
             file.sync_all()?;
             durable::sync_dir(&self.dir).map_err(io::Error::other)?;

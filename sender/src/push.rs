@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::VarInt;
-use sha2::{Digest, Sha256};
 use tokio::time::timeout;
 use walship_common::config::SenderSettings;
 use walship_common::proto::frame::{
     decode_preamble, MAX_FILE_BYTES, MAX_REPLY_BYTES, PREAMBLE_LEN,
 };
+use walship_common::proto::digest::Hasher;
 use walship_common::proto::{BodyEncoder, Encoding, Reply, Request};
 use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
 use walship_common::{tls, WalFileName};
@@ -172,7 +172,7 @@ pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, S
     Ok(Request {
         name: parsed.to_string(),
         size,
-        sha256: None,
+        digest: None,
         encoding,
     })
 }
@@ -325,11 +325,11 @@ fn produce(
     let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(2);
     std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
-            let mut hasher = Sha256::new();
+            let mut hasher = Hasher::new();
             for chunk in chunks {
                 hasher.update(&chunk[..]);
             }
-            <[u8; 32]>::from(hasher.finalize())
+            hasher.finalize()
         });
         let mut total = 0u64;
         loop {

@@ -378,7 +378,7 @@ fn lying_sizes_and_digests() {
 
     // The right bytes, announced with another digest.
     let mut wrong = req.clone();
-    if let Some(d) = wrong.sha256.as_mut() {
+    if let Some(d) = wrong.digest.as_mut() {
         d[0] ^= 0xff;
     }
     let r = refusal(raw.upload(&wrong, &seg.bytes), "wrong digest");
@@ -386,17 +386,17 @@ fn lying_sizes_and_digests() {
         r,
         Refusal::ChecksumMismatch {
             name: seg.name.clone(),
-            expected: hex::encode(wrong.sha256.expect("header digest")),
-            actual: hex::encode(req.sha256.expect("header digest")),
+            expected: hex::encode(wrong.digest.expect("header digest")),
+            actual: hex::encode(req.digest.expect("header digest")),
         }
     );
     assert_nothing_under(rig.archive(), &seg.name);
 
     // Protocol 2's trailer digest: wrong, or missing (the stream ends with the content).
     let mut trailer_req = req.clone();
-    trailer_req.sha256 = None;
+    trailer_req.digest = None;
     let mut with_trailer = seg.bytes.clone();
-    let mut bad_digest = req.sha256.expect("header digest");
+    let mut bad_digest = req.digest.expect("header digest");
     bad_digest[31] ^= 0x01;
     with_trailer.extend_from_slice(&bad_digest);
     let r = refusal(raw.upload(&trailer_req, &with_trailer), "wrong trailer");
@@ -448,7 +448,7 @@ fn bad_names_and_misnamed_segment() {
         let req = Request {
             name: name.clone(),
             size: seg.bytes.len() as u64,
-            sha256: Some(walship_common::proto::upload::sha256(&seg.bytes)),
+            digest: Some(walship_common::proto::digest::digest(&seg.bytes)),
             encoding: walship_common::proto::Encoding::Plain,
         };
         let r = refusal(raw.upload(&req, &seg.bytes), name);

@@ -270,7 +270,7 @@ pub fn honest_request(name: &str, content: &[u8]) -> Request {
     Request {
         name: name.to_string(),
         size: content.len() as u64,
-        sha256: Some(walship_common::proto::upload::sha256(content)),
+        digest: Some(walship_common::proto::digest::digest(content)),
         encoding: walship_common::proto::Encoding::Plain,
     }
 }

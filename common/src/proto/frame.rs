@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 /// ALPN protocol id; a peer that does not offer it fails the TLS handshake.
 pub const ALPN: &[u8] = b"walship/1";
 /// Version carried in every preamble.
-/// Version 2: the digest may follow the content as a trailer (`Request::sha256` is `None`).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2: the digest may follow the content as a trailer (`Request::digest` is `None`).
+/// Version 3: the digest is BLAKE3 instead of SHA-256 (see [`crate::proto::digest`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"WSHP";
 /// magic (4) + version (2) + body length (4).
@@ -19,8 +20,8 @@ pub const PREAMBLE_LEN: usize = 10;
 pub const MAX_HEADER_BYTES: usize = 4096;
 /// Largest reply body accepted (reasons carry a few paths and numbers).
 pub const MAX_REPLY_BYTES: usize = 16 * 1024;
-/// Length of the digest trailer (a SHA-256).
-pub const TRAILER_LEN: usize = 32;
+/// Length of the digest trailer.
+pub const TRAILER_LEN: usize = crate::proto::digest::DIGEST_LEN;
 /// Largest file accepted: PostgreSQL's largest WAL segment size (`--wal-segsize=1024`).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
@@ -31,11 +32,11 @@ pub struct Request {
     pub name: String,
     /// Exact number of content bytes that follow.
     pub size: u64,
-    /// SHA-256 of the content (the plain bytes, whatever the encoding). `None`: the digest is
+    /// Digest ([`crate::proto::digest`]) of the content (the plain bytes, whatever the encoding). `None`: the digest is
     /// the last [`TRAILER_LEN`] bytes of the stream, after the content, so the sender can
     /// read, hash, compress and send in one pass. `Some` lets the receiver answer "already
     /// had" before the content arrives.
-    pub sha256: Option<[u8; 32]>,
+    pub digest: Option<crate::proto::digest::Digest>,
     /// How the content travels.
     pub encoding: crate::proto::encoding::Encoding,
 }
@@ -221,7 +222,7 @@ mod tests {
         Request {
             name: "000000010000000000000001".into(),
             size: 16 << 20,
-            sha256: Some([7; 32]),
+            digest: Some([7; 32]),
             encoding: crate::proto::encoding::Encoding::Zstd,
         }
     }
@@ -267,7 +268,7 @@ mod tests {
         let mut buf = request().encode();
         buf[4..6].copy_from_slice(&1u16.to_be_bytes());
         let err = decode_frame::<Request>(&buf, MAX_HEADER_BYTES).unwrap_err();
-        assert_eq!(err, FrameError::Version { ours: 2, theirs: 1 });
+        assert_eq!(err, FrameError::Version { ours: PROTOCOL_VERSION, theirs: 1 });
         assert!(err.to_string().contains("same walship release"));
 
         let mut buf = request().encode();

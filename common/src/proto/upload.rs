@@ -3,8 +3,7 @@
 //! length and digest as chunks arrive, and give a verdict at the end. No I/O here: the driver
 //! writes the chunks to a temp file and publishes it only with a [`Verified`] in hand.
 
-use sha2::{Digest, Sha256};
-
+use crate::proto::digest::{Digest, Hasher};
 use crate::pg_control::SystemId;
 use crate::proto::frame::{Refusal, Request, MAX_FILE_BYTES};
 use crate::state::Fence;
@@ -25,7 +24,7 @@ pub struct ArchiveFacts {
 pub struct Verified {
     pub name: WalFileName,
     pub size: u64,
-    pub sha256: [u8; 32],
+    pub digest: Digest,
     /// System identifier from the page header, for files that carry one (segments, partials).
     pub system_id: Option<SystemId>,
 }
@@ -35,9 +34,9 @@ pub struct Upload {
     name: WalFileName,
     announced: u64,
     /// From the header, or set from the trailer before [`Upload::finish`].
-    expected: Option<[u8; 32]>,
+    expected: Option<Digest>,
     received: u64,
-    hasher: Sha256,
+    hasher: Hasher,
     /// First bytes, kept until the long page header can be decoded.
     head: Vec<u8>,
     cluster: Option<SystemId>,
@@ -68,9 +67,9 @@ impl Upload {
         Ok(Upload {
             name,
             announced: request.size,
-            expected: request.sha256,
+            expected: request.digest,
             received: 0,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(),
             head: Vec::with_capacity(LONG_PAGE_HEADER_LEN),
             cluster: facts.cluster,
             system_id: None,
@@ -115,7 +114,7 @@ impl Upload {
     }
 
     /// The digest read from the trailer (when the header carried none).
-    pub fn set_trailer(&mut self, digest: [u8; 32]) {
+    pub fn set_trailer(&mut self, digest: Digest) {
         if self.expected.is_none() {
             self.expected = Some(digest);
         }
@@ -147,7 +146,7 @@ impl Upload {
                 ),
             });
         }
-        let actual: [u8; 32] = self.hasher.finalize().into();
+        let actual = self.hasher.finalize();
         if actual != expected {
             return Err(Refusal::ChecksumMismatch {
                 name,
@@ -158,7 +157,7 @@ impl Upload {
         Ok(Verified {
             name: self.name,
             size: self.received,
-            sha256: actual,
+            digest: actual,
             system_id: self.system_id,
         })
     }
@@ -246,14 +245,10 @@ pub fn check_fence(fence: &Fence, name: &WalFileName) -> Result<(), Refusal> {
     })
 }
 
-/// SHA-256 of a byte slice (tests and small files).
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::digest::digest;
     use crate::wal::name::{SegNo, SegmentName, TimelineId};
 
     const SEG: u64 = 1 << 20; // 1 MiB segments keep tests small
@@ -276,7 +271,7 @@ mod tests {
         Request {
             name: name.into(),
             size: body.len() as u64,
-            sha256: Some(sha256(body)),
+            digest: Some(digest(body)),
             encoding: crate::proto::Encoding::Plain,
         }
     }
@@ -379,7 +374,7 @@ mod tests {
             let req = Request {
                 name: bad.into(),
                 size: 1,
-                sha256: Some([0; 32]),
+                digest: Some([0; 32]),
                 encoding: crate::proto::Encoding::Plain,
             };
             assert!(
@@ -393,7 +388,7 @@ mod tests {
         let req = Request {
             name: "00000002.history".into(),
             size: MAX_FILE_BYTES + 1,
-            sha256: Some([0; 32]),
+            digest: Some([0; 32]),
             encoding: crate::proto::Encoding::Plain,
         };
         assert!(matches!(
@@ -462,13 +457,13 @@ mod tests {
     fn trailer_digest_is_checked_and_required() {
         let (name, body) = segment(1, 42);
         let mut req = request(&name, &body);
-        req.sha256 = None;
+        req.digest = None;
         let facts = ArchiveFacts::default();
         let mut up = Upload::begin(&req, &facts).unwrap();
         assert!(up.expects_trailer());
         up.feed(&body).unwrap();
-        up.set_trailer(sha256(&body));
-        assert_eq!(up.finish().unwrap().sha256, sha256(&body));
+        up.set_trailer(digest(&body));
+        assert_eq!(up.finish().unwrap().digest, digest(&body));
 
         let mut up = Upload::begin(&req, &facts).unwrap();
         up.feed(&body).unwrap();
