@@ -22,7 +22,10 @@
 # /usr/bin/time -f %M sh -c CMD`, so its cost (a few ms: runuser's PAM session, time's fork) is in
 # every row alike; it is measured and printed. Rounds are interleaved (round r ships every segment
 # with every method before round r+1) and the method order rotates from segment to segment, so
-# disk noise and writeback of the non-fsyncing methods hit every method alike.
+# disk noise hits every method alike. A `sync` before every timed command (outside the timing)
+# flushes what the previous one left dirty (the non-fsyncing methods leave 16 MiB each), so no
+# method pays for another's writeback; the backlog rows, the parallel pushes, the 100 Mbit/s
+# rounds and the load runs likewise start from a flushed disk.
 #
 # Fairness: every round ships into destinations that do not hold the segments yet, because a
 # duplicate is a shortcut for pgBackRest ("already exists ... same checksum") and walship ("already
@@ -451,7 +454,7 @@ for r in $(seq "$ROUNDS"); do
     ws_receiver "r${r}daemon"; ws_daemon "r${r}daemon"
     # Row 7: the look-ahead daemon ships every .ready segment first; then push finds it shipped.
     ws_receiver "r${r}la"
-    lo_tx; b0=$LO; t0=$(us_now)
+    sync; lo_tx; b0=$LO; t0=$(us_now)
     ws_daemon "r${r}la" "$A"
     for i in $(seq 6000); do
       missing=0
@@ -469,6 +472,7 @@ for r in $(seq "$ROUNDS"); do
     k=${#METHODS[@]}
     for j in $(seq 0 $((k - 1))); do
       m=${METHODS[$(((i + j) % k))]}
+      sync   # untimed: nobody pays for the writeback another method left behind
       run_cmd "$A" "$(sub "$(method_cmd "$m" "$r")" "$s")"
       echo "$m $r $s $RUN_US $RUN_BYTES $RUN_RSS" >>"$W/samples.tsv"
       verify "$m" "$r" "$s"
@@ -495,7 +499,7 @@ for r in $(seq "$ROUNDS"); do
   for m in "${backlog[@]}"; do
     say "round $r/$ROUNDS: backlog of $N .ready segments, $m"
     if [ "$m" = la2 ]; then ws_receiver "r${r}la2"; ws_daemon "r${r}la2" "$A"; fi
-    lo_tx; b0=$LO; t0=$(us_now); rss=0
+    sync; lo_tx; b0=$LO; t0=$(us_now); rss=0
     for s in "${SEGS[@]}"; do
       run_cmd "$A" "$(sub "$(method_cmd "$m" "$r")" "$s")"
       [ "$RUN_RSS" -gt "$rss" ] && rss=$RUN_RSS
@@ -514,7 +518,7 @@ done
 NPAR=$((N < 16 ? N : 16))
 par_run() { # NAME: NPAR pushes of different segments at once, with receiver/daemon NAME
   local name=$1 i pids=() t0 t1 rss=0 v
-  t0=$(us_now)
+  sync; t0=$(us_now)
   cd "$A"
   for i in $(seq 0 $((NPAR - 1))); do
     runuser -u postgres -- /usr/bin/time -f %M -o "$W/rss/par-$name-$i" \
@@ -553,7 +557,7 @@ for i in $(seq "$RESTORE_RUNS"); do
   s=${SEGS[$((i % N))]}
   if [ $((i % 2)) = 0 ]; then order=(restore cp); else order=(cp restore); fi
   for m in "${order[@]}"; do
-    rm -f "$W/rst/RECOVERYXLOG"
+    rm -f "$W/rst/RECOVERYXLOG"; sync
     case $m in
       restore) c="$W/bin/walship-receiver --config $W/ws/recv-r${ROUNDS}push.toml restore $s $W/rst/RECOVERYXLOG" ;;
       cp) c="cp $RA/$s $W/rst/RECOVERYXLOG" ;;
@@ -617,7 +621,7 @@ c.shutdown(socket.SHUT_WR); c.recv(2); print(f"raw TCP: 32 MiB in {time.time() -
     if [ $((r % 2)) = 1 ]; then order=(push pgbr); else order=(pgbr push); fi
     for m in "${order[@]}"; do
       say "100 Mbit/s link, round $r: $m of $TBF_SEGMENTS segments one by one"
-      b0=$(( $(cat /sys/class/net/$vh/statistics/tx_bytes) + $(cat /sys/class/net/$vh/statistics/rx_bytes) ))
+      sync; b0=$(( $(cat /sys/class/net/$vh/statistics/tx_bytes) + $(cat /sys/class/net/$vh/statistics/rx_bytes) ))
       t0=$(us_now)
       for s in "${TS[@]}"; do
         case $m in
@@ -676,6 +680,7 @@ load_run() { # METHOD: pgbench for LOAD_SECS on a fresh primary archiving with M
   for _ in $(seq 600); do [ "$(n_ready "$d")" = 0 ] && break; sleep 0.5; done
   st=$(psql_q "$port" "select archived_count, failed_count from pg_stat_archiver")
   a0=${st%|*} f0=${st#*|}
+  sync
   as_pg "$PGBIN/pgbench" -h "$W/sock" -p "$port" -c 8 -j 2 -T "$LOAD_SECS" -n postgres >"$W/log/pgbench-$m.log" 2>&1 &
   pid=$!
   : >"$W/load-$m.samples"
