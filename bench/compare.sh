@@ -221,10 +221,24 @@ mapfile -t SEGS < <(cd "$A/pg_wal/archive_status" && ls | sed -n 's/^\([0-9A-F]\
 # Only our SEGMENTS keep a .ready: the look-ahead methods then see exactly the same backlog.
 declare -A KEEP_READY
 for s in "${SEGS[@]}"; do KEEP_READY[$s]=1; done
-for f in "$A"/pg_wal/archive_status/*.ready; do
-  s=$(basename "$f" .ready)
-  [ -n "${KEEP_READY[$s]:-}" ] || mv "$f" "${f%.ready}.done"
-done
+# Again before every look-ahead run: the running primary finishes a segment now and then (each
+# pgBackRest stanza-create switches WAL), and those must not join one method's backlog only.
+only_our_ready() {
+  local f s
+  for f in "$A"/pg_wal/archive_status/*.ready; do
+    [ -e "$f" ] || continue
+    s=$(basename "$f" .ready)
+    [ -n "${KEEP_READY[$s]:-}" ] || mv "$f" "${f%.ready}.done"
+  done
+}
+only_our_ready
+# pgBackRest's async worker outlives archive-push: once the foreground pushes of a backlog row
+# have returned it may still be shipping other .ready files. Let it finish before the next row
+# so that it does not take the CPU from whatever runs next.
+wait_pgbr_async() {
+  for _ in $(seq 1200); do pgrep -f -- "archive-push:async" >/dev/null || return 0; sleep 0.1; done
+  die "pgBackRest's async worker still runs 120 s after its backlog row"
+}
 for s in "${SEGS[@]}"; do [ "$(stat -c %s "$A/pg_wal/$s")" = 16777216 ] || die "segment $s is not 16 MiB"; done
 N=${#SEGS[@]}
 SYSID=$(as_pg "$PGBIN/pg_controldata" "$A" | sed -n 's/^Database system identifier: *//p')
@@ -454,7 +468,7 @@ for r in $(seq "$ROUNDS"); do
     ws_receiver "r${r}daemon"; ws_daemon "r${r}daemon"
     # Row 7: the look-ahead daemon ships every .ready segment first; then push finds it shipped.
     ws_receiver "r${r}la"
-    sync; lo_tx; b0=$LO; t0=$(us_now)
+    only_our_ready; sync; lo_tx; b0=$LO; t0=$(us_now)
     ws_daemon "r${r}la" "$A"
     for i in $(seq 6000); do
       missing=0
@@ -498,6 +512,7 @@ for r in $(seq "$ROUNDS"); do
   [ "$HAVE_DAEMON" = 1 ] && { if [ $((r % 2)) = 1 ]; then backlog=(pgbrasync la2); else backlog=(la2 pgbrasync); fi; }
   for m in "${backlog[@]}"; do
     say "round $r/$ROUNDS: backlog of $N .ready segments, $m"
+    only_our_ready
     if [ "$m" = la2 ]; then ws_receiver "r${r}la2"; ws_daemon "r${r}la2" "$A"; fi
     sync; lo_tx; b0=$LO; t0=$(us_now); rss=0
     for s in "${SEGS[@]}"; do
@@ -507,7 +522,7 @@ for r in $(seq "$ROUNDS"); do
     t1=$(us_now); lo_tx
     echo "$m $r $((t1 - t0)) $N $((LO - b0)) $rss" >>"$W/backlog.tsv"
     for s in "${SEGS[@]}"; do verify "$m" "$r" "$s"; done
-    if [ "$m" = la2 ]; then ws_daemon_stop "r${r}la2"; ws_receiver_stop "r${r}la2"; fi
+    if [ "$m" = la2 ]; then ws_daemon_stop "r${r}la2"; ws_receiver_stop "r${r}la2"; else wait_pgbr_async; fi
   done
   # Disk space: this round's copies go, except walship's last archive (restore reads it).
   rm -rf "$W/r$r"/{copy,seed,rsync,rsyncf}
