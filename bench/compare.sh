@@ -12,7 +12,7 @@
 # iproute2 time) if missing, starts its own sshd, pgBackRest TLS servers, PostgreSQL instances,
 # walship receivers and daemons on free loopback ports, and a network namespace for the 100 Mbit/s
 # link; everything is stopped on exit and the work directory /tmp/walship-compare.XXXXXX removed
-# (KEEP=1 keeps it with every log). The full run takes about 15-20 minutes on 2 cores.
+# (KEEP=1 keeps it with every log). The full run takes about 10-15 minutes on 2 cores.
 #
 # Part A, one segment at a time. A throwaway primary (archive_mode = on, archive_command = '', so
 # its completed segments stay in pg_wal with real archive_status/*.ready files) makes SEGMENTS

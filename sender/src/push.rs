@@ -12,10 +12,10 @@ use std::time::Duration;
 use quinn::VarInt;
 use tokio::time::timeout;
 use walship_common::config::SenderSettings;
+use walship_common::proto::digest::Hasher;
 use walship_common::proto::frame::{
     decode_preamble, MAX_FILE_BYTES, MAX_REPLY_BYTES, PREAMBLE_LEN,
 };
-use walship_common::proto::digest::Hasher;
 use walship_common::proto::{BodyEncoder, Encoding, Reply, Request};
 use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
 use walship_common::{tls, WalFileName};

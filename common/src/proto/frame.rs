@@ -268,7 +268,13 @@ mod tests {
         let mut buf = request().encode();
         buf[4..6].copy_from_slice(&1u16.to_be_bytes());
         let err = decode_frame::<Request>(&buf, MAX_HEADER_BYTES).unwrap_err();
-        assert_eq!(err, FrameError::Version { ours: PROTOCOL_VERSION, theirs: 1 });
+        assert_eq!(
+            err,
+            FrameError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: 1
+            }
+        );
         assert!(err.to_string().contains("same walship release"));
 
         let mut buf = request().encode();

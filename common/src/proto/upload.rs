@@ -3,8 +3,8 @@
 //! length and digest as chunks arrive, and give a verdict at the end. No I/O here: the driver
 //! writes the chunks to a temp file and publishes it only with a [`Verified`] in hand.
 
-use crate::proto::digest::{Digest, Hasher};
 use crate::pg_control::SystemId;
+use crate::proto::digest::{Digest, Hasher};
 use crate::proto::frame::{Refusal, Request, MAX_FILE_BYTES};
 use crate::state::Fence;
 use crate::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
