@@ -380,12 +380,12 @@ EOT
   RECV_PID[$name]=$BG_PID
   wait_line "$W/log/recv-$name.log" listening "$BG_PID" "walship-receiver $name"
 }
-# Stop receiver NAME, recording its VmHWM (kB) as "NAME kB" in rss/receivers.
-ws_receiver_stop() {
-  local pid=${RECV_PID[$1]}
-  echo "$1 $(hwm_kb "$pid")" >>"$W/rss/receivers"
-  stop_pid "$pid"
+# Stop PID, first recording its VmHWM (kB) as "NAME kB" in FILE.
+stop_recording_rss() { # PID NAME FILE
+  echo "$2 $(hwm_kb "$1")" >>"$3"
+  stop_pid "$1"
 }
+ws_receiver_stop() { stop_recording_rss "${RECV_PID[$1]}" "$1" "$W/rss/receivers"; }
 declare -A DAEMON_PID
 # The sender daemon for receiver NAME: socket, and with PGDATA look-ahead over its .ready files.
 ws_daemon() { # NAME [PGDATA]
@@ -397,11 +397,9 @@ ws_daemon() { # NAME [PGDATA]
   DAEMON_PID[$name]=$BG_PID
   wait_line "$W/log/daemon-$name.log" listening "$BG_PID" "walship-sender daemon $name"
 }
-ws_daemon_stop() {
-  local pid=${DAEMON_PID[$1]}
-  echo "$1 $(hwm_kb "$pid")" >>"$W/rss/daemons"
-  stop_pid "$pid"
-}
+ws_daemon_stop() { stop_recording_rss "${DAEMON_PID[$1]}" "$1" "$W/rss/daemons"; }
+# The daemon NAME, then its receiver.
+ws_both_stop() { ws_daemon_stop "$1"; ws_receiver_stop "$1"; }
 
 # ---------------------------------------------------------------- the methods
 # archive_command of METHOD for ROUND, with %p and %f as PostgreSQL substitutes them.
@@ -503,8 +501,8 @@ for r in $(seq "$ROUNDS"); do
   fi
   ws_receiver_stop "r${r}push"
   if [ "$HAVE_DAEMON" = 1 ]; then
-    ws_daemon_stop "r${r}daemon"; ws_receiver_stop "r${r}daemon"
-    ws_daemon_stop "r${r}la"; ws_receiver_stop "r${r}la"
+    ws_both_stop "r${r}daemon"
+    ws_both_stop "r${r}la"
   fi
 
   # Backlog rows: all N .ready present, push them in order back to back; order alternates.
@@ -522,7 +520,7 @@ for r in $(seq "$ROUNDS"); do
     t1=$(us_now); lo_tx
     echo "$m $r $((t1 - t0)) $N $((LO - b0)) $rss" >>"$W/backlog.tsv"
     for s in "${SEGS[@]}"; do verify "$m" "$r" "$s"; done
-    if [ "$m" = la2 ]; then ws_daemon_stop "r${r}la2"; ws_receiver_stop "r${r}la2"; else wait_pgbr_async; fi
+    if [ "$m" = la2 ]; then ws_both_stop "r${r}la2"; else wait_pgbr_async; fi
   done
   # Disk space: this round's copies go, except walship's last archive (restore reads it).
   rm -rf "$W/r$r"/{copy,seed,rsync,rsyncf}
@@ -559,7 +557,7 @@ if [ "$HAVE_DAEMON" = 1 ]; then
   ws_receiver pard; ws_daemon pard
   par_run pard
   echo "pard-daemon $(hwm_kb "${DAEMON_PID[pard]}")" >>"$W/par.tsv"
-  ws_daemon_stop pard; ws_receiver_stop pard
+  ws_both_stop pard
 fi
 rm -rf "$W/ws/archive-par" "$W/ws/archive-pard"
 
@@ -720,7 +718,7 @@ load_run() { # METHOD: pgbench for LOAD_SECS on a fresh primary archiving with M
   pg_stop "$d"
   case $m in
     pgbrasync) stop_pid "$PGBR_PID" ;;
-    la) ws_daemon_stop load; ws_receiver_stop load ;;
+    la) ws_both_stop load ;;
   esac
   rm -rf "$d" "$W/load-copy" "$W/ws/archive-load"
 }
