@@ -176,15 +176,7 @@ fn lookahead_acknowledgement_is_tied_to_file_identity() {
 fn daemon_under_postgres_with_lookahead_and_a_kill() {
     let sc = Scenario::new("daemon_postgres");
     let certs = CertSet::create(&sc, "certs");
-    let mut primary = PgCluster::init(
-        &sc,
-        "primary",
-        &[
-            "wal_level = replica",
-            "archive_mode = on",
-            "archive_command = ''",
-        ],
-    );
+    let mut primary = PgCluster::init_archive_paused(&sc, "primary", &[], &[]);
     primary.start();
     let first_segment = primary.sql("select pg_walfile_name(pg_current_wal_lsn())");
     let rx_setup = receiver_config(&sc, "receiver", &certs, Some(primary.data_dir()));

@@ -18,16 +18,7 @@ fn ship_and_replay() {
     let certs = CertSet::create(&sc, "certs");
     // archive_command stays empty until the receiver runs: with archive_mode on, segments wait
     // as .ready instead of failing (so failed_count must end at 0).
-    let mut primary = PgCluster::init(
-        &sc,
-        "primary",
-        &[
-            "wal_level = replica",
-            "archive_mode = on",
-            "archive_command = ''",
-            "max_wal_senders = 5",
-        ],
-    );
+    let mut primary = PgCluster::init_archive_paused(&sc, "primary", &[], &["max_wal_senders = 5"]);
     primary.start();
     // Archiving starts with the segment current at first start (initdb's WAL is not archived).
     let first_segment = primary.sql("select pg_walfile_name(pg_current_wal_lsn())");

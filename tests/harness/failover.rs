@@ -70,19 +70,14 @@ impl Pair {
     pub fn start(name: &str, opts: &PairOptions) -> Pair {
         let sc = Scenario::new(name);
         let certs = CertSet::create(&sc, "certs");
-        let mut conf = vec![
-            "wal_level = replica".to_string(),
-            "archive_mode = on".to_string(),
-            "archive_command = ''".to_string(),
-            "max_wal_senders = 5".to_string(),
-        ];
+        let mut conf = vec!["max_wal_senders = 5".to_string()];
         if let Some(t) = opts.archive_timeout {
             conf.push(format!("archive_timeout = '{t}'"));
         }
         let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
         let segsize = opts.wal_segsize_mb.map(|mb| format!("--wal-segsize={mb}"));
         let initdb_args: Vec<&str> = segsize.iter().map(String::as_str).collect();
-        let mut primary = PgCluster::init_with(&sc, "primary", &initdb_args, &conf);
+        let mut primary = PgCluster::init_archive_paused(&sc, "primary", &initdb_args, &conf);
         primary.start();
 
         // Pinned to the standby's cluster, whose data directory exists only after

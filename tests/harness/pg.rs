@@ -19,6 +19,14 @@ use crate::scenario::Scenario;
 /// How long to wait for a server to start or stop.
 const PG_CTL_WAIT: Duration = Duration::from_secs(60);
 
+/// postgresql.conf lines for a primary that archives, with the command left empty: PostgreSQL
+/// then keeps completed segments as `.ready` (nothing fails) until a command is set.
+pub const ARCHIVE_PAUSED: [&str; 3] = [
+    "wal_level = replica",
+    "archive_mode = on",
+    "archive_command = ''",
+];
+
 /// One cluster: its data directory, port and server log.
 pub struct PgCluster {
     sc: Scenario,
@@ -33,6 +41,18 @@ impl PgCluster {
     /// to its postgresql.conf. Not started.
     pub fn init(sc: &Scenario, name: &str, conf: &[&str]) -> PgCluster {
         PgCluster::init_with(sc, name, &[], conf)
+    }
+
+    /// A primary whose completed segments wait as `.ready` until the scenario sets
+    /// `archive_command` ([`ARCHIVE_PAUSED`]), with `conf` appended after those lines.
+    pub fn init_archive_paused(
+        sc: &Scenario,
+        name: &str,
+        initdb_args: &[&str],
+        conf: &[&str],
+    ) -> PgCluster {
+        let conf: Vec<&str> = ARCHIVE_PAUSED.iter().chain(conf).copied().collect();
+        PgCluster::init_with(sc, name, initdb_args, &conf)
     }
 
     /// [`init`](Self::init) with extra `initdb` arguments (for example `--wal-segsize=64`).
