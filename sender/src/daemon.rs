@@ -424,6 +424,31 @@ fn list_ready(status_dir: &Path) -> std::io::Result<Vec<WalFileName>> {
     Ok(ready)
 }
 
+/// Refuse a socket directory that others may write unless it is sticky: there another user
+/// could remove our socket and listen in its place, answering `push` with lies (`push` checks
+/// who answers, but a daemon that can be pushed aside is a misconfiguration to fix at once).
+fn check_socket_dir(path: &Path, dir: &Path) -> Result<(), SenderError> {
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        SenderError::Setup(format!(
+            "daemon socket {}: directory {}: {e}; create it, owned by this user",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // Group or others may write, and the sticky bit (only a file's owner may remove or rename
+    // it) is not set.
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(SenderError::Setup(format!(
+            "daemon socket {}: directory {} is writable by group or others and not sticky (mode {mode:o}), so another user could replace the socket; run chmod go-w {} or set `socket` to a path in a directory of this user's own, such as /run/walship/sender.sock",
+            path.display(),
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The bound daemon socket; removed again on a clean stop.
 struct BoundSocket {
     listener: UnixListener,
@@ -448,6 +473,11 @@ impl BoundSocket {
 fn bind(path: &Path) -> Result<BoundSocket, SenderError> {
     let err =
         |what: String| SenderError::Setup(format!("daemon socket {}: {what}", path.display()));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    check_socket_dir(path, dir)?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(err(
@@ -460,10 +490,6 @@ fn bind(path: &Path) -> Result<BoundSocket, SenderError> {
             ));
         }
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let file = path
         .file_name()
         .ok_or_else(|| err("not a file path".into()))?

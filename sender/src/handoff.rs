@@ -1,8 +1,13 @@
 //! `push`'s side of the hand-off: ask a running daemon over its Unix socket. Plain blocking I/O:
 //! no runtime is built when the daemon answers, which keeps an already-shipped segment's push
 //! to about a millisecond.
+//!
+//! A "stored" answer makes PostgreSQL recycle the segment, so it is trusted only from a daemon
+//! of our own user (or root): the socket file must belong to one of them, and so must the
+//! process on the other end (`SO_PEERCRED`). Anything else is reported and bypassed.
 
 use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +23,13 @@ pub enum Unavailable {
     /// A socket that does not answer, or a daemon that went away mid-request.
     #[error("daemon at {} did not answer ({detail})", socket.display())]
     NoAnswer { socket: PathBuf, detail: String },
+    /// The socket, or whoever listens on it, is not ours: its answer could be a lie.
+    #[error("not trusting the daemon socket {}: {found}, not this user (uid {me}) or root; put `socket` in a directory only this user can write, such as /run/walship", socket.display())]
+    Untrusted {
+        socket: PathBuf,
+        found: String,
+        me: u32,
+    },
 }
 
 /// Ask the daemon to push `path` as `name`; `wait` bounds the whole exchange.
@@ -31,6 +43,27 @@ pub fn ask(
         socket: socket.to_path_buf(),
         detail,
     };
+    let me = rustix::process::geteuid().as_raw();
+    let untrusted = |found: String| Unavailable::Untrusted {
+        socket: socket.to_path_buf(),
+        found,
+        me,
+    };
+    // The file first (lstat: a symlink is not a socket), so that a stranger's socket is not
+    // even sent the segment's path.
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(untrusted("it is not a socket".into()))
+        }
+        Ok(meta) if !trusted(meta.uid(), me) => {
+            return Err(untrusted(format!("the file belongs to uid {}", meta.uid())))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Unavailable::NotStarted(socket.to_path_buf()))
+        }
+        Err(e) => return Err(no_answer(e.to_string())),
+    }
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -38,6 +71,16 @@ pub fn ask(
         }
         Err(e) => return Err(no_answer(e.to_string())),
     };
+    // Then the process that accepted: the file may have been swapped since the lstat.
+    let peer = rustix::net::sockopt::socket_peercred(&stream)
+        .map_err(|e| no_answer(format!("read the peer's credentials: {e}")))?;
+    if !trusted(peer.uid.as_raw(), me) {
+        return Err(untrusted(format!(
+            "the process listening there (pid {}) runs as uid {}",
+            peer.pid.as_raw_nonzero(),
+            peer.uid.as_raw()
+        )));
+    }
     // %p is relative to the data directory (PostgreSQL's working directory); the daemon runs
     // elsewhere, so send an absolute path.
     let path = if path.is_absolute() {
@@ -63,4 +106,9 @@ pub fn ask(
         e => no_answer(e.to_string()),
     })?;
     HandoffReply::decode_body(&body).map_err(|e| no_answer(e.to_string()))
+}
+
+/// Our own user, or root (who could impersonate anybody anyway).
+fn trusted(uid: u32, me: u32) -> bool {
+    uid == me || uid == 0
 }
