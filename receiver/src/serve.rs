@@ -211,10 +211,10 @@ async fn connection(
         Ok(c) => c,
         Err(e) => {
             let text = e.to_string();
-            if is_tls_failure(&e) {
+            if let Some(failure) = tls_failure(&e) {
                 // A certificate problem on one side or the other: a person must look.
-                let advice = tls::explain_handshake_failure(&text, tls::Side::Receiver, "");
-                error!("rejected connection: {text}; {advice}");
+                let advice = failure.advice(tls::Side::Receiver, "");
+                error!("rejected connection: {advice} ({text})");
             } else {
                 // A client that hangs up (its connect timeout ran out, it was killed) is not
                 // an error here: it says so in PostgreSQL's log and retries.
@@ -264,16 +264,20 @@ async fn connection(
     }
 }
 
-/// Whether a failed handshake ended with a TLS alert (QUIC "crypto error" codes
-/// 0x100-0x1ff: certificate refused, no certificate, ALPN mismatch) rather than the peer
-/// leaving.
-fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
-    let code = match e {
-        quinn::ConnectionError::TransportError(t) => t.code,
-        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
-        _ => return false,
-    };
-    (0x100..=0x1ff).contains(&u64::from(code))
+/// The TLS alert a failed handshake ended with (QUIC "crypto error" codes 0x100-0x1ff:
+/// certificate refused, no certificate, ALPN mismatch), and who sent it: our TLS stack refusing
+/// the client (`TransportError`) or the client refusing us (`ConnectionClosed`). `None` when the
+/// peer simply left.
+fn tls_failure(e: &quinn::ConnectionError) -> Option<tls::HandshakeFailure> {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            tls::HandshakeFailure::from_quic_code(tls::Origin::Local, u64::from(t.code))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            tls::HandshakeFailure::from_quic_code(tls::Origin::Peer, u64::from(c.error_code))
+        }
+        _ => None,
+    }
 }
 
 /// What became of one stream.

@@ -310,9 +310,24 @@ impl Daemon {
         loop {
             match self.connection().await {
                 Ok(conn) => {
-                    backoff = FIRST_BACKOFF;
                     let reason = conn.closed().await;
-                    tracing::info!("connection to receiver closed ({reason}); reconnecting");
+                    // In TLS 1.3 the receiver judges our certificate after we consider the
+                    // handshake done: its refusal arrives as the connection closing. Say so,
+                    // with the advice, and back off rather than reconnect at once.
+                    if push::tls_failure(&reason).is_some() {
+                        let settings = &self.settings;
+                        let e = push::handshake_error(
+                            &settings.receiver,
+                            &settings.server_name,
+                            reason,
+                        );
+                        tracing::warn!("{e}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        backoff = FIRST_BACKOFF;
+                        tracing::info!("connection to receiver closed ({reason}); reconnecting");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("{e}; retrying in {backoff:?}");

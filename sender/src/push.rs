@@ -242,12 +242,9 @@ pub async fn transfer(
     };
     // In TLS 1.3 the server judges our certificate after we think the handshake is done: a
     // rejection shows up as the connection closing on the first stream operation.
-    let conn_err = |e: quinn::ConnectionError| match e {
-        e @ quinn::ConnectionError::TransportError(_)
-        | e @ quinn::ConnectionError::ConnectionClosed(_) => {
-            handshake_error(&receiver, &settings.server_name, e)
-        }
-        e => lost(e.to_string()),
+    let conn_err = |e: quinn::ConnectionError| match tls_failure(&e) {
+        Some(_) => handshake_error(&receiver, &settings.server_name, e),
+        None => lost(e.to_string()),
     };
     let (mut tx, mut rx) = conn.open_bi().await.map_err(conn_err)?;
     let write_err = |e: quinn::WriteError| match e {
@@ -395,12 +392,33 @@ async fn read_reply(rx: &mut quinn::RecvStream) -> Result<Reply, ReplyError> {
     Reply::decode_body(&body).map_err(ReplyError::Frame)
 }
 
-/// Turn a handshake-time failure into advice: which side's certificate is wrong.
-fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError) -> SenderError {
+/// Turn a handshake-time failure into advice: which side refused which certificate, and the
+/// setting to check. Classified by who closed and with which TLS alert, not by the error text.
+pub fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError) -> SenderError {
     let text = e.to_string();
-    let advice = tls::explain_handshake_failure(&text, tls::Side::Sender, server_name);
+    let detail = match tls_failure(&e) {
+        Some(failure) => format!(
+            "{} ({text})",
+            failure.advice(tls::Side::Sender, server_name)
+        ),
+        None => format!("{text}; PostgreSQL will retry"),
+    };
     SenderError::Handshake {
         addr: addr.to_string(),
-        detail: format!("{text}; {advice}"),
+        detail,
+    }
+}
+
+/// The TLS alert that ended a connection, and whether we raised it (our TLS stack refused the
+/// receiver: quinn's `TransportError`) or the receiver sent it (`ConnectionClosed`).
+pub fn tls_failure(e: &quinn::ConnectionError) -> Option<tls::HandshakeFailure> {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            tls::HandshakeFailure::from_quic_code(tls::Origin::Local, u64::from(t.code))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            tls::HandshakeFailure::from_quic_code(tls::Origin::Peer, u64::from(c.error_code))
+        }
+        _ => None,
     }
 }

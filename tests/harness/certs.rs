@@ -71,4 +71,46 @@ impl CertSet {
     pub fn client_key(&self) -> PathBuf {
         self.dir.join("client.key")
     }
+
+    /// A client certificate signed by this set's CA, valid from `not_before` to `not_after`
+    /// (expired, not yet valid...), written to `<scenario>/<name>.pem` and `.key` (0600); the
+    /// paths of the certificate and the key.
+    pub fn issue_client(
+        &self,
+        sc: &Scenario,
+        name: &str,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> (PathBuf, PathBuf) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca_pem = std::fs::read_to_string(self.dir.join("ca.key")).expect("read ca.key");
+        // rcgen signs with the issuer's key and names the issuer by its distinguished name: the
+        // CA rebuilt from its key and name is, for signing, the CA that `certs` made.
+        let ca_key = KeyPair::from_pem(&ca_pem).expect("parse ca.key");
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name.push(DnType::CommonName, "walship CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("rebuild CA certificate");
+
+        let key = KeyPair::generate().expect("generate client key");
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "walship-sender");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params
+            .signed_by(&key, &ca_cert, &ca_key)
+            .expect("sign client certificate");
+        let pem = sc.path(&format!("{name}.pem"));
+        let key_path = sc.path(&format!("{name}.key"));
+        sc.write_at(&pem, cert.pem(), 0o644);
+        sc.write_at(&key_path, key.serialize_pem(), 0o600);
+        (pem, key_path)
+    }
 }
