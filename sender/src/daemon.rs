@@ -461,6 +461,16 @@ fn check_socket_dir(path: &Path, dir: &Path) -> Result<(), SenderError> {
             dir.display()
         )));
     }
+    // The directory's owner may remove or replace any entry in it, sticky or not.
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(SenderError::Setup(format!(
+            "daemon socket {}: directory {} belongs to uid {}, not this user (uid {me}) or root, so its owner could replace the socket; set `socket` to a path in a directory of this user's own, such as /run/walship/sender.sock",
+            path.display(),
+            dir.display(),
+            meta.uid()
+        )));
+    }
     Ok(())
 }
 

@@ -224,6 +224,26 @@ fn item1_daemon_refuses_a_socket_directory_others_can_write() {
         assert!(!dir.join("sender.sock").exists(), "{out}");
     }
 
+    // Sticky but owned by another user: its owner may still replace any entry.
+    let foreign = shared_dir(&sc, "foreign", 0o1777);
+    std::os::unix::fs::chown(&foreign, Some(65534), None).expect("chown to nobody");
+    let sender = sender_for(&sc, "sender-foreign", &rx_setup, &certs);
+    add_keys(&sender, "socket = \"foreign/sender.sock\"\n");
+    let out = sc.run(
+        &sc.cmd(sc.bin("walship-sender"))
+            .arg("--config")
+            .arg(&sender)
+            .arg("daemon")
+            .timeout(Duration::from_secs(15)),
+    );
+    out.assert_code(1);
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line\n{out}");
+    assert!(
+        lines[0].contains(&foreign.display().to_string()) && lines[0].contains("uid 65534"),
+        "the line should name the directory and its owner\n{out}"
+    );
+
     // Sticky, like /tmp: nobody else can replace our socket there; the daemon starts.
     shared_dir(&sc, "sticky", 0o1777);
     let sender = sender_for(&sc, "sender-sticky", &rx_setup, &certs);
