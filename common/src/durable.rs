@@ -15,6 +15,11 @@
 //! When the final name exists already the contents are compared: identical means already
 //! stored (we still sync it, in case a racing writer has not finished step 5), different means
 //! a conflict and the stored file is left untouched.
+//!
+//! Whatever else sits in a directory walship writes is opened with [`open_regular`]: never
+//! through a symbolic link (`O_NOFOLLOW`), never blocking on a FIFO (`O_NONBLOCK`), and only when
+//! `fstat` says it is a regular file. Files walship creates are created with `O_EXCL`
+//! (`create_new`), which fails on any existing name, a link included.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -60,6 +65,123 @@ impl DurableError {
 /// True for ENOSPC and EDQUOT.
 pub fn is_disk_full(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Why a name in archive_dir could not be opened as a file walship wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{} is a symbolic link: walship never follows or writes through links there; remove it (walship itself only writes regular files)", path.display())]
+    Symlink { path: PathBuf },
+    #[error("{} is not a regular file but a {kind}: walship never reads or writes through it; remove it (walship itself only writes regular files)", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("open {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl OpenError {
+    /// True when the name holds something walship did not write (a link, a FIFO, ...), as
+    /// opposed to an I/O failure.
+    pub fn is_foreign(&self) -> bool {
+        !matches!(self, OpenError::Io { .. })
+    }
+}
+
+/// Open `path` for reading if it is a regular file; `None` when nothing has that name.
+///
+/// `O_NOFOLLOW`: a symbolic link is refused, never followed. `O_NONBLOCK`: opening a FIFO
+/// returns at once instead of waiting for a writer (for a regular file the flag does nothing).
+/// `fstat` after the open: what was opened is what is checked, with no window for a swap.
+pub fn open_regular(path: &Path) -> Result<Option<File>, OpenError> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    match opened {
+        Ok(file) => {
+            let meta = file.metadata().map_err(|source| OpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            check_regular(path, &meta)?;
+            Ok(Some(file))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(classify_open_error(path, e)),
+    }
+}
+
+/// Read a small state file (the pin, the fence, a restore record) with [`open_regular`];
+/// `None` when it does not exist. At most `limit` bytes are read.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Option<String>, OpenError> {
+    let Some(file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    file.take(limit)
+        .read_to_string(&mut text)
+        .map_err(|source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Some(text))
+}
+
+/// `NotRegular` unless `meta` (from `fstat` of an open file) is a regular file.
+pub fn check_regular(path: &Path, meta: &fs::Metadata) -> Result<(), OpenError> {
+    if meta.file_type().is_file() {
+        return Ok(());
+    }
+    Err(OpenError::NotRegular {
+        path: path.to_path_buf(),
+        kind: kind_of(meta.file_type()),
+    })
+}
+
+/// An open error, named after what sits there when that is the cause: `ELOOP` from
+/// `O_NOFOLLOW` is a link, `ENXIO` a socket or a FIFO without a reader.
+pub fn classify_open_error(path: &Path, e: io::Error) -> OpenError {
+    if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) {
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            if meta.file_type().is_symlink() {
+                return OpenError::Symlink {
+                    path: path.to_path_buf(),
+                };
+            }
+            if !meta.file_type().is_file() {
+                return OpenError::NotRegular {
+                    path: path.to_path_buf(),
+                    kind: kind_of(meta.file_type()),
+                };
+            }
+        }
+    }
+    OpenError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+fn kind_of(t: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DurableError + 'a {
@@ -137,7 +259,9 @@ impl TempFile {
                 if same_content(&self.path, &target).map_err(io_err("compare with", &target))? {
                     // A racing writer may have linked it without syncing the directory yet:
                     // sync the file and, below, the directory, before saying it is stored.
-                    File::open(&target)
+                    open_regular(&target)
+                        .map_err(io::Error::other)
+                        .and_then(|f| f.ok_or_else(|| io::ErrorKind::NotFound.into()))
                         .and_then(|f| f.sync_all())
                         .map_err(io_err("fsync", &target))?;
                     Published::AlreadyIdentical
@@ -237,9 +361,15 @@ pub fn remove_leftovers(dir: &Path) -> Result<Vec<PathBuf>, DurableError> {
     Ok(removed)
 }
 
-/// Byte-for-byte comparison of two files.
+/// Byte-for-byte comparison of two files. Each is opened with [`open_regular`]: a link, a FIFO
+/// or a missing file under either name is an error, never followed, never waited on.
 pub fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    let open = |p: &Path| {
+        open_regular(p).map_err(io::Error::other)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{} vanished", p.display()))
+        })
+    };
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
     if fa.metadata()?.len() != fb.metadata()?.len() {
         return Ok(false);
     }
@@ -329,6 +459,48 @@ mod tests {
         replace(dir.path(), "state", b"two", 0o644, Sync::AdvisoryOnly).unwrap();
         assert_eq!(fs::read(dir.path().join("state")).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn open_regular_refuses_links_fifos_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(open_regular(&file).unwrap().is_some());
+        assert!(open_regular(&dir.path().join("missing")).unwrap().is_none());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let err = open_regular(&link).unwrap_err();
+        assert!(matches!(err, OpenError::Symlink { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // A FIFO without a writer: must not block.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path living for the call.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0);
+        let err = open_regular(&fifo).unwrap_err();
+        assert!(
+            matches!(err, OpenError::NotRegular { kind: "FIFO", .. }),
+            "{err}"
+        );
+        let err = open_regular(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpenError::NotRegular {
+                    kind: "directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Reading a state file stops at the limit.
+        fs::write(&file, vec![b'a'; 100]).unwrap();
+        assert_eq!(read_regular(&file, 10).unwrap().unwrap().len(), 10);
+        // A stored name that is a link is never compared through (nor answered "identical").
+        assert!(same_content(&file, &link).is_err());
     }
 
     #[test]

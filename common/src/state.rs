@@ -3,9 +3,13 @@
 //!
 //! - [`Fence`] (`walship.fence`): written by `promote`. From then on segments of the old
 //!   timeline are refused, so the old primary cannot push stale WAL into the new world.
-//! - [`RestoreLog`] (`walship.restore`): what `restore` last served and last missed. The standby
-//!   has consumed the newest stored segment once it asked for the one after it: `promote` knows
-//!   this from the record instead of guessing from LSNs.
+//! - [`RestoreLog`] (`walship.restore.<key>`): what `restore` last served and last missed, one
+//!   record per standby. The standby has consumed the newest stored segment once it asked for
+//!   the one after it: `promote` knows this from the record instead of guessing from LSNs.
+//!   Several standbys may restore from one archive, so each keeps its own record, keyed by its
+//!   data directory ([`restore_record_name`]): PostgreSQL runs `restore_command` in the data
+//!   directory, so `restore` knows it from its working directory, and `promote`/`status` from
+//!   `pgdata` or the standby's `SHOW data_directory`.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +17,33 @@ use crate::lsn::Lsn;
 use crate::wal::name::{SegNo, SegmentName, TimelineId, WalFileName};
 
 pub const FENCE_FILE: &str = "walship.fence";
+/// The single restore record of walship before records were kept per standby; still read when
+/// a standby has no record of its own yet (an upgrade).
 pub const RESTORE_LOG_FILE: &str = "walship.restore";
+/// Hex digits of the key in a per-standby record's name.
+const RECORD_KEY_HEX: usize = 16;
+
+/// Name of the restore record of the standby whose canonical data directory is `data_dir`
+/// (the path's bytes): `walship.restore.<16 hex digits of its BLAKE3>`. Never a WAL name nor
+/// a temp name; fixed length whatever the path, and the path itself is kept in the record.
+pub fn restore_record_name(data_dir: &[u8]) -> String {
+    let hash = blake3::hash(data_dir);
+    format!(
+        "{RESTORE_LOG_FILE}.{}",
+        &hash.to_hex().as_str()[..RECORD_KEY_HEX]
+    )
+}
+
+/// Whether `name` is a per-standby restore record (not its spare, not the old single record).
+pub fn is_restore_record_name(name: &str) -> bool {
+    name.strip_prefix(RESTORE_LOG_FILE)
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|k| {
+            k.len() == RECORD_KEY_HEX
+                && k.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
 
 /// The archive's old timeline is closed: the standby was promoted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +88,10 @@ pub struct RestoreEvent {
 /// history files that do not exist all the time, which says nothing about replay).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreLog {
+    /// The standby's data directory (canonical) the record belongs to; absent in the old single
+    /// record. Kept first: TOML wants plain values before tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_directory: Option<String>,
     pub last_served: Option<RestoreEvent>,
     pub last_missed: Option<RestoreEvent>,
 }
@@ -184,7 +218,8 @@ mod tests {
 
     #[test]
     fn restore_log_round_trips() {
-        let log = RestoreLog {
+        let mut log = RestoreLog {
+            data_directory: None,
             last_served: Some(RestoreEvent {
                 name: seg(1, 3).to_string(),
                 at_unix_ms: 5,
@@ -193,6 +228,23 @@ mod tests {
         };
         assert_eq!(RestoreLog::from_toml(&log.to_toml()).unwrap(), log);
         assert_eq!(RestoreLog::from_toml("").unwrap(), RestoreLog::default());
+        log.data_directory = Some("/var/lib/postgresql/15/main \"quoted\"".into());
+        log.last_missed = log.last_served.clone();
+        assert_eq!(RestoreLog::from_toml(&log.to_toml()).unwrap(), log);
+    }
+
+    #[test]
+    fn restore_record_names_are_per_directory_and_never_wal_names() {
+        let a = restore_record_name(b"/srv/standby1");
+        let b = restore_record_name(b"/srv/standby2");
+        assert_ne!(a, b);
+        assert_eq!(a, restore_record_name(b"/srv/standby1"));
+        assert!(a.starts_with("walship.restore.") && a.len() == "walship.restore.".len() + 16);
+        assert!(is_restore_record_name(&a));
+        assert!(a.parse::<WalFileName>().is_err());
+        assert!(!is_restore_record_name(RESTORE_LOG_FILE));
+        assert!(!is_restore_record_name(&format!("{a}.spare")));
+        assert!(!is_restore_record_name("walship.restore.spare"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use walship_common::config::ConfigError;
-use walship_common::durable::DurableError;
+use walship_common::durable::{DurableError, OpenError};
 use walship_common::pg_control::ControlError;
 use walship_common::tls::TlsError;
 
@@ -28,6 +28,22 @@ pub enum ReceiverError {
     },
     #[error("{0}")]
     Durable(#[from] DurableError),
+    #[error("{0}")]
+    StateFile(#[from] OpenError),
+    #[error("archive_dir {} does not exist: a wrong path in the config, or the disk holding it is not mounted; nothing can be restored until it is back (PostgreSQL will retry)", path.display())]
+    ArchiveMissing { path: PathBuf },
+    #[error("archive_dir {} cannot be read by this user ({source}): restore runs as the PostgreSQL user, which needs read and search permission on it (the receiver stores files mode 0640: put the PostgreSQL user in the receiver's group)", path.display())]
+    ArchiveUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} in archive_dir {} is not served: {reason}; move it away and have the primary push the segment again (PostgreSQL will retry)", dir.display())]
+    NotServed {
+        name: String,
+        dir: PathBuf,
+        reason: String,
+    },
     #[error("read the standby's cluster identity: {0}; check pgdata in the receiver config")]
     Control(#[from] ControlError),
     #[error("cluster pin file {}: {reason}", path.display())]

@@ -171,7 +171,10 @@ async fn wait_for_replay(
             Some(c) => standby::probe(c).await?.replay_lsn,
             None => None,
         };
-        let missed = store::read_restore_log(dir).last_missed.map(|e| e.name);
+        let missed = standby::restore_record(settings, client.as_ref())
+            .await?
+            .last_missed
+            .map(|e| e.name);
         let state = replay_state(newest, seg_size, replay, missed.as_deref());
         let (newest, left, gap) = match state {
             ReplayState::NothingArchived | ReplayState::Caught { .. } => return Ok(()),

@@ -1,12 +1,16 @@
 //! Talking to the standby PostgreSQL (`conninfo`), for `promote` and `status`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+use walship_common::config::ReceiverSettings;
+use walship_common::state::RestoreLog;
 use walship_common::Lsn;
 
 use crate::error::ReceiverError;
+use crate::store;
 
 /// A connection attempt's result.
 pub enum Connected {
@@ -71,6 +75,39 @@ pub async fn text(client: &Client, sql: &str) -> Result<String, ReceiverError> {
             conninfo: String::new(),
             detail: format!("{sql}: {e}"),
         })
+}
+
+/// The restore record of the standby `promote` and `status` talk to (several standbys may
+/// restore from one archive, each keeping its own record): the one of `pgdata` when it is
+/// configured, else the one of the data directory the standby reports through `client` (or a
+/// new connection with `conninfo` when `client` is `None`). `SHOW data_directory` needs a
+/// superuser or a member of pg_read_all_settings; when the standby cannot be asked,
+/// [`store::standby_restore_log`] decides without knowing.
+pub async fn restore_record(
+    settings: &ReceiverSettings,
+    client: Option<&Client>,
+) -> Result<RestoreLog, ReceiverError> {
+    let data_dir = match (&settings.pgdata, client, &settings.conninfo) {
+        (Some(pgdata), _, _) => Some(pgdata.clone()),
+        (None, Some(c), _) => data_directory(c).await,
+        (None, None, Some(conninfo)) => match connect(conninfo, Duration::from_secs(3)).await {
+            Ok(Connected::Client(c)) => data_directory(&c).await,
+            _ => None,
+        },
+        (None, None, None) => None,
+    };
+    Ok(store::standby_restore_log(
+        &settings.archive_dir,
+        data_dir.as_deref(),
+    )?)
+}
+
+/// The standby's data directory, if this connection may see it.
+async fn data_directory(client: &Client) -> Option<PathBuf> {
+    text(client, "SHOW data_directory")
+        .await
+        .ok()
+        .map(PathBuf::from)
 }
 
 /// An error with its causes on one line ("error connecting to server: Connection refused").

@@ -62,7 +62,7 @@ pub async fn gather(settings: &ReceiverSettings) -> Result<Status, ReceiverError
     let files = store::list(dir)?;
     let newest = newest_arrival(dir)?;
     let fence = store::read_fence(dir)?;
-    let log = store::read_restore_log(dir);
+    let log = standby::restore_record(settings, None).await?;
     let standby = match &settings.conninfo {
         None => None,
         Some(conninfo) => Some(standby_status(conninfo).await),

@@ -3,16 +3,19 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tracing::{info, warn};
 use walship_common::config::ReceiverSettings;
-use walship_common::durable::{self, DurableError, Published, TempFile};
+use walship_common::durable::{self, DurableError, OpenError, Published, TempFile};
 use walship_common::proto::digest::{Digest, Hasher};
 use walship_common::proto::upload::check_fence;
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
-use walship_common::state::{Fence, RestoreLog, FENCE_FILE, RESTORE_LOG_FILE};
+use walship_common::state::{
+    is_restore_record_name, restore_record_name, Fence, RestoreLog, FENCE_FILE, RESTORE_LOG_FILE,
+};
 use walship_common::{pg_control, SystemId, WalFileName};
 
 use crate::error::ReceiverError;
@@ -96,17 +99,19 @@ impl Archive {
 
     /// When `name` is stored already: whether its content has this size and digest; an
     /// identical file is fsynced (with the directory) before the answer, since a racing upload
-    /// may have linked it without finishing its own fsyncs. Blocking (reads the file).
+    /// may have linked it without finishing its own fsyncs. Blocking (reads the file). A link,
+    /// a FIFO or anything but a regular file under the name is an error: never followed, never
+    /// waited on.
     pub fn compare_existing(
         &self,
         name: &str,
         size: u64,
         digest: &Digest,
     ) -> io::Result<Option<bool>> {
-        let mut file = match fs::File::open(self.dir.join(name)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(mut file) =
+            durable::open_regular(&self.dir.join(name)).map_err(io::Error::other)?
+        else {
+            return Ok(None);
         };
         if file.metadata()?.len() != size {
             return Ok(Some(false));
@@ -193,15 +198,18 @@ pub fn storage_refusal(name: &str, err: &DurableError) -> Refusal {
     }
 }
 
+/// Most bytes read from a state file (pin, fence, restore record): they are a few lines, and
+/// a huge file under such a name is not one walship wrote.
+const STATE_FILE_LIMIT: u64 = 64 * 1024;
+
 /// The fence, when the standby was promoted.
 pub fn read_fence(dir: &Path) -> Result<Option<Fence>, ReceiverError> {
     let path = dir.join(FENCE_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => Fence::from_toml(&text)
+    match durable::read_regular(&path, STATE_FILE_LIMIT)? {
+        Some(text) => Fence::from_toml(&text)
             .map(Some)
             .map_err(|reason| ReceiverError::BadState { path, reason }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ReceiverError::ArchiveDir { path, source }),
+        None => Ok(None),
     }
 }
 
@@ -216,12 +224,70 @@ pub fn write_fence(dir: &Path, fence: &Fence) -> Result<(), DurableError> {
     )
 }
 
-/// The restore record; a missing or unreadable one reads as empty (it is advisory).
-pub fn read_restore_log(dir: &Path) -> RestoreLog {
-    fs::read_to_string(dir.join(RESTORE_LOG_FILE))
-        .ok()
+/// The restore record `name`; a missing or unparsable one reads as empty (it is advisory). A
+/// link or another non-regular file under the name is an error naming it.
+pub fn read_restore_log(dir: &Path, name: &str) -> Result<RestoreLog, OpenError> {
+    Ok(durable::read_regular(&dir.join(name), STATE_FILE_LIMIT)?
         .and_then(|t| RestoreLog::from_toml(&t).ok())
-        .unwrap_or_default()
+        .unwrap_or_default())
+}
+
+/// The restore record of the standby whose data directory is `data_dir` (resolved to its
+/// canonical path, as `restore` sees it through its working directory). Without a record of its
+/// own, the single record of older walship versions, if any. Without `data_dir` (the standby
+/// could not be asked): the only per-standby record when there is exactly one, else the old
+/// single record, else empty.
+pub fn standby_restore_log(dir: &Path, data_dir: Option<&Path>) -> Result<RestoreLog, OpenError> {
+    let own = match data_dir {
+        Some(d) => {
+            let canonical = fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
+            Some(restore_record_name(
+                canonical.as_os_str().as_encoded_bytes(),
+            ))
+        }
+        None => {
+            let mut records = fs::read_dir(dir)
+                .map_err(|source| OpenError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_restore_record_name(n));
+            match (records.next(), records.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        }
+    };
+    if let Some(name) = own {
+        if durable::open_regular(&dir.join(&name))?.is_some() {
+            return read_restore_log(dir, &name);
+        }
+    }
+    read_restore_log(dir, RESTORE_LOG_FILE)
+}
+
+/// Why the restore record was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Foreign(OpenError),
+    #[error("{0}")]
+    Write(#[from] DurableError),
+}
+
+impl RecordError {
+    /// True when archive_dir is not writable by this user (or is on a read-only file system):
+    /// a supported setup, in which `restore` keeps no record.
+    pub fn is_read_only(&self) -> bool {
+        let source = match self {
+            RecordError::Write(DurableError::Io { source, .. }) => source,
+            _ => return false,
+        };
+        source.kind() == io::ErrorKind::PermissionDenied
+            || matches!(source.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM))
+    }
 }
 
 /// Replace the restore record. Not fsynced: it is on restore's hot path and a record lost in a
@@ -235,60 +301,78 @@ pub fn read_restore_log(dir: &Path) -> RestoreLog {
 /// the directory serialises concurrent writers. Where the exchange is not possible (first
 /// calls, a file system without it, a record longer than the fixed size) it falls back to a
 /// plain atomic replace.
-pub fn write_restore_log(dir: &Path, log: &RestoreLog) -> Result<(), DurableError> {
+///
+/// Never through a link: the spare is opened with `O_NOFOLLOW` and must be a regular file; a
+/// link or other non-regular file there is an error naming it (no fallback that would hide it).
+pub fn write_restore_log(dir: &Path, name: &str, log: &RestoreLog) -> Result<(), RecordError> {
     let body = log.to_toml();
-    if body.len() + PAD_COMMENT.len() < RESTORE_LOG_BYTES
-        && exchange_restore_log(dir, &body).is_ok()
-    {
-        return Ok(());
+    if body.len() + PAD_COMMENT.len() < RESTORE_LOG_BYTES {
+        match exchange_restore_log(dir, name, &body) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_foreign() => return Err(RecordError::Foreign(e)),
+            Err(_) => {}
+        }
     }
-    durable::replace(
+    Ok(durable::replace(
         dir,
-        RESTORE_LOG_FILE,
+        name,
         body.as_bytes(),
         0o644,
         durable::Sync::AdvisoryOnly,
-    )
+    )?)
 }
 
 /// Size every exchanged restore record is padded to (with spaces, which TOML ignores).
 const RESTORE_LOG_BYTES: usize = 512;
 /// Starts the padding, for whoever reads the file.
 const PAD_COMMENT: &str = "# (fixed-size record: padded, rewritten in place)";
-/// The other half of the exchange: holds the previous record. Not a WAL name nor a temp name.
-pub const RESTORE_LOG_SPARE: &str = "walship.restore.spare";
+/// Suffix of the other half of the exchange, which holds the previous record
+/// (`walship.restore.<key>.spare`). Not a WAL name nor a temp name.
+pub const RESTORE_LOG_SPARE_SUFFIX: &str = ".spare";
 
-fn exchange_restore_log(dir: &Path, body: &str) -> io::Result<()> {
+fn exchange_restore_log(dir: &Path, name: &str, body: &str) -> Result<(), OpenError> {
     use std::fs::OpenOptions;
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::FileExt;
 
-    let lock = fs::File::open(dir)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OpenError::Io { path, source }
+    };
+    let lock = fs::File::open(dir).map_err(io(dir))?;
     // Released when `lock` is closed, at the end of this function.
-    lock.lock()?;
-    let spare = dir.join(RESTORE_LOG_SPARE);
+    lock.lock().map_err(io(dir))?;
+    let spare = dir.join(format!("{name}{RESTORE_LOG_SPARE_SUFFIX}"));
+    let record = dir.join(name);
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         // Overwritten in place: truncating would make ext4 flush it on close (auto_da_alloc).
         .truncate(false)
         .mode(0o644)
-        .open(&spare)?;
+        // Never through a link (it would overwrite whatever the link names), never blocking
+        // on a FIFO; then fstat: only a regular file is written.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&spare)
+        .map_err(|e| durable::classify_open_error(&spare, e))?;
+    durable::check_regular(&spare, &file.metadata().map_err(io(&spare))?)?;
     let mut padded = Vec::with_capacity(RESTORE_LOG_BYTES);
     padded.extend_from_slice(body.as_bytes());
     padded.extend_from_slice(PAD_COMMENT.as_bytes());
     padded.resize(RESTORE_LOG_BYTES - 1, b' ');
     padded.push(b'\n');
-    file.write_all_at(&padded, 0)?;
-    if file.metadata()?.len() != RESTORE_LOG_BYTES as u64 {
+    file.write_all_at(&padded, 0).map_err(io(&spare))?;
+    if file.metadata().map_err(io(&spare))?.len() != RESTORE_LOG_BYTES as u64 {
         // Left over from a failed write or an older layout: make it exactly the record.
-        file.set_len(RESTORE_LOG_BYTES as u64)?;
+        file.set_len(RESTORE_LOG_BYTES as u64).map_err(io(&spare))?;
     }
     drop(file);
+    // The exchange swaps names, it follows no link: a link put where the record is ends up
+    // under the spare's name, where the next call refuses it.
     let exchanged = rustix::fs::renameat_with(
         rustix::fs::CWD,
         &spare,
         rustix::fs::CWD,
-        dir.join(RESTORE_LOG_FILE),
+        &record,
         rustix::fs::RenameFlags::EXCHANGE,
     );
     let Err(errno) = exchanged else {
@@ -297,9 +381,9 @@ fn exchange_restore_log(dir: &Path, body: &str) -> io::Result<()> {
     let err = io::Error::from(errno);
     if err.kind() == io::ErrorKind::NotFound {
         // No live record yet: the spare becomes it (and a new spare is made next time).
-        return fs::rename(&spare, dir.join(RESTORE_LOG_FILE));
+        return fs::rename(&spare, &record).map_err(io(&record));
     }
-    Err(err)
+    Err(io(&record)(err))
 }
 
 /// One stored WAL file.
@@ -319,6 +403,11 @@ pub fn list(dir: &Path) -> Result<Vec<StoredFile>, ReceiverError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(err)? {
         let entry = entry.map_err(err)?;
+        // Only regular files are stored files: `restore` refuses a link or a FIFO under a WAL
+        // name, so they are not counted as archived either.
+        if !entry.file_type().map_err(err)?.is_file() {
+            continue;
+        }
         let Some(name) = entry
             .file_name()
             .to_str()
@@ -338,10 +427,8 @@ pub fn list(dir: &Path) -> Result<Vec<StoredFile>, ReceiverError> {
 
 pub fn read_pin(dir: &Path) -> Result<Option<SystemId>, ReceiverError> {
     let path = dir.join(PIN_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(ReceiverError::ArchiveDir { path, source }),
+    let Some(text) = durable::read_regular(&path, STATE_FILE_LIMIT)? else {
+        return Ok(None);
     };
     let bad = |reason: &str| ReceiverError::BadPin {
         path: path.clone(),
@@ -379,59 +466,136 @@ mod tests {
         })
     }
 
+    fn record() -> String {
+        restore_record_name(b"/srv/standby")
+    }
+
     #[test]
     fn restore_log_is_replaced_whole_every_time() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_restore_log(dir.path()), RestoreLog::default());
-        let mut log = RestoreLog::default();
+        let name = record();
+        assert_eq!(
+            read_restore_log(dir.path(), &name).unwrap(),
+            RestoreLog::default()
+        );
+        let mut log = RestoreLog {
+            data_directory: Some("/srv/standby".into()),
+            ..RestoreLog::default()
+        };
         // First calls create the record and the spare, later ones exchange them.
         for i in 0..5u64 {
             log.last_served = event("000000010000000000000003", i);
             if i == 3 {
                 log.last_missed = event("000000010000000000000004", 4_102_444_800_000);
             }
-            write_restore_log(dir.path(), &log).unwrap();
-            assert_eq!(read_restore_log(dir.path()), log);
+            write_restore_log(dir.path(), &name, &log).unwrap();
+            assert_eq!(read_restore_log(dir.path(), &name).unwrap(), log);
         }
         // A shorter record after a longer one leaves nothing of the longer behind.
         let short = RestoreLog {
+            data_directory: None,
             last_served: event("00000002.history", 1),
             last_missed: None,
         };
-        write_restore_log(dir.path(), &short).unwrap();
-        assert_eq!(read_restore_log(dir.path()), short);
+        write_restore_log(dir.path(), &name, &short).unwrap();
+        assert_eq!(read_restore_log(dir.path(), &name).unwrap(), short);
         // Only the record and its spare: no temp files left.
         let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, [RESTORE_LOG_FILE, RESTORE_LOG_SPARE]);
+        assert_eq!(
+            names,
+            [name.clone(), format!("{name}{RESTORE_LOG_SPARE_SUFFIX}")]
+        );
     }
 
     #[test]
     fn restore_log_written_by_replace_is_taken_over() {
-        // A record left by an older walship (plain replace, short file) and a too-long spare.
+        // A record left by a plain replace (short file) and a too-long spare.
         let dir = tempfile::tempdir().unwrap();
+        let name = record();
         let old = RestoreLog {
+            data_directory: None,
             last_served: None,
             last_missed: event("000000010000000000000009", 7),
         };
         durable::replace(
             dir.path(),
-            RESTORE_LOG_FILE,
+            &name,
             old.to_toml().as_bytes(),
             0o644,
             durable::Sync::AdvisoryOnly,
         )
         .unwrap();
-        fs::write(dir.path().join(RESTORE_LOG_SPARE), vec![b'x'; 3000]).unwrap();
-        assert_eq!(read_restore_log(dir.path()), old);
+        fs::write(
+            dir.path().join(format!("{name}{RESTORE_LOG_SPARE_SUFFIX}")),
+            vec![b'x'; 3000],
+        )
+        .unwrap();
+        assert_eq!(read_restore_log(dir.path(), &name).unwrap(), old);
         let new = RestoreLog {
             last_served: event("00000001000000000000000A", 8),
             ..old
         };
-        write_restore_log(dir.path(), &new).unwrap();
-        assert_eq!(read_restore_log(dir.path()), new);
+        write_restore_log(dir.path(), &name, &new).unwrap();
+        assert_eq!(read_restore_log(dir.path(), &name).unwrap(), new);
+    }
+
+    #[test]
+    fn restore_log_is_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("some.conf");
+        fs::write(&victim, b"precious\n").unwrap();
+        let name = record();
+        let spare = dir.path().join(format!("{name}{RESTORE_LOG_SPARE_SUFFIX}"));
+        std::os::unix::fs::symlink(&victim, &spare).unwrap();
+        let log = RestoreLog {
+            last_served: event("000000010000000000000003", 1),
+            ..RestoreLog::default()
+        };
+        let err = write_restore_log(dir.path(), &name, &log).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
+        // A link as the record itself: reading it is an error naming it.
+        fs::remove_file(&spare).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(&name)).unwrap();
+        let err = read_restore_log(dir.path(), &name).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn each_standby_reads_its_own_record_and_falls_back_to_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        fs::create_dir(&one).unwrap();
+        fs::create_dir(&two).unwrap();
+        let archive = dir.path().join("archive");
+        fs::create_dir(&archive).unwrap();
+        let old = RestoreLog {
+            last_missed: event("000000010000000000000009", 7),
+            ..RestoreLog::default()
+        };
+        write_restore_log(&archive, RESTORE_LOG_FILE, &old).unwrap();
+        // Nobody has a record of its own yet: the old single record.
+        assert_eq!(standby_restore_log(&archive, Some(&one)).unwrap(), old);
+        assert_eq!(standby_restore_log(&archive, None).unwrap(), old);
+        let mine = RestoreLog {
+            data_directory: Some(one.display().to_string()),
+            last_served: event("00000001000000000000000A", 8),
+            last_missed: None,
+        };
+        let key = restore_record_name(
+            fs::canonicalize(&one)
+                .unwrap()
+                .as_os_str()
+                .as_encoded_bytes(),
+        );
+        write_restore_log(&archive, &key, &mine).unwrap();
+        assert_eq!(standby_restore_log(&archive, Some(&one)).unwrap(), mine);
+        assert_eq!(standby_restore_log(&archive, Some(&two)).unwrap(), old);
+        // One standby's record only: that is the one, even without knowing the data directory.
+        assert_eq!(standby_restore_log(&archive, None).unwrap(), mine);
     }
 }
