@@ -15,6 +15,7 @@ mod fencing;
 mod foreign_cluster;
 mod fsync_order;
 mod hostile;
+mod issue10_promote;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;
