@@ -11,6 +11,8 @@
 
 use std::path::Path;
 
+use crate::wal::name::TimelineId;
+
 /// `system_identifier`: unique per cluster (initdb), shared by its base backups and standbys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SystemId(pub u64);
@@ -87,10 +89,69 @@ pub fn decode_system_id(bytes: &[u8]) -> Result<SystemId, ControlError> {
 
 /// [`decode_system_id`] for bytes read from `path`, which only appears in error messages.
 pub fn decode_system_id_at(bytes: &[u8], path: &Path) -> Result<SystemId, ControlError> {
+    verify(bytes, path)?;
+    let sysid = le_u64(bytes, 0).expect("verify checked the length");
+    Ok(SystemId(sysid))
+}
+
+/// The timelines a control file knows, from a CRC-checked file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlTimelines {
+    /// `checkPointCopy.ThisTimeLineID`: the timeline of the latest checkpoint (on a standby:
+    /// restartpoint). `pg_controldata`: "Latest checkpoint's TimeLineID".
+    pub checkpoint: TimelineId,
+    /// `minRecoveryPointTLI`, `None` when 0 (no minimum recovery point, as on a primary).
+    /// `pg_controldata`: "Min recovery ending loc's timeline".
+    pub min_recovery: Option<TimelineId>,
+}
+
+impl ControlTimelines {
+    /// The newer of the two. On a standby both lag behind replay (they move at restartpoints
+    /// and buffer writes: a standby seen replaying timeline 2 still said 1 for both), so this
+    /// is a lower bound of the timeline it replays.
+    pub fn newest(&self) -> TimelineId {
+        self.min_recovery
+            .map_or(self.checkpoint, |m| m.max(self.checkpoint))
+    }
+}
+
+/// `offsetof(ControlFileData, checkPointCopy) + offsetof(CheckPoint, ThisTimeLineID)`: 40 + 8.
+/// The same in 1300, 1700 and 1800: 17 and 18 changed the struct only after these fields
+/// (17's `wal_level` in `CheckPoint` fills padding after `fullPageWrites`, at 60).
+const CHECKPOINT_TLI_OFFSET: usize = 48;
+/// `offsetof(ControlFileData, minRecoveryPointTLI)`: after the 88-byte `CheckPoint` (40..128),
+/// `unloggedLSN` (128) and `minRecoveryPoint` (136). Checked on a real PostgreSQL 15 standby's
+/// file (tests/fixtures, with pg_controldata's values).
+const MIN_RECOVERY_TLI_OFFSET: usize = 144;
+
+/// Decode the checkpoint and minimum-recovery timelines, verifying the CRC first.
+pub fn decode_timelines_at(bytes: &[u8], path: &Path) -> Result<ControlTimelines, ControlError> {
+    verify(bytes, path)?;
+    let field = |at| le_u32(bytes, at).expect("verify checked the length");
+    let min = field(MIN_RECOVERY_TLI_OFFSET);
+    Ok(ControlTimelines {
+        checkpoint: TimelineId(field(CHECKPOINT_TLI_OFFSET)),
+        min_recovery: (min != 0).then_some(TimelineId(min)),
+    })
+}
+
+/// Read `<pgdata>/global/pg_control` and return its timelines.
+pub fn read_timelines(pgdata: &Path) -> Result<ControlTimelines, ControlError> {
+    let path = pgdata.join(CONTROL_FILE_PATH);
+    let bytes = std::fs::read(&path).map_err(|source| ControlError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    decode_timelines_at(&bytes, &path)
+}
+
+/// Check the version and the CRC, as PostgreSQL does before trusting any field. On success
+/// the bytes reach at least past the CRC, so every field before it can be read.
+fn verify(bytes: &[u8], path: &Path) -> Result<(), ControlError> {
     let path = || path.display().to_string();
     // system_identifier (u64) and pg_control_version (u32) come first in every version.
     const HEAD: usize = 12;
-    let (Some(sysid), Some(version)) = (le_u64(bytes, 0), le_u32(bytes, 8)) else {
+    let Some(version) = le_u32(bytes, 8) else {
         return Err(ControlError::TooShort {
             path: path(),
             len: bytes.len(),
@@ -120,7 +181,7 @@ pub fn decode_system_id_at(bytes: &[u8], path: &Path) -> Result<SystemId, Contro
     };
     let computed = crc32c::crc32c(&bytes[..crc_at]);
     if computed == stored || (DERIVED_VERSIONS.contains(&version) && crc_found_by_scan(bytes)) {
-        return Ok(SystemId(sysid));
+        return Ok(());
     }
     Err(ControlError::CrcMismatch {
         path: path(),
@@ -178,6 +239,9 @@ mod tests {
     const REAL: &[u8] = include_bytes!("../tests/fixtures/pg_control-pg15");
     /// `pg_controldata`: "Database system identifier: 7711805009495595048".
     const REAL_SYSID: SystemId = SystemId(7711805009495595048);
+
+    /// `global/pg_control` of a PostgreSQL 15.18 standby on timeline 2 (see tests/fixtures).
+    const STANDBY_TL2: &[u8] = include_bytes!("../tests/fixtures/pg_control-pg15-standby-tl2");
 
     /// A minimal control file of `version` with the CRC at `crc_at`.
     fn synthetic(version: u32, crc_at: usize, sysid: u64) -> Vec<u8> {
@@ -326,5 +390,44 @@ mod tests {
             decode_system_id(&b),
             Err(ControlError::CrcMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn item10b_reads_the_timelines_of_a_real_standby() {
+        let path = Path::new("pg_control");
+        // pg_controldata: "Latest checkpoint's TimeLineID: 2", "Min recovery ending loc's
+        // timeline: 2", "Minimum recovery ending location: 0/5000000".
+        let t = decode_timelines_at(STANDBY_TL2, path).unwrap();
+        assert_eq!(
+            t,
+            ControlTimelines {
+                checkpoint: TimelineId(2),
+                min_recovery: Some(TimelineId(2)),
+            }
+        );
+        assert_eq!(le_u64(STANDBY_TL2, 136), Some(0x500_0000));
+        assert_eq!(t.newest(), TimelineId(2));
+        // The initdb'd primary: checkpoint on 1, no minimum recovery point.
+        let t = decode_timelines_at(REAL, path).unwrap();
+        assert_eq!(t.checkpoint, TimelineId(1));
+        assert_eq!(t.min_recovery, None);
+        assert_eq!(t.newest(), TimelineId(1));
+        // Only after the CRC vouched for the file.
+        let mut b = STANDBY_TL2.to_vec();
+        b[CHECKPOINT_TLI_OFFSET] = 9;
+        assert!(matches!(
+            decode_timelines_at(&b, path),
+            Err(ControlError::CrcMismatch { .. })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("global")).unwrap();
+        std::fs::write(dir.path().join("global/pg_control"), STANDBY_TL2).unwrap();
+        assert_eq!(read_timelines(dir.path()).unwrap().newest(), TimelineId(2));
+        // The newer of the two wins.
+        let lagging = ControlTimelines {
+            checkpoint: TimelineId(1),
+            min_recovery: Some(TimelineId(3)),
+        };
+        assert_eq!(lagging.newest(), TimelineId(3));
     }
 }

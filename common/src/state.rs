@@ -3,6 +3,9 @@
 //!
 //! - [`Fence`] (`walship.fence`): written by `promote`. From then on segments of the old
 //!   timeline are refused, so the old primary cannot push stale WAL into the new world.
+//! - `walship.fence.lock` ([`FENCE_LOCK_FILE`]): empty; `serve` holds a shared `flock` on it
+//!   from the fence check of an upload until its file is linked, `promote` an exclusive one
+//!   while it writes the fence, so no segment that passed the check is stored after the fence.
 //! - [`RestoreLog`] (`walship.restore.<key>`): what `restore` last served and last missed, one
 //!   record per standby. The standby has consumed the newest stored segment once it asked for
 //!   the one after it: `promote` knows this from the record instead of guessing from LSNs.
@@ -10,6 +13,8 @@
 //!   data directory ([`restore_record_name`]): PostgreSQL runs `restore_command` in the data
 //!   directory, so `restore` knows it from its working directory, and `promote`/`status` from
 //!   `pgdata` or the standby's `SHOW data_directory`.
+//!   When the record cannot be written, a hot standby's replay LSN at the end of the newest
+//!   segment also counts ([`replay_state`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +22,8 @@ use crate::lsn::Lsn;
 use crate::wal::name::{SegNo, SegmentName, TimelineId, WalFileName};
 
 pub const FENCE_FILE: &str = "walship.fence";
+/// See the module doc. Not a WAL name, not a temp name.
+pub const FENCE_LOCK_FILE: &str = "walship.fence.lock";
 /// The single restore record of walship before records were kept per standby; still read when
 /// a standby has no record of its own yet (an upgrade).
 pub const RESTORE_LOG_FILE: &str = "walship.restore";
@@ -111,8 +118,8 @@ impl RestoreLog {
 pub enum ReplayState {
     /// Nothing is stored for the standby's timeline: nothing to wait for.
     NothingArchived,
-    /// The standby asked `restore` for the segment after the newest stored one: it consumed
-    /// everything.
+    /// The standby consumed everything: it asked `restore` for the segment after the newest
+    /// stored one, or its replay position reached the end of that segment.
     Caught { newest: SegmentName },
     /// Still replaying; `left` segments after the one holding the replay position.
     Behind {
@@ -124,14 +131,32 @@ pub enum ReplayState {
     },
 }
 
+/// Where a (hot) standby's replay is, as it says itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// `pg_last_wal_replay_lsn()`: the end of the last record replayed. After an XLOG_SWITCH
+    /// record (how every archived segment but a full one ends) it is the start of the next
+    /// segment, i.e. the end of the switched one.
+    pub lsn: Lsn,
+    /// The standby's timeline as its control data tells (`pg_control_checkpoint()`,
+    /// `pg_control_recovery()`), `None` if unknown. During recovery this lags: it moves at
+    /// restartpoints, so a standby that just followed a switch to a newer timeline may still
+    /// report the older one. It is a lower bound.
+    pub timeline: Option<TimelineId>,
+}
+
 /// Decide whether the standby replayed every stored segment of its timeline.
 ///
 /// `newest`: the newest stored segment (highest timeline, then highest segment number);
-/// `replay`: the standby's `pg_last_wal_replay_lsn()`; `missed`: the restore record's last miss.
+/// `replay`: where the standby says it is (hot standbys only); `missed`: the restore record's
+/// last miss. Either proof of having consumed the newest segment is enough: the record (the
+/// standby asked for the one after it) or the replay position (at or past the end of it, on
+/// its timeline or a newer one), so a record that could not be written (archive_dir read-only
+/// for the standby's user) does not block failover of a hot standby.
 pub fn replay_state(
     newest: Option<SegmentName>,
     seg_size: u64,
-    replay: Option<Lsn>,
+    replay: Option<Replay>,
     missed: Option<&str>,
 ) -> ReplayState {
     let Some(newest) = newest else {
@@ -153,7 +178,17 @@ pub fn replay_state(
             return ReplayState::Caught { newest };
         }
     }
-    let replay_no = replay.map(|l| l.segno(seg_size)).unwrap_or(0);
+    if let Some(r) = replay {
+        // Past the end of the newest segment. Only on the newest segment's timeline (or a
+        // later one): a standby still on an older timeline at a higher LSN went another way.
+        // The timeline is a lower bound, so a doubt means waiting (for the record), not
+        // promoting.
+        let on_its_timeline = r.timeline.is_some_and(|t| t >= newest.timeline);
+        if on_its_timeline && r.lsn.segno(seg_size) > newest_no.0 {
+            return ReplayState::Caught { newest };
+        }
+    }
+    let replay_no = replay.map(|r| r.lsn.segno(seg_size)).unwrap_or(0);
     let gap = missed_seg
         .and_then(|(seg, no)| (no.0 <= newest_no.0 && no.0 >= replay_no).then(|| seg.to_string()));
     ReplayState::Behind {
@@ -161,6 +196,48 @@ pub fn replay_state(
         left: newest_no.0.saturating_sub(replay_no),
         gap,
     }
+}
+
+/// What `promote` is waiting for while the standby is [`ReplayState::Behind`], for its
+/// progress and timeout messages ("replay LSN 0/5000028 is inside the newest stored ...").
+pub fn waiting_for(newest: &SegmentName, seg_size: u64, replay: Option<Replay>) -> String {
+    let next = next_segment(newest, seg_size)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "the next segment".into());
+    let Ok(start) = newest.start_lsn(seg_size) else {
+        return format!("waiting for the standby to ask restore for {next}");
+    };
+    let end = Lsn(start.0 + seg_size);
+    let Some(r) = replay else {
+        return format!(
+            "replay position unknown (warm standby): waiting for the standby to ask restore for {next}, the segment after the newest stored {newest}"
+        );
+    };
+    if r.lsn < start {
+        // From the segment holding the replay position to the newest, both included.
+        let left = newest
+            .segno(seg_size)
+            .map(|n| n.0.saturating_sub(r.lsn.segno(seg_size)) + 1)
+            .unwrap_or(1);
+        return format!(
+            "replay LSN {}, newest stored {newest}: {left} segment(s) still to replay, up to {end}",
+            r.lsn
+        );
+    }
+    if r.lsn < end {
+        return format!(
+            "replay LSN {} is inside the newest stored segment {newest}: waiting for replay to reach its end {end}, or for the standby to ask restore for {next}",
+            r.lsn
+        );
+    }
+    let timeline = r
+        .timeline
+        .map(|t| t.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "replay LSN {} is past the newest stored {newest}, but the standby's control data is on timeline {timeline}, older than that segment's: waiting for the standby to ask restore for {next}",
+        r.lsn
+    )
 }
 
 /// The segment after `seg` on the same timeline.
@@ -199,6 +276,13 @@ mod tests {
 
     fn seg(tli: u32, no: u64) -> SegmentName {
         SegmentName::from_segno(TimelineId(tli), SegNo(no), SEG)
+    }
+
+    fn at(tli: u32, lsn: u64) -> Option<Replay> {
+        Some(Replay {
+            lsn: Lsn(lsn),
+            timeline: Some(TimelineId(tli)),
+        })
     }
 
     #[test]
@@ -252,7 +336,7 @@ mod tests {
         let newest = seg(1, 7);
         let next = seg(1, 8).to_string();
         assert_eq!(
-            replay_state(Some(newest), SEG, Some(Lsn(7 * SEG + 40)), Some(&next)),
+            replay_state(Some(newest), SEG, at(1, 7 * SEG + 40), Some(&next)),
             ReplayState::Caught { newest }
         );
         // Asking for the next one on a newer timeline (history switch) counts too.
@@ -269,7 +353,7 @@ mod tests {
         let s = replay_state(
             Some(newest),
             SEG,
-            Some(Lsn(4 * SEG + 10)),
+            at(1, 4 * SEG + 10),
             Some(&seg(1, 4).to_string()),
         );
         assert_eq!(
@@ -280,7 +364,7 @@ mod tests {
                 gap: Some(seg(1, 4).to_string())
             }
         );
-        let s = replay_state(Some(newest), SEG, Some(Lsn(6 * SEG)), None);
+        let s = replay_state(Some(newest), SEG, at(1, 6 * SEG), None);
         assert_eq!(
             s,
             ReplayState::Behind {
@@ -293,6 +377,97 @@ mod tests {
             replay_state(None, SEG, None, None),
             ReplayState::NothingArchived
         );
+    }
+
+    #[test]
+    fn item4_caught_up_when_replay_reached_the_end_of_the_newest_segment() {
+        // After replaying the XLOG_SWITCH that ends segment 7, pg_last_wal_replay_lsn() is the
+        // start of segment 8: caught up, whatever the restore record says (here: nothing, or a
+        // stale miss of segment 5).
+        let newest = seg(1, 7);
+        for missed in [None, Some(seg(1, 5).to_string())] {
+            assert_eq!(
+                replay_state(Some(newest), SEG, at(1, 8 * SEG), missed.as_deref()),
+                ReplayState::Caught { newest }
+            );
+        }
+        // Further on (a standby that also streams), or on a newer timeline: caught up too.
+        assert_eq!(
+            replay_state(Some(newest), SEG, at(1, 9 * SEG + 40), None),
+            ReplayState::Caught { newest }
+        );
+        assert_eq!(
+            replay_state(Some(newest), SEG, at(2, 8 * SEG), None),
+            ReplayState::Caught { newest }
+        );
+        // One byte short of the end: still behind, 0 whole segments left.
+        assert_eq!(
+            replay_state(Some(newest), SEG, at(1, 8 * SEG - 1), None),
+            ReplayState::Behind {
+                newest,
+                left: 0,
+                gap: None
+            }
+        );
+    }
+
+    #[test]
+    fn item4_replay_lsn_counts_only_on_the_newest_segments_timeline() {
+        // The newest stored segment is on timeline 2; a standby whose control data says 1 at a
+        // higher LSN may have gone another way (or just not had a restartpoint yet): wait.
+        let newest = seg(2, 7);
+        for replay in [at(1, 8 * SEG), None] {
+            assert!(matches!(
+                replay_state(Some(newest), SEG, replay, None),
+                ReplayState::Behind { .. }
+            ));
+        }
+        let unknown = Some(Replay {
+            lsn: Lsn(8 * SEG),
+            timeline: None,
+        });
+        assert!(matches!(
+            replay_state(Some(newest), SEG, unknown, None),
+            ReplayState::Behind { .. }
+        ));
+        // The record still proves it.
+        assert_eq!(
+            replay_state(
+                Some(newest),
+                SEG,
+                at(1, 8 * SEG),
+                Some(&seg(2, 8).to_string())
+            ),
+            ReplayState::Caught { newest }
+        );
+    }
+
+    #[test]
+    fn item4_waiting_says_what_for() {
+        let newest = seg(1, 7);
+        let text = waiting_for(&newest, SEG, at(1, 7 * SEG + 40));
+        assert_eq!(
+            text,
+            "replay LSN 0/7000028 is inside the newest stored segment 000000010000000000000007: \
+             waiting for replay to reach its end 0/8000000, or for the standby to ask restore for \
+             000000010000000000000008"
+        );
+        let text = waiting_for(&newest, SEG, at(1, 4 * SEG + 40));
+        assert_eq!(
+            text,
+            "replay LSN 0/4000028, newest stored 000000010000000000000007: 4 segment(s) still to \
+             replay, up to 0/8000000"
+        );
+        let text = waiting_for(&newest, SEG, None);
+        assert!(text.starts_with("replay position unknown (warm standby): waiting for the standby to ask restore for 000000010000000000000008"), "{text}");
+        let text = waiting_for(&seg(2, 7), SEG, at(1, 8 * SEG));
+        assert!(text.contains("control data is on timeline 1"), "{text}");
+        for replay in [at(1, 7 * SEG), at(1, 8 * SEG - 1), None] {
+            assert!(
+                !waiting_for(&newest, SEG, replay).contains(" 0 "),
+                "{replay:?}"
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub enum ReceiverError {
     },
     #[error("{}: {reason}; it is written by walship-receiver promote: move it away only if you know the standby was not promoted", path.display())]
     BadState { path: PathBuf, reason: String },
+    #[error("{} stayed locked for {waited:?}: the receiver is storing a segment and its disk does not finish; check the receiver's log and disk, then run promote again", path.display())]
+    FenceLockBusy {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
     #[error("no conninfo in {}: promote and status need it to reach the standby (e.g. conninfo = \"host=/var/run/postgresql port=5432 user=postgres dbname=postgres\")", config.display())]
     NoConninfo { config: PathBuf },
     #[error("cannot reach the standby with conninfo {conninfo:?}: {detail}")]

@@ -1,16 +1,19 @@
 //! `walship-receiver promote`: manual failover. Wait until the standby replayed every stored
 //! segment of its timeline (known from the restore record: it asked for the one after the
-//! newest), fence the old timeline, promote, and report what the operator may have lost.
+//! newest; or, for a hot standby, from its replay LSN at the end of the newest), fence the
+//! standby's timeline, promote, and report what the operator may have lost. A failed
+//! promotion puts back the fence that was there before.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::info;
 use walship_common::config::ReceiverSettings;
+use walship_common::pg_control;
 use walship_common::state::{
-    newest_segment, replay_state, timeline_of_walfile, Fence, ReplayState,
+    newest_segment, replay_state, timeline_of_walfile, waiting_for, Fence, Replay, ReplayState,
 };
-use walship_common::wal::name::SegmentName;
+use walship_common::wal::name::{SegmentName, TimelineId};
 use walship_common::Lsn;
 
 use crate::error::ReceiverError;
@@ -36,7 +39,9 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
             config: settings.config_path.clone(),
         })?;
     let dir = settings.archive_dir.as_path();
-    if let Some(f) = store::read_fence(dir)? {
+    // Kept to be put back if this promotion fails: an earlier promotion stays fenced.
+    let previous = store::read_fence(dir)?;
+    if let Some(f) = &previous {
         if f.new_timeline.is_some() {
             eprintln!(
                 "walship-receiver: note: the archive was fenced before (timeline {} promoted at {})",
@@ -44,15 +49,16 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
             );
         }
     }
-    let warm = match standby::connect(&conninfo, Duration::from_secs(10)).await? {
-        Connected::WarmStandby => true,
+    let client = match standby::connect(&conninfo, Duration::from_secs(10)).await? {
+        Connected::WarmStandby => None,
         Connected::Client(client) => {
             if !standby::probe(&client).await?.in_recovery {
                 return Err(ReceiverError::NotInRecovery);
             }
-            false
+            Some(client)
         }
     };
+    let warm = client.is_none();
     if warm {
         eprintln!("walship-receiver: the standby does not accept connections during recovery (hot_standby = off): following replay through the restore record, promoting through pgdata");
     }
@@ -64,9 +70,14 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
     }
 
     // Fence first, then check once more, then promote: no old-timeline segment can be stored
-    // after the last check and be missing from the new timeline.
+    // after the last check and be missing from the new timeline (write_fence waits for
+    // uploads that passed their fence check to be linked).
     let newest = newest_segment(store::list(dir)?.iter().map(|f| &f.name));
-    let old_timeline = newest.map(|s| s.timeline.0).unwrap_or(1);
+    let old_timeline = fence_timeline(
+        standby_timeline(settings, client.as_ref()).await,
+        newest.map(|s| s.timeline),
+    )
+    .0;
     let mut fence = Fence {
         timeline: old_timeline,
         promoted_at_lsn: "promotion in progress".into(),
@@ -85,7 +96,7 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
         )
         .await
         {
-            unfence(dir);
+            unfence(dir, previous.as_ref());
             return Err(e);
         }
     }
@@ -99,7 +110,7 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
     let client = match result {
         Ok(c) => c,
         Err(e) => {
-            unfence(dir);
+            unfence(dir, previous.as_ref());
             return Err(e);
         }
     };
@@ -140,10 +151,56 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
     Ok(())
 }
 
-fn unfence(dir: &Path) {
-    // Promotion did not happen: do not keep a healthy primary from archiving.
-    if let Err(e) = std::fs::remove_file(dir.join(walship_common::state::FENCE_FILE)) {
-        eprintln!("walship-receiver: could not remove the fence after a failed promotion: {e}; remove {} by hand", dir.join(walship_common::state::FENCE_FILE).display());
+/// The timeline the fence closes: the standby's own (from its control data, a lower bound
+/// during recovery), or the newest stored segment's if that is newer (a standby caught up with
+/// the archive replays it, though its control data may not say so before a restartpoint);
+/// 1 when neither is known.
+fn fence_timeline(standby: Option<TimelineId>, newest_stored: Option<TimelineId>) -> TimelineId {
+    standby.max(newest_stored).unwrap_or(TimelineId(1))
+}
+
+/// The standby's timeline from its control data: over SQL when it answers, else from
+/// `pgdata/global/pg_control` (CRC-checked). `None` (with a note) when neither works.
+async fn standby_timeline(
+    settings: &ReceiverSettings,
+    client: Option<&tokio_postgres::Client>,
+) -> Option<TimelineId> {
+    let mut why = Vec::new();
+    if let Some(c) = client {
+        match standby::replay(c).await {
+            Ok(r) if r.timeline.is_some() => return r.timeline,
+            Ok(_) => why.push("the standby did not say".to_string()),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    if let Some(pgdata) = &settings.pgdata {
+        match pg_control::read_timelines(pgdata) {
+            Ok(t) => return Some(t.newest()),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    if why.is_empty() {
+        why.push("hot_standby is off and no pgdata is configured".into());
+    }
+    eprintln!(
+        "walship-receiver: note: the standby's timeline is unknown ({}): fencing the newest stored segment's timeline",
+        why.join("; ")
+    );
+    None
+}
+
+fn unfence(dir: &Path, previous: Option<&Fence>) {
+    // Promotion did not happen: do not keep a healthy primary from archiving, but an earlier
+    // promotion's fence stays.
+    if let Err(e) = store::restore_fence(dir, previous) {
+        let what = match previous {
+            Some(_) => "put back the previous fence",
+            None => "remove the fence",
+        };
+        eprintln!(
+            "walship-receiver: could not {what} after a failed promotion: {e}; check {} by hand",
+            dir.join(walship_common::state::FENCE_FILE).display()
+        );
     }
 }
 
@@ -167,8 +224,9 @@ async fn wait_for_replay(
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     loop {
         let newest = newest_segment(store::list(dir)?.iter().map(|f| &f.name));
-        let replay: Option<Lsn> = match &client {
-            Some(c) => standby::probe(c).await?.replay_lsn,
+        let replay: Option<Replay> = match &client {
+            // No replay position yet (nothing replayed): as good as unknown.
+            Some(c) => Some(standby::replay(c).await?).filter(|r| r.lsn != Lsn::INVALID),
             None => None,
         };
         let missed = standby::restore_record(settings, client.as_ref())
@@ -176,24 +234,22 @@ async fn wait_for_replay(
             .last_missed
             .map(|e| e.name);
         let state = replay_state(newest, seg_size, replay, missed.as_deref());
-        let (newest, left, gap) = match state {
+        let (newest, gap) = match state {
             ReplayState::NothingArchived | ReplayState::Caught { .. } => return Ok(()),
-            ReplayState::Behind { newest, left, gap } => (newest, left, gap),
+            ReplayState::Behind { newest, gap, .. } => (newest, gap),
         };
-        let replay_text = replay
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "unknown (warm standby)".into());
+        let waiting = waiting_for(&newest, seg_size, replay);
         if Instant::now() >= deadline {
             let why = match gap {
                 Some(g) => format!("the standby is waiting for {g}, which is not in the archive while {newest} is (a gap: push the missing segment from the primary's pg_wal or an archive, or accept losing everything after it with --no-wait-replay)"),
-                None => format!("replay is at {replay_text}, {left} segment(s) behind the newest stored {newest}; check the standby's log for restore_command errors"),
+                None => format!("{waiting}; check the standby's log for restore_command errors"),
             };
             return Err(ReceiverError::NotCaughtUp(format!(
                 "the standby did not replay everything in the archive within {timeout:?}: {why}. NOT promoted; re-run with a larger --timeout, or with --no-wait-replay to promote now"
             )));
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
-            eprintln!("walship-receiver: waiting for replay: replay LSN {replay_text}, newest stored {newest}, {left} segment(s) left");
+            eprintln!("walship-receiver: waiting for replay: {waiting}");
             last_progress = Instant::now();
         }
         tokio::time::sleep(POLL).await;
@@ -300,4 +356,21 @@ pub fn newest_arrival(dir: &Path) -> Result<Option<(SegmentName, SystemTime)>, R
             .find(|f| f.name == walship_common::WalFileName::Segment(n))
             .map(|f| (n, f.modified))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item10b_fence_takes_the_standbys_timeline_or_the_newer_archive() {
+        let t = |n| Some(TimelineId(n));
+        // A standby on timeline 2 over an archive of timeline 1 only, or an empty one.
+        assert_eq!(fence_timeline(t(2), t(1)), TimelineId(2));
+        assert_eq!(fence_timeline(t(2), None), TimelineId(2));
+        // Its control data lags behind a timeline switch it replayed from the archive.
+        assert_eq!(fence_timeline(t(1), t(2)), TimelineId(2));
+        assert_eq!(fence_timeline(None, t(3)), TimelineId(3));
+        assert_eq!(fence_timeline(None, None), TimelineId(1));
+    }
 }

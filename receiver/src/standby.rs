@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use walship_common::config::ReceiverSettings;
-use walship_common::state::RestoreLog;
+use walship_common::state::{Replay, RestoreLog};
+use walship_common::wal::name::TimelineId;
 use walship_common::Lsn;
 
 use crate::error::ReceiverError;
@@ -62,6 +63,34 @@ pub async fn probe(client: &Client) -> Result<Probe, ReceiverError> {
     Ok(Probe {
         in_recovery: row.get(0),
         replay_lsn: lsn.and_then(|l| l.parse().ok()),
+    })
+}
+
+/// Where a hot standby's replay is: `pg_last_wal_replay_lsn()` and its timeline as its control
+/// data says (the newest of the last restartpoint's, the minimum recovery point's and, when
+/// streaming, the received timeline: all lag behind replay, so this is a lower bound).
+pub async fn replay(client: &Client) -> Result<Replay, ReceiverError> {
+    let row = client
+        .query_one(
+            "SELECT pg_last_wal_replay_lsn()::text, greatest(\
+               (SELECT timeline_id FROM pg_control_checkpoint()), \
+               (SELECT min_recovery_end_timeline FROM pg_control_recovery()), \
+               (SELECT received_tli FROM pg_stat_wal_receiver))::int8",
+            &[],
+        )
+        .await
+        .map_err(|e| ReceiverError::Standby {
+            conninfo: String::new(),
+            detail: e.to_string(),
+        })?;
+    let lsn: Option<String> = row.get(0);
+    let timeline: Option<i64> = row.get(1);
+    Ok(Replay {
+        lsn: lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn::INVALID),
+        timeline: timeline
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .map(TimelineId),
     })
 }
 

@@ -6,6 +6,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use walship_common::config::ReceiverSettings;
@@ -14,7 +15,8 @@ use walship_common::proto::digest::{Digest, Hasher};
 use walship_common::proto::upload::check_fence;
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
 use walship_common::state::{
-    is_restore_record_name, restore_record_name, Fence, RestoreLog, FENCE_FILE, RESTORE_LOG_FILE,
+    is_restore_record_name, restore_record_name, Fence, RestoreLog, FENCE_FILE, FENCE_LOCK_FILE,
+    RESTORE_LOG_FILE,
 };
 use walship_common::{pg_control, SystemId, WalFileName};
 
@@ -32,6 +34,9 @@ pub struct Archive {
     dir: PathBuf,
     /// The cluster's system identifier once known; the lock also serialises pinning.
     cluster: Mutex<Option<SystemId>>,
+    /// Tests only: stop `commit` right after its fence check, to interleave a fence writer.
+    #[cfg(test)]
+    pause: Option<tests::Pause>,
 }
 
 impl Archive {
@@ -73,6 +78,8 @@ impl Archive {
         Ok(Archive {
             dir,
             cluster: Mutex::new(cluster),
+            #[cfg(test)]
+            pause: None,
         })
     }
 
@@ -136,6 +143,18 @@ impl Archive {
     /// cluster if it is the first segment and nothing pinned it before.
     pub fn commit(&self, tmp: TempFile, verified: &Verified) -> Reply {
         let name = verified.name.to_string();
+        // Held from the fence check until the file is linked (released on return): `promote`
+        // takes it exclusively to write the fence, so once the fence is in place no segment
+        // that passed the check can still appear, and promote's last replay check sees all.
+        let _fence_lock = match FenceLock::shared(&self.dir) {
+            Ok(l) => l,
+            Err(e) => {
+                return Reply::Refused(Refusal::StorageFailed {
+                    name,
+                    detail: e.to_string(),
+                })
+            }
+        };
         // Checked again at the last moment: the standby may have been promoted while the
         // bytes were arriving. (An unreadable fence refuses: better a retry than stale WAL.)
         match read_fence(&self.dir) {
@@ -151,6 +170,10 @@ impl Archive {
                     detail: e.to_string(),
                 })
             }
+        }
+        #[cfg(test)]
+        if let Some(p) = &self.pause {
+            p.wait();
         }
         if let Some(id) = verified.system_id {
             let mut cluster = self.cluster.lock().expect("cluster lock poisoned");
@@ -213,15 +236,111 @@ pub fn read_fence(dir: &Path) -> Result<Option<Fence>, ReceiverError> {
     }
 }
 
-/// Write (or replace) the fence durably: it must survive a crash of the standby host.
-pub fn write_fence(dir: &Path, fence: &Fence) -> Result<(), DurableError> {
+/// How long a fence writer waits for uploads between their fence check and their link (each
+/// holds the lock for one fsync of a segment and of the directory: milliseconds, seconds on a
+/// struggling disk).
+pub const FENCE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Write (or replace) the fence durably: it must survive a crash of the standby host. Taken
+/// under the exclusive fence lock, so it waits for uploads that passed the fence check.
+pub fn write_fence(dir: &Path, fence: &Fence) -> Result<(), ReceiverError> {
+    let _lock = FenceLock::exclusive(dir, FENCE_LOCK_WAIT)?;
     durable::replace(
         dir,
         FENCE_FILE,
         fence.to_toml().as_bytes(),
         0o644,
         durable::Sync::Durable,
-    )
+    )?;
+    Ok(())
+}
+
+/// Put back the fence that was there before a promotion that did not happen: `previous`
+/// (an earlier, valid promotion stays fenced), or no fence at all, durably either way.
+pub fn restore_fence(dir: &Path, previous: Option<&Fence>) -> Result<(), ReceiverError> {
+    if let Some(f) = previous {
+        return write_fence(dir, f);
+    }
+    let _lock = FenceLock::exclusive(dir, FENCE_LOCK_WAIT)?;
+    let path = dir.join(FENCE_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(ReceiverError::ArchiveDir { path, source }),
+    }
+    // The removal must survive a crash too, or a healthy primary stays fenced.
+    durable::sync_dir(dir)?;
+    Ok(())
+}
+
+/// A `flock` on [`FENCE_LOCK_FILE`], released when dropped. Each holder opens the file itself:
+/// a lock belongs to an open file description, so threads sharing one would release each
+/// other's.
+#[derive(Debug)]
+pub struct FenceLock {
+    _file: fs::File,
+}
+
+impl FenceLock {
+    /// Shared, for an upload's fence check and link (blocking; the exclusive holder writes
+    /// one small file).
+    pub fn shared(dir: &Path) -> Result<FenceLock, ReceiverError> {
+        let file = open_fence_lock(dir)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
+            .map_err(|e| lock_error(dir, e.into()))?;
+        Ok(FenceLock { _file: file })
+    }
+
+    /// Exclusive, for writing the fence: waits up to `wait` for uploads holding it shared.
+    pub fn exclusive(dir: &Path, wait: Duration) -> Result<FenceLock, ReceiverError> {
+        let file = open_fence_lock(dir)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            // Polled rather than blocking, so that the wait has a deadline.
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(FenceLock { _file: file }),
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(ReceiverError::FenceLockBusy {
+                        path: dir.join(FENCE_LOCK_FILE),
+                        waited: wait,
+                    })
+                }
+                Err(e) => return Err(lock_error(dir, e.into())),
+            }
+        }
+    }
+}
+
+/// Open the lock file read-only (`promote` may run as another user than `serve`: reading is
+/// all `flock` needs), creating it if missing; never through a symlink, never blocking on a
+/// FIFO, and only a regular file.
+fn open_fence_lock(dir: &Path) -> Result<fs::File, ReceiverError> {
+    use rustix::fs::{Mode, OFlags};
+    let path = dir.join(FENCE_LOCK_FILE);
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(&path, flags | OFlags::CREATE, Mode::from_raw_mode(0o644))
+        // An existing file opens without write access to the directory; a missing one does not.
+        .or_else(|_| rustix::fs::open(&path, flags, Mode::empty()))
+        .map_err(|e| lock_error(dir, e.into()))?;
+    let file = fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| lock_error(dir, e))?;
+    if !meta.file_type().is_file() {
+        return Err(lock_error(
+            dir,
+            io::Error::other("not a regular file; remove it (walship recreates it)"),
+        ));
+    }
+    Ok(file)
+}
+
+fn lock_error(dir: &Path, source: io::Error) -> ReceiverError {
+    ReceiverError::ArchiveDir {
+        path: dir.join(FENCE_LOCK_FILE),
+        source,
+    }
 }
 
 /// The restore record `name`; a missing or unparsable one reads as empty (it is advisory). A
@@ -457,7 +576,115 @@ fn write_pin(dir: &Path, id: SystemId) -> Result<(), DurableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use walship_common::proto::digest::Hasher;
     use walship_common::state::RestoreEvent;
+    use walship_common::wal::name::{SegNo, SegmentName, TimelineId};
+
+    /// Where a paused `commit` waits: it says it arrived, then waits to be let go.
+    #[derive(Debug)]
+    pub(super) struct Pause {
+        reached: mpsc::SyncSender<()>,
+        resume: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Pause {
+        pub(super) fn wait(&self) {
+            let _ = self.reached.send(());
+            let _ = self.resume.lock().expect("pause lock").recv();
+        }
+    }
+
+    const SEG: u64 = 16 << 20;
+
+    /// An archive in `dir` whose commits stop after the fence check until `resume` sends.
+    fn paused_archive(dir: &Path) -> (Archive, mpsc::Receiver<()>, mpsc::SyncSender<()>) {
+        let (reached_tx, reached_rx) = mpsc::sync_channel(1);
+        let (resume_tx, resume_rx) = mpsc::sync_channel(1);
+        let archive = Archive {
+            dir: dir.to_path_buf(),
+            cluster: Mutex::new(None),
+            pause: Some(Pause {
+                reached: reached_tx,
+                resume: Mutex::new(resume_rx),
+            }),
+        };
+        (archive, reached_rx, resume_tx)
+    }
+
+    /// A verified upload of segment `no` of timeline `tli` (its bytes: a few zeros).
+    fn upload(archive: &Archive, tli: u32, no: u64) -> (TempFile, Verified) {
+        let name = SegmentName::from_segno(TimelineId(tli), SegNo(no), SEG);
+        let body = [0u8; 64];
+        let tmp = archive.temp(&name.to_string()).unwrap();
+        std::io::Write::write_all(&mut tmp.file(), &body).unwrap();
+        let mut h = Hasher::new();
+        h.update(&body);
+        let verified = Verified {
+            name: WalFileName::Segment(name),
+            size: body.len() as u64,
+            digest: h.finalize(),
+            system_id: None,
+        };
+        (tmp, verified)
+    }
+
+    fn fence_on(timeline: u32) -> Fence {
+        Fence {
+            timeline,
+            promoted_at_lsn: "promotion in progress".into(),
+            new_timeline: None,
+            fenced_at_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn item10a_a_commit_past_the_fence_check_holds_the_fence_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, reached, resume) = paused_archive(dir.path());
+        let archive = Arc::new(archive);
+        let (tmp, verified) = upload(&archive, 1, 5);
+        let name = verified.name.to_string();
+        let committer = {
+            let archive = Arc::clone(&archive);
+            std::thread::spawn(move || archive.commit(tmp, &verified))
+        };
+        // The commit saw no fence and is about to link.
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        // promote fences timeline 1 now: it must wait until that commit has linked, or the
+        // segment would be stored after the fence (and after promote's last replay check).
+        let fencer = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                write_fence(&dir, &fence_on(1)).unwrap();
+                // What the fence writer saw once its fence was in place.
+                dir.join(&name).exists()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            read_fence(dir.path()).unwrap().is_none(),
+            "the fence was written while a commit was between its fence check and its link"
+        );
+        assert!(!fencer.is_finished());
+        resume.send(()).unwrap();
+        assert!(matches!(committer.join().unwrap(), Reply::Stored));
+        assert!(
+            fencer.join().unwrap(),
+            "the fence went in before the segment that passed the check was linked"
+        );
+        assert_eq!(read_fence(dir.path()).unwrap(), Some(fence_on(1)));
+
+        // From now on timeline 1 is refused, and the paused path is not even reached.
+        let (tmp, verified) = upload(&archive, 1, 6);
+        assert!(matches!(
+            archive.commit(tmp, &verified),
+            Reply::Refused(Refusal::Fenced { .. })
+        ));
+        assert!(!dir.path().join(verified.name.to_string()).exists());
+    }
 
     fn event(name: &str, at: u64) -> Option<RestoreEvent> {
         Some(RestoreEvent {
@@ -597,5 +824,75 @@ mod tests {
         assert_eq!(standby_restore_log(&archive, Some(&two)).unwrap(), old);
         // One standby's record only: that is the one, even without knowing the data directory.
         assert_eq!(standby_restore_log(&archive, None).unwrap(), mine);
+    }
+
+    #[test]
+    fn item10c_restore_fence_puts_the_earlier_fence_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = Fence {
+            timeline: 1,
+            promoted_at_lsn: "0/5000028".into(),
+            new_timeline: Some(2),
+            fenced_at_unix_ms: 7,
+        };
+        write_fence(dir.path(), &earlier).unwrap();
+        // A re-promote fences timeline 2, then fails.
+        write_fence(dir.path(), &fence_on(2)).unwrap();
+        restore_fence(dir.path(), Some(&earlier)).unwrap();
+        assert_eq!(read_fence(dir.path()).unwrap(), Some(earlier));
+        // Without an earlier fence, the failed promotion's fence goes (twice is fine).
+        restore_fence(dir.path(), None).unwrap();
+        assert_eq!(read_fence(dir.path()).unwrap(), None);
+        restore_fence(dir.path(), None).unwrap();
+    }
+
+    #[test]
+    fn item10a_fence_lock_is_a_regular_file_never_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(FENCE_LOCK_FILE);
+        // Created on first use, read-only use is enough, shared holders coexist and keep an
+        // exclusive one out.
+        let a = FenceLock::shared(dir.path()).unwrap();
+        let b = FenceLock::shared(dir.path()).unwrap();
+        assert!(lock.is_file());
+        assert!(matches!(
+            FenceLock::exclusive(dir.path(), Duration::from_millis(50)),
+            Err(ReceiverError::FenceLockBusy { .. })
+        ));
+        drop((a, b));
+        drop(FenceLock::exclusive(dir.path(), Duration::from_millis(50)).unwrap());
+        // A symlink (to a file it would create or one that exists) is refused, not followed.
+        fs::remove_file(&lock).unwrap();
+        let target = dir.path().join("some.conf");
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        assert!(FenceLock::shared(dir.path()).is_err());
+        assert!(!target.exists(), "the lock was created through a symlink");
+        fs::write(&target, b"keep").unwrap();
+        assert!(FenceLock::exclusive(dir.path(), Duration::from_millis(50)).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        // A FIFO neither blocks the open nor passes for the lock.
+        fs::remove_file(&lock).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &lock,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let err = FenceLock::shared(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        // And a commit that cannot lock refuses rather than storing unchecked.
+        let archive = Archive {
+            dir: dir.path().to_path_buf(),
+            cluster: Mutex::new(None),
+            pause: None,
+        };
+        let (tmp, verified) = upload(&archive, 1, 3);
+        assert!(matches!(
+            archive.commit(tmp, &verified),
+            Reply::Refused(Refusal::StorageFailed { .. })
+        ));
+        assert!(!dir.path().join(verified.name.to_string()).exists());
     }
 }

@@ -16,6 +16,7 @@ mod foreign_cluster;
 mod fsync_order;
 mod hostile;
 mod issue10_daemon_socket;
+mod issue10_promote;
 mod issue10_restore;
 mod issue10_tls_advice;
 mod key_permissions;
