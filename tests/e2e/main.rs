@@ -15,6 +15,8 @@ mod fencing;
 mod foreign_cluster;
 mod fsync_order;
 mod hostile;
+mod issue10_history;
+mod issue10_refusal_leak;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;
