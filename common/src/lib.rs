@@ -7,6 +7,8 @@
 //! - [`wal::name`]: WAL file names (`WalFileName`: segment, history, backup, partial).
 //! - [`wal::header`]: the long page header at the start of a segment, checked against a name,
 //!   a size and a cluster.
+//! - [`wal::history`], [`wal::backup`]: timeline history and backup history files, parsed and
+//!   checked against each other, the fence and the archive's segments.
 //! - [`pg_control`]: the cluster's system identifier from `global/pg_control`, CRC checked.
 //! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN) and the
 //!   receive state machine (`Upload`).

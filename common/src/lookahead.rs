@@ -173,6 +173,13 @@ impl Book {
             if room == 0 {
                 break;
             }
+            // A backup history file is stored only once the segment it starts in is (the
+            // receiver checks it against that segment), which the archiver's in-order push
+            // guarantees and parallel look-ahead does not; it is a few hundred bytes, so
+            // shipping it ahead would gain nothing.
+            if matches!(name, WalFileName::Backup { .. }) {
+                continue;
+            }
             let name = name.to_string();
             let due = match self.entries.get(&name) {
                 None => true,
@@ -233,6 +240,14 @@ mod tests {
             ready_name("00000002.history.ready").unwrap().to_string(),
             "00000002.history"
         );
+    }
+
+    #[test]
+    fn backup_history_files_are_left_to_the_archiver() {
+        let mut book = Book::new();
+        let backup = "000000010000000000000001.00000028.backup";
+        let ready = names(&[A, backup, B]);
+        assert_eq!(book.plan(&ready, 8, Instant::now()), [A, B]);
     }
 
     #[test]

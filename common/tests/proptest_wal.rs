@@ -137,7 +137,7 @@ mod frames {
             for reply in [
                 Reply::Stored,
                 Reply::AlreadyHad,
-                Reply::Refused(Refusal::ForeignCluster { name: name.clone(), segment: a, archive: b }),
+                Reply::Refused(Refusal::ForeignCluster { name: name.clone(), segment: a }),
                 Reply::Refused(Refusal::SizeMismatch { name: name.clone(), announced: a, received: b }),
             ] {
                 prop_assert_eq!(decode_frame::<Reply>(&reply.encode(), MAX_REPLY_BYTES).unwrap(), reply);
@@ -154,11 +154,12 @@ mod frames {
 
         #[test]
         fn upload_never_panics_and_accepts_only_exact_content(
-            body in proptest::collection::vec(any::<u8>(), 0..4096),
+            reason in "[ -~]{0,1000}",
             cut in 0usize..4096,
             flip in any::<bool>(),
         ) {
-            // A history file: content is free-form, only size and digest decide.
+            // A history file whose reason is free-form: only size and digest decide.
+            let body = format!("1\t0/3000000\t{reason}\n").into_bytes();
             let sha = walship_common::proto::digest::digest(&body);
             let req = Request { name: "00000002.history".into(), size: body.len() as u64, digest: Some(sha), encoding: walship_common::proto::Encoding::Plain };
             let mut up = Upload::begin(&req, &ArchiveFacts::default()).unwrap();
@@ -171,6 +172,16 @@ mod frames {
             up.feed(&sent[..cut]).unwrap();
             up.feed(&sent[cut..]).unwrap();
             prop_assert_eq!(up.finish().is_ok(), !flip || body.is_empty());
+        }
+
+        #[test]
+        fn history_upload_accepts_only_what_parses(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let sha = walship_common::proto::digest::digest(&body);
+            let req = Request { name: "00000002.history".into(), size: body.len() as u64, digest: Some(sha), encoding: walship_common::proto::Encoding::Plain };
+            let mut up = Upload::begin(&req, &ArchiveFacts::default()).unwrap();
+            up.feed(&body).unwrap();
+            let parses = walship_common::wal::history::History::parse(walship_common::TimelineId(2), &body).is_ok();
+            prop_assert_eq!(up.finish().is_ok(), parses);
         }
     }
 }

@@ -313,8 +313,13 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: Shared) {
         Reply::Refused(r) => {
             span.record("outcome", "refused");
             match r {
-                Refusal::ForeignCluster { .. }
-                | Refusal::ConflictingContent { .. }
+                // The archive's own cluster is for the operator only, never for the sender.
+                Refusal::ForeignCluster { .. } => match shared.archive.cluster() {
+                    Some(ours) => error!("refused: {r} (this archive holds cluster {ours})"),
+                    None => error!("refused: {r}"),
+                },
+                Refusal::ConflictingContent { .. }
+                | Refusal::HistoryConflict { .. }
                 | Refusal::DiskFull { .. }
                 | Refusal::StorageFailed { .. } => error!("refused: {r}"),
                 _ => warn!("refused: {r}"),
@@ -372,7 +377,7 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
     span.record("segment", request.name.as_str());
     span.record("bytes", request.size);
 
-    let upload = match Upload::begin(&request, &archive.facts()) {
+    let upload = match Upload::begin(&request, &archive.facts(&request.name)) {
         Ok(u) => u,
         Err(r) => return refuse(r),
     };

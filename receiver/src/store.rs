@@ -1,6 +1,7 @@
 //! The archive directory: where verified files become visible, which cluster it belongs to,
 //! and the startup clean-up of interrupted transfers.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,13 +13,13 @@ use tracing::{info, warn};
 use walship_common::config::ReceiverSettings;
 use walship_common::durable::{self, DurableError, OpenError, Published, TempFile};
 use walship_common::proto::digest::{Digest, Hasher};
-use walship_common::proto::upload::check_fence;
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
 use walship_common::state::{
     is_restore_record_name, restore_record_name, Fence, RestoreLog, FENCE_FILE, FENCE_LOCK_FILE,
     RESTORE_LOG_FILE,
 };
-use walship_common::{pg_control, SystemId, WalFileName};
+use walship_common::wal::history::{History, MAX_HISTORY_BYTES};
+use walship_common::{pg_control, SystemId, TimelineId, WalFileName};
 
 use crate::error::ReceiverError;
 
@@ -87,16 +88,37 @@ impl Archive {
         &self.dir
     }
 
-    /// Facts for a new upload. Reads the fence file each time: `promote` writes it from
-    /// another process, and a segment must be refused from the moment it exists.
-    pub fn facts(&self) -> ArchiveFacts {
-        ArchiveFacts {
-            cluster: *self.cluster.lock().expect("cluster lock poisoned"),
+    /// The cluster this archive holds, when known. Never sent to a sender: only logged.
+    pub fn cluster(&self) -> Option<SystemId> {
+        *self.cluster.lock().expect("cluster lock poisoned")
+    }
+
+    /// Facts for a new upload of `name`. Reads the fence file each time: `promote` writes it
+    /// from another process, and a segment must be refused from the moment it exists. For a
+    /// history file also the stored histories, for a backup history file the stored size of
+    /// the segment it starts in (rare uploads: a few small reads).
+    pub fn facts(&self, name: &str) -> ArchiveFacts {
+        let mut facts = ArchiveFacts {
+            cluster: self.cluster(),
             fence: read_fence(&self.dir).unwrap_or_else(|e| {
                 tracing::error!("{e}");
                 None
             }),
+            ..ArchiveFacts::default()
+        };
+        match name.parse::<WalFileName>() {
+            Ok(WalFileName::History(_)) => facts.histories = read_histories(&self.dir),
+            Ok(WalFileName::Backup { segment, .. }) => {
+                // lstat: a symlink or anything but a regular file is not a stored segment.
+                facts.backup_segment_bytes =
+                    fs::symlink_metadata(self.dir.join(segment.to_string()))
+                        .ok()
+                        .filter(|m| m.file_type().is_file())
+                        .map(|m| m.len());
+            }
+            _ => {}
         }
+        facts
     }
 
     /// A temp file for an incoming `name`.
@@ -159,7 +181,7 @@ impl Archive {
         // bytes were arriving. (An unreadable fence refuses: better a retry than stale WAL.)
         match read_fence(&self.dir) {
             Ok(Some(fence)) => {
-                if let Err(r) = check_fence(&fence, &verified.name) {
+                if let Err(r) = verified.admitted_by(&fence) {
                     return Reply::Refused(r);
                 }
             }
@@ -182,7 +204,6 @@ impl Archive {
                     return Reply::Refused(Refusal::ForeignCluster {
                         name,
                         segment: id.0,
-                        archive: c.0,
                     })
                 }
                 Some(_) => {}
@@ -224,6 +245,57 @@ pub fn storage_refusal(name: &str, err: &DurableError) -> Refusal {
 /// Most bytes read from a state file (pin, fence, restore record): they are a few lines, and
 /// a huge file under such a name is not one walship wrote.
 const STATE_FILE_LIMIT: u64 = 64 * 1024;
+
+/// The timeline histories stored in `dir`, for checking a new one against them. Each is opened
+/// without following links and without blocking (a FIFO under a history name must not hang the
+/// receiver), and read only if it is a regular file of at most [`MAX_HISTORY_BYTES`]. One that
+/// cannot be read or parsed (stored before walship checked history content) is left out with a
+/// warning: the new history is checked against the others.
+pub fn read_histories(dir: &Path) -> BTreeMap<TimelineId, History> {
+    let mut out = BTreeMap::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(dir = %dir.display(), "could not list the stored history files: {e}");
+            return out;
+        }
+    };
+    for entry in entries.flatten() {
+        let Some(Ok(WalFileName::History(tli))) =
+            entry.file_name().to_str().map(str::parse::<WalFileName>)
+        else {
+            continue;
+        };
+        let path = entry.path();
+        match read_small_regular_file(&path, MAX_HISTORY_BYTES)
+            .and_then(|bytes| History::parse(tli, &bytes).map_err(|e| e.to_string()))
+        {
+            Ok(h) => {
+                out.insert(tli, h);
+            }
+            Err(e) => warn!(
+                path = %path.display(),
+                "stored history file left out when checking new ones: {e}"
+            ),
+        }
+    }
+    out
+}
+
+/// A regular file's content, refusing links, FIFOs and devices and anything over `max` bytes.
+fn read_small_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let file = durable::open_regular(path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "removed while reading".to_string())?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("more than {max} bytes"));
+    }
+    Ok(bytes)
+}
 
 /// The fence, when the standby was promoted.
 pub fn read_fence(dir: &Path) -> Result<Option<Fence>, ReceiverError> {
@@ -626,6 +698,7 @@ mod tests {
             size: body.len() as u64,
             digest: h.finalize(),
             system_id: None,
+            history: None,
         };
         (tmp, verified)
     }

@@ -9,7 +9,9 @@ pub const ALPN: &[u8] = b"walship/1";
 /// Version carried in every preamble.
 /// Version 2: the digest may follow the content as a trailer (`Request::digest` is `None`).
 /// Version 3: the digest is BLAKE3 instead of SHA-256 (see [`crate::proto::digest`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4: `Refusal::ForeignCluster` no longer carries the archive's system identifier;
+/// refusals for history, backup and partial files checked by content.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"WSHP";
 /// magic (4) + version (2) + body length (4).
@@ -57,12 +59,11 @@ pub enum Reply {
 pub enum Refusal {
     #[error("{name:?} is not a WAL file name ({reason})")]
     BadName { name: String, reason: String },
-    #[error("{name} belongs to another cluster (system identifier {segment}, the standby's is {archive}); check that archive_command on this primary points at its own standby's receiver")]
-    ForeignCluster {
-        name: String,
-        segment: u64,
-        archive: u64,
-    },
+    /// Names only the cluster the segment came from: the archive's own system identifier is
+    /// what a forger would need to pass the pin, so it never goes on the wire (the receiver
+    /// logs it).
+    #[error("{name} comes from the cluster with system identifier {segment}, which is not the cluster this archive holds; check that archive_command on this primary points at its own standby's receiver")]
+    ForeignCluster { name: String, segment: u64 },
     #[error("{name} is already archived with different content; the stored copy was kept. Two primaries may be archiving to the same receiver, or this primary was restored from an old backup: investigate before removing anything")]
     ConflictingContent { name: String },
     #[error("{name}: received content has SHA-256 {actual}, the sender announced {expected}; the file changed while it was read or was damaged in transit (PostgreSQL will retry)")]
@@ -98,6 +99,14 @@ pub enum Refusal {
     },
     #[error("receiver is shutting down; PostgreSQL will retry")]
     ShuttingDown,
+    #[error("{name} is not a valid timeline history file ({reason}); not stored")]
+    BadHistory { name: String, reason: String },
+    #[error("{name} contradicts the archive's timeline history: {reason}; not stored. A standby other than the promoted one may be archiving here: check which server runs this archive_command")]
+    HistoryConflict { name: String, reason: String },
+    #[error("{name} is not a valid backup history file ({reason}); not stored")]
+    BadBackup { name: String, reason: String },
+    #[error("{name} cannot be checked while walship-receiver promote is running (the promotion LSN is not known yet); PostgreSQL will retry")]
+    PromotionInProgress { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -240,7 +249,10 @@ mod tests {
             Reply::Refused(Refusal::ForeignCluster {
                 name: "x".into(),
                 segment: 1,
-                archive: 2,
+            }),
+            Reply::Refused(Refusal::HistoryConflict {
+                name: "00000002.history".into(),
+                reason: "r".into(),
             }),
             Reply::Refused(Refusal::DiskFull {
                 name: "x".into(),

@@ -2,13 +2,23 @@
 //! facts about the archive, decide as early as possible whether the bytes may be stored, track
 //! length and digest as chunks arrive, and give a verdict at the end. No I/O here: the driver
 //! writes the chunks to a temp file and publishes it only with a [`Verified`] in hand.
+//!
+//! Segments and partials are judged by their page header as it arrives. History and backup
+//! history files are small text files: they are buffered whole (at most
+//! [`MAX_HISTORY_BYTES`] / [`MAX_BACKUP_BYTES`]) and judged at [`Upload::finish`], against the
+//! histories already stored, the fence and the archive's segments.
 
+use std::collections::BTreeMap;
+
+use crate::lsn::Lsn;
 use crate::pg_control::SystemId;
 use crate::proto::digest::{Digest, Hasher};
 use crate::proto::frame::{Refusal, Request, MAX_FILE_BYTES};
 use crate::state::Fence;
+use crate::wal::backup::{BackupFile, MAX_BACKUP_BYTES};
 use crate::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
-use crate::wal::name::WalFileName;
+use crate::wal::history::{History, MAX_HISTORY_BYTES};
+use crate::wal::name::{TimelineId, WalFileName};
 
 /// What the receiver knows about its archive when an upload starts.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +27,11 @@ pub struct ArchiveFacts {
     pub cluster: Option<SystemId>,
     /// Set once the standby was promoted: old-timeline segments are refused.
     pub fence: Option<Fence>,
+    /// For a history upload: the history files already stored (those that parse), by timeline.
+    pub histories: BTreeMap<TimelineId, History>,
+    /// For a backup history upload: the size of the stored segment its name starts in (the
+    /// segment part of `<segment>.<offset>.backup`), when that segment is in the archive.
+    pub backup_segment_bytes: Option<u64>,
 }
 
 /// A file that arrived whole, with the announced size and digest.
@@ -27,6 +42,22 @@ pub struct Verified {
     pub digest: Digest,
     /// System identifier from the page header, for files that carry one (segments, partials).
     pub system_id: Option<SystemId>,
+    /// The parsed history, for a history file (checked again against a fence at commit).
+    pub history: Option<History>,
+}
+
+impl Verified {
+    /// Whether the fence (possibly written while the bytes were arriving) still admits this
+    /// file: segments of a fenced timeline never, partials of it only up to the promotion
+    /// point, histories only when they leave it at the promotion point.
+    pub fn admitted_by(&self, fence: &Fence) -> Result<(), Refusal> {
+        check_fence(fence, &self.name)?;
+        check_partial_fence(fence, &self.name, self.size)?;
+        if let Some(history) = &self.history {
+            check_history_fence(fence, history, &self.name)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -41,6 +72,11 @@ pub struct Upload {
     head: Vec<u8>,
     cluster: Option<SystemId>,
     system_id: Option<SystemId>,
+    /// The whole content of a history or backup history file (small, capped at begin).
+    text: Option<Vec<u8>>,
+    fence: Option<Fence>,
+    histories: BTreeMap<TimelineId, History>,
+    backup_segment_bytes: Option<u64>,
 }
 
 impl Upload {
@@ -56,6 +92,15 @@ impl Upload {
                 })?;
         if let Some(fence) = &facts.fence {
             check_fence(fence, &name)?;
+            check_partial_fence(fence, &name, request.size)?;
+            if let WalFileName::History(tli) = name {
+                // Nothing to check a later timeline's history against yet: wait for promote.
+                if tli.0 > fence.timeline && fence_point(fence, &name).is_err() {
+                    return Err(Refusal::PromotionInProgress {
+                        name: name.to_string(),
+                    });
+                }
+            }
         }
         if request.size > MAX_FILE_BYTES {
             return Err(Refusal::TooLarge {
@@ -64,6 +109,31 @@ impl Upload {
                 max: MAX_FILE_BYTES,
             });
         }
+        let text = match name {
+            WalFileName::History(_) if request.size > MAX_HISTORY_BYTES => {
+                return Err(Refusal::BadHistory {
+                    name: name.to_string(),
+                    reason: format!(
+                        "{} bytes, more than the {MAX_HISTORY_BYTES} a history file may have",
+                        request.size
+                    ),
+                })
+            }
+            WalFileName::Backup { .. } if request.size > MAX_BACKUP_BYTES => {
+                return Err(Refusal::BadBackup {
+                    name: name.to_string(),
+                    reason: format!(
+                        "{} bytes, more than the {MAX_BACKUP_BYTES} a backup history file may have",
+                        request.size
+                    ),
+                })
+            }
+            // Bounded by the caps just checked.
+            WalFileName::History(_) | WalFileName::Backup { .. } => {
+                Some(Vec::with_capacity(request.size as usize))
+            }
+            WalFileName::Segment(_) | WalFileName::Partial(_) => None,
+        };
         Ok(Upload {
             name,
             announced: request.size,
@@ -73,6 +143,10 @@ impl Upload {
             head: Vec::with_capacity(LONG_PAGE_HEADER_LEN),
             cluster: facts.cluster,
             system_id: None,
+            text,
+            fence: facts.fence.clone(),
+            histories: facts.histories.clone(),
+            backup_segment_bytes: facts.backup_segment_bytes,
         })
     }
 
@@ -98,6 +172,10 @@ impl Upload {
         }
         self.received = received;
         self.hasher.update(chunk);
+        if let Some(text) = &mut self.text {
+            // At most the announced size, which begin capped.
+            text.extend_from_slice(chunk);
+        }
         if self.name.segment_bytes().is_some() && self.head.len() < LONG_PAGE_HEADER_LEN {
             let take = (LONG_PAGE_HEADER_LEN - self.head.len()).min(chunk.len());
             self.head.extend_from_slice(&chunk[..take]);
@@ -154,12 +232,56 @@ impl Upload {
                 actual: hex::encode(actual),
             });
         }
+        // The content arrived intact: now judge what it says.
+        let history = match (&self.name, &self.text) {
+            (WalFileName::History(tli), Some(text)) => Some(self.check_history(*tli, text)?),
+            (WalFileName::Backup { segment, offset }, Some(text)) => {
+                let bad = |reason: String| Refusal::BadBackup {
+                    name: name.clone(),
+                    reason,
+                };
+                let backup = BackupFile::parse(text).map_err(bad)?;
+                // A backup history file carries no system identifier: it refers to this
+                // archive's cluster through its start segment, which PostgreSQL archives
+                // before it and which passed the pin when it was stored.
+                let seg_size = self.backup_segment_bytes.ok_or_else(|| {
+                    bad(format!(
+                        "the segment it starts in, {segment}, is not in this archive; a backup history file is stored only after its start segment, which ties it to this archive's cluster"
+                    ))
+                })?;
+                backup.check(segment, *offset, seg_size).map_err(bad)?;
+                None
+            }
+            _ => None,
+        };
         Ok(Verified {
             name: self.name,
             size: self.received,
             digest: actual,
             system_id: self.system_id,
+            history,
         })
+    }
+
+    /// Parse a history file and check it against the stored histories and the fence.
+    fn check_history(&self, tli: TimelineId, text: &[u8]) -> Result<History, Refusal> {
+        let name = self.name.to_string();
+        let history = History::parse(tli, text).map_err(|e| Refusal::BadHistory {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        for stored in self.histories.values() {
+            history
+                .agrees_with(stored)
+                .map_err(|reason| Refusal::HistoryConflict {
+                    name: name.clone(),
+                    reason,
+                })?;
+        }
+        if let Some(fence) = &self.fence {
+            check_history_fence(fence, &history, &self.name)?;
+        }
+        Ok(history)
     }
 
     fn check_header(&mut self) -> Result<(), Refusal> {
@@ -180,7 +302,6 @@ impl Upload {
                 return Err(Refusal::ForeignCluster {
                     name: self.name.to_string(),
                     segment: header.system_id.0,
-                    archive: cluster.0,
                 });
             }
         }
@@ -245,6 +366,65 @@ pub fn check_fence(fence: &Fence, name: &WalFileName) -> Result<(), Refusal> {
     })
 }
 
+/// The fence's promotion LSN; while `promote` runs it is not known yet (the fence then holds a
+/// placeholder), and files that must be checked against it wait for a retry.
+fn fence_point(fence: &Fence, name: &WalFileName) -> Result<Lsn, Refusal> {
+    fence
+        .promoted_at_lsn
+        .parse::<Lsn>()
+        .map_err(|_| Refusal::PromotionInProgress {
+            name: name.to_string(),
+        })
+}
+
+/// Refuse a partial of the fenced timeline whose segment starts after the promotion point:
+/// it holds WAL the new timeline never had. The partial holding the promotion point is the one
+/// the new primary archives, and must pass. `size` is the partial's size, a whole segment.
+pub fn check_partial_fence(fence: &Fence, name: &WalFileName, size: u64) -> Result<(), Refusal> {
+    let WalFileName::Partial(segment) = name else {
+        return Ok(());
+    };
+    if segment.timeline.0 != fence.timeline {
+        return Ok(());
+    }
+    let at = fence_point(fence, name)?;
+    // An impossible size is refused by the page header check; nothing to decide here.
+    let Ok(start) = segment.start_lsn(size) else {
+        return Ok(());
+    };
+    if start > at {
+        return Err(Refusal::Fenced {
+            name: name.to_string(),
+            timeline: fence.timeline,
+            promoted_at_lsn: fence.promoted_at_lsn.clone(),
+            new_timeline: fence.new_timeline,
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a history that leaves the fenced timeline anywhere but at the promotion point.
+fn check_history_fence(
+    fence: &Fence,
+    history: &History,
+    name: &WalFileName,
+) -> Result<(), Refusal> {
+    if history.timeline.0 <= fence.timeline {
+        return Ok(());
+    }
+    let at = fence_point(fence, name)?;
+    history
+        .agrees_with_fence(
+            TimelineId(fence.timeline),
+            at,
+            fence.new_timeline.map(TimelineId),
+        )
+        .map_err(|reason| Refusal::HistoryConflict {
+            name: name.to_string(),
+            reason,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +469,7 @@ mod tests {
         let (name, body) = segment(3, 42);
         let facts = ArchiveFacts {
             cluster: Some(SystemId(42)),
-            fence: None,
+            ..Default::default()
         };
         let chunks: Vec<&[u8]> = body.chunks(7).take(10).collect();
         let mut up = Upload::begin(&request(&name, &body), &facts).unwrap();
@@ -307,21 +487,17 @@ mod tests {
         let (name, body) = segment(3, 42);
         let facts = ArchiveFacts {
             cluster: Some(SystemId(7)),
-            fence: None,
+            ..Default::default()
         };
         let mut up = Upload::begin(&request(&name, &body), &facts).unwrap();
         let err = up.feed(&body[..64]).unwrap_err();
         assert!(
-            matches!(
-                err,
-                Refusal::ForeignCluster {
-                    segment: 42,
-                    archive: 7,
-                    ..
-                }
-            ),
+            matches!(err, Refusal::ForeignCluster { segment: 42, .. }),
             "{err}"
         );
+        // The sender learns its own segment's cluster, never the archive's.
+        assert!(err.to_string().contains("42"), "{err}");
+        assert!(!err.to_string().contains('7'), "{err}");
     }
 
     #[test]
@@ -406,8 +582,8 @@ mod tests {
             fenced_at_unix_ms: 0,
         };
         let facts = ArchiveFacts {
-            cluster: None,
             fence: Some(fence),
+            ..Default::default()
         };
         let (name, body) = segment(3, 42);
         let err = Upload::begin(&request(&name, &body), &facts).unwrap_err();
@@ -424,12 +600,175 @@ mod tests {
             &request("00000002.history", body),
             &ArchiveFacts {
                 cluster: Some(SystemId(1)),
-                fence: None,
+                ..Default::default()
             },
             &[body],
         )
         .unwrap();
         assert_eq!(v.system_id, None);
+    }
+
+    fn fence(promoted_at_lsn: &str) -> Fence {
+        Fence {
+            timeline: 1,
+            promoted_at_lsn: promoted_at_lsn.into(),
+            new_timeline: Some(2),
+            fenced_at_unix_ms: 0,
+        }
+    }
+
+    fn history(tli: u32, text: &str) -> History {
+        History::parse(TimelineId(tli), text.as_bytes()).unwrap()
+    }
+
+    const BACKUP: &str = "START WAL LOCATION: 0/300028 (file 000000010000000000000003)\n\
+STOP WAL LOCATION: 0/300100 (file 000000010000000000000003)\n\
+START TIMELINE: 1\nSTOP TIMELINE: 1\n";
+    const BACKUP_NAME: &str = "000000010000000000000003.00000028.backup";
+
+    #[test]
+    fn refuses_random_bytes_as_history_or_backup() {
+        let random: Vec<u8> = (0..300u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let facts = ArchiveFacts {
+            backup_segment_bytes: Some(SEG),
+            ..Default::default()
+        };
+        let err = run(&request("00000002.history", &random), &facts, &[&random]).unwrap_err();
+        assert!(matches!(err, Refusal::BadHistory { .. }), "{err}");
+        let err = run(&request(BACKUP_NAME, &random), &facts, &[&random]).unwrap_err();
+        assert!(matches!(err, Refusal::BadBackup { .. }), "{err}");
+        // Too large to be either: refused before any content.
+        let mut req = request("00000002.history", b"");
+        req.size = MAX_HISTORY_BYTES + 1;
+        assert!(matches!(
+            Upload::begin(&req, &facts),
+            Err(Refusal::BadHistory { .. })
+        ));
+        req.name = BACKUP_NAME.into();
+        assert!(matches!(
+            Upload::begin(&req, &facts),
+            Err(Refusal::BadBackup { .. })
+        ));
+    }
+
+    #[test]
+    fn history_must_agree_with_stored_histories() {
+        let two = "1\t0/3000148\tno recovery target specified\n";
+        let mut facts = ArchiveFacts::default();
+        facts.histories.insert(TimelineId(2), history(2, two));
+        let forged = "1\t0/4000000\tx\n\n2\t0/5000000\ty\n";
+        let err = run(
+            &request("00000003.history", forged.as_bytes()),
+            &facts,
+            &[forged.as_bytes()],
+        )
+        .unwrap_err();
+        assert!(matches!(err, Refusal::HistoryConflict { .. }), "{err}");
+        assert!(err.to_string().contains("00000002.history"), "{err}");
+        let good = format!("{two}\n2\t0/5000000\ty\n");
+        let v = run(
+            &request("00000003.history", good.as_bytes()),
+            &facts,
+            &[&good.as_bytes()[..10], &good.as_bytes()[10..]],
+        )
+        .unwrap();
+        assert_eq!(v.history, Some(history(3, &good)));
+    }
+
+    #[test]
+    fn history_must_leave_the_fenced_timeline_at_the_promotion_point() {
+        let facts = ArchiveFacts {
+            fence: Some(fence("0/3000148")),
+            ..Default::default()
+        };
+        let forged = b"1\t0/3001000\tno recovery target specified\n";
+        let err = run(&request("00000002.history", forged), &facts, &[forged]).unwrap_err();
+        assert!(matches!(err, Refusal::HistoryConflict { .. }), "{err}");
+        assert!(err.to_string().contains("walship.fence"), "{err}");
+        let real = b"1\t0/3000148\tno recovery target specified\n";
+        let v = run(&request("00000002.history", real), &facts, &[real]).unwrap();
+        assert_eq!(v.admitted_by(&fence("0/3000148")), Ok(()));
+        // A fence written while the bytes arrived is applied at commit.
+        assert!(matches!(
+            v.admitted_by(&fence("0/3000000")),
+            Err(Refusal::HistoryConflict { .. })
+        ));
+        // While promote runs, the history waits for a retry.
+        let facts = ArchiveFacts {
+            fence: Some(fence("promotion in progress")),
+            ..Default::default()
+        };
+        let err = Upload::begin(&request("00000002.history", real), &facts).unwrap_err();
+        assert!(matches!(err, Refusal::PromotionInProgress { .. }), "{err}");
+        assert!(err.to_string().contains("retry"), "{err}");
+    }
+
+    #[test]
+    fn partials_of_the_fenced_timeline_stop_at_the_promotion_point() {
+        // 1 MiB segments: segment 3 spans 0/300000..0/400000.
+        let facts = ArchiveFacts {
+            fence: Some(fence("0/300028")),
+            ..Default::default()
+        };
+        let partial = |segno: u64| {
+            let (name, body) = segment(segno, 42);
+            (format!("{name}.partial"), body)
+        };
+        for segno in [2, 3] {
+            let (name, body) = partial(segno);
+            let v = run(&request(&name, &body), &facts, &[&body]).unwrap();
+            assert_eq!(v.admitted_by(&fence("0/300028")), Ok(()), "{name}");
+        }
+        let (name, body) = partial(4);
+        let err = Upload::begin(&request(&name, &body), &facts).unwrap_err();
+        assert!(matches!(err, Refusal::Fenced { timeline: 1, .. }), "{err}");
+        // Other timelines' partials are not the fence's business.
+        let (_, body) = segment(9, 42);
+        let other = format!(
+            "{}.partial",
+            SegmentName::from_segno(TimelineId(2), SegNo(9), SEG)
+        );
+        assert!(Upload::begin(&request(&other, &body), &facts).is_ok());
+        // A fence written while the bytes arrived is applied at commit.
+        let (name, body) = partial(3);
+        let v = run(&request(&name, &body), &ArchiveFacts::default(), &[&body]).unwrap();
+        assert!(matches!(
+            v.admitted_by(&fence("0/200000")),
+            Err(Refusal::Fenced { .. })
+        ));
+        // While promote runs, the fenced timeline's partials wait for a retry.
+        let facts = ArchiveFacts {
+            fence: Some(fence("promotion in progress")),
+            ..Default::default()
+        };
+        let (name, body) = partial(2);
+        assert!(matches!(
+            Upload::begin(&request(&name, &body), &facts),
+            Err(Refusal::PromotionInProgress { .. })
+        ));
+    }
+
+    #[test]
+    fn backup_file_needs_its_start_segment_in_the_archive() {
+        let body = BACKUP.as_bytes();
+        let stored = ArchiveFacts {
+            backup_segment_bytes: Some(SEG),
+            ..Default::default()
+        };
+        let v = run(&request(BACKUP_NAME, body), &stored, &[body]).unwrap();
+        assert_eq!(v.system_id, None);
+        let err = run(
+            &request(BACKUP_NAME, body),
+            &ArchiveFacts::default(),
+            &[body],
+        )
+        .unwrap_err();
+        assert!(matches!(err, Refusal::BadBackup { .. }), "{err}");
+        assert!(err.to_string().contains("not in this archive"), "{err}");
+        // Its name must be its START location.
+        let other = "000000010000000000000003.00000030.backup";
+        let err = run(&request(other, body), &stored, &[body]).unwrap_err();
+        assert!(matches!(err, Refusal::BadBackup { .. }), "{err}");
     }
 
     #[test]
