@@ -48,7 +48,7 @@ pub async fn push(
     let progress = Progress::default();
     let result = timeout(settings.timeout, async {
         let conn = target.connect().await?;
-        let result = transfer_tracked(settings, &conn, path, request, &progress).await;
+        let result = transfer(settings, &conn, path, request, &progress).await;
         conn.close(VarInt::from_u32(0), b"done");
         result
     })
@@ -280,18 +280,9 @@ fn client_endpoint(
     Ok(endpoint)
 }
 
-/// Send one file on a new stream of `conn` and wait for the receiver's verdict.
+/// Send one file on a new stream of `conn` and wait for the receiver's verdict, noting in
+/// `progress` how far it got (for the error when the caller's `timeout` runs out).
 pub async fn transfer(
-    settings: &SenderSettings,
-    conn: &quinn::Connection,
-    path: &Path,
-    request: Request,
-) -> Result<Pushed, SenderError> {
-    transfer_tracked(settings, conn, path, request, &Progress::default()).await
-}
-
-/// [`transfer`], noting in `progress` how far it got.
-pub async fn transfer_tracked(
     settings: &SenderSettings,
     conn: &quinn::Connection,
     path: &Path,
