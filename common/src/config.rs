@@ -28,6 +28,34 @@ pub const DEFAULT_LOOKAHEAD: usize = 4;
 pub const MAX_LOOKAHEAD: usize = 8;
 /// Default QUIC idle timeout: a peer silent this long is gone.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest duration any key accepts: below a millisecond QUIC rounds an idle timeout to zero,
+/// which means "no timeout", the opposite of what was asked for.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// Default for `max_uploads`: uploads decoding and writing at once, across all connections.
+/// Each holds a zstd window (~2.7 MiB), so this bounds decoding memory; two cores decode faster
+/// than 8 senders send.
+pub const DEFAULT_MAX_UPLOADS: usize = 8;
+/// Bounds for `max_uploads`: at least one; at most 64 (~170 MiB of decoding state).
+pub const MAX_UPLOADS_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
+/// Default for `max_connections`: connections allowed to send at once (to hold stream credit,
+/// each up to 16 x `stream_window` unread bytes). PostgreSQL's archiver uses one connection at a
+/// time per primary; a sender daemon keeps one.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+/// Bounds for `max_connections`: at least one; at most the 256 connections the receiver keeps
+/// open at once (sending or waiting to).
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+/// Default for `stream_window`: unread bytes per stream (QUIC flow control).
+pub const DEFAULT_STREAM_WINDOW: u64 = 256 << 10;
+/// Bounds for `stream_window`: below 16 KiB a stream crawls on any link with a round trip;
+/// above 16 MiB one connection's 16 streams could hold 256 MiB of unread bytes.
+pub const STREAM_WINDOW_RANGE: std::ops::RangeInclusive<u64> = (16 << 10)..=(16 << 20);
+/// Default for `min_upload_rate` (bytes per second, counted on the file's plain content, after a
+/// grace of `idle_timeout`): a 16 MiB segment at this rate takes 4 min 16 s, just under the
+/// sender's default `timeout` of 5 min, so a slower upload would fail on the sender's side
+/// anyway; below it an upload is not a sender but a hold on a slot.
+pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 64 << 10;
+/// Bounds for `min_upload_rate`: 1 KiB/s (a 16 MiB segment in 4.5 hours) to 1 GiB/s.
+pub const MIN_UPLOAD_RATE_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -62,6 +90,28 @@ pub struct ReceiverFile {
     pub pgdata: Option<PathBuf>,
     pub conninfo: Option<String>,
     pub idle_timeout: Option<String>,
+    pub max_uploads: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub stream_window: Option<Size>,
+    pub min_upload_rate: Option<Size>,
+}
+
+/// A size as written in TOML: a number of bytes, or a string like `"256KiB"` (units B, KiB,
+/// MiB, GiB; `min_upload_rate` also takes a `/s` suffix).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(i64),
+    Text(String),
+}
+
+impl Size {
+    fn text(&self) -> String {
+        match self {
+            Size::Bytes(n) => n.to_string(),
+            Size::Text(t) => t.clone(),
+        }
+    }
 }
 
 /// sender.toml as written.
@@ -93,6 +143,16 @@ pub struct ReceiverSettings {
     pub pgdata: Option<PathBuf>,
     pub conninfo: Option<String>,
     pub idle_timeout: Duration,
+    /// Uploads decoding and writing at once (`max_uploads`); one connection may hold at most
+    /// [`ReceiverSettings::uploads_per_connection`] of them.
+    pub max_uploads: usize,
+    /// Connections with stream credit (that may send) at once (`max_connections`).
+    pub max_connections: usize,
+    /// Unread bytes QUIC holds per stream (`stream_window`).
+    pub stream_window: u32,
+    /// Plain bytes per second an upload must average once it holds an upload slot, after a
+    /// grace of `idle_timeout` (`min_upload_rate`).
+    pub min_upload_rate: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +200,65 @@ impl ReceiverSettings {
             Some(v) => parse_duration(v).map_err(|r| invalid("idle_timeout", v, r))?,
             None => DEFAULT_IDLE_TIMEOUT,
         };
+        let count = |key, value: Option<usize>, default, range: std::ops::RangeInclusive<usize>| {
+            let n = value.unwrap_or(default);
+            if range.contains(&n) {
+                Ok(n)
+            } else {
+                Err(invalid(
+                    key,
+                    &n.to_string(),
+                    format!("expected {} to {}", range.start(), range.end()),
+                ))
+            }
+        };
+        let max_uploads = count(
+            "max_uploads",
+            file.max_uploads,
+            DEFAULT_MAX_UPLOADS,
+            MAX_UPLOADS_RANGE,
+        )?;
+        let max_connections = count(
+            "max_connections",
+            file.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            MAX_CONNECTIONS_RANGE,
+        )?;
+        let size = |key,
+                    value: &Option<Size>,
+                    default,
+                    range: std::ops::RangeInclusive<u64>,
+                    per_second| {
+            let Some(v) = value else { return Ok(default) };
+            let n = parse_size(v, per_second).map_err(|r| invalid(key, &v.text(), r))?;
+            if range.contains(&n) {
+                Ok(n)
+            } else {
+                Err(invalid(
+                    key,
+                    &v.text(),
+                    format!(
+                        "expected {} to {}",
+                        show_size(*range.start()),
+                        show_size(*range.end())
+                    ),
+                ))
+            }
+        };
+        let stream_window = size(
+            "stream_window",
+            &file.stream_window,
+            DEFAULT_STREAM_WINDOW,
+            STREAM_WINDOW_RANGE,
+            false,
+        )?;
+        let min_upload_rate = size(
+            "min_upload_rate",
+            &file.min_upload_rate,
+            DEFAULT_MIN_UPLOAD_RATE,
+            MIN_UPLOAD_RATE_RANGE,
+            true,
+        )?;
         Ok(ReceiverSettings {
             config_path: path.to_path_buf(),
             listen,
@@ -150,7 +269,17 @@ impl ReceiverSettings {
             pgdata: file.pgdata.map(|p| base.join(p)),
             conninfo: file.conninfo,
             idle_timeout,
+            max_uploads,
+            max_connections,
+            stream_window: u32::try_from(stream_window).expect("bounded by STREAM_WINDOW_RANGE"),
+            min_upload_rate,
         })
+    }
+
+    /// Upload slots one connection may hold at once: half of `max_uploads` (at least one), so
+    /// that one connection cannot take every slot whenever there are two.
+    pub fn uploads_per_connection(&self) -> usize {
+        (self.max_uploads / 2).max(1)
     }
 }
 
@@ -282,12 +411,60 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 7.0 {
+    if !secs.is_finite() || secs < MIN_DURATION.as_secs_f64() || secs > 86_400.0 * 7.0 {
         return Err(format!(
-            "{text:?} is out of range (more than 0, at most a week)"
+            "{text:?} is out of range (at least 1ms, at most a week)"
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse a size: a TOML integer of bytes, or a string like `"256KiB"`, `"1MiB"`, `"65536"`
+/// (units B, KiB, MiB, GiB; with `per_second`, an optional `/s` suffix too).
+pub fn parse_size(value: &Size, per_second: bool) -> Result<u64, String> {
+    let text = match value {
+        Size::Bytes(n) => {
+            return u64::try_from(*n).map_err(|_| format!("{n} is negative; expected a size"))
+        }
+        Size::Text(t) => t.trim(),
+    };
+    let bare = match text.strip_suffix("/s") {
+        Some(t) if per_second => t.trim_end(),
+        _ => text,
+    };
+    let (num, unit) = match bare.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&bare[..i], bare[i..].trim()),
+        None => (bare, "B"),
+    };
+    let expected = || {
+        format!(
+            "expected a size like \"256KiB\", \"1MiB\" or a number of bytes{}, got {text:?}",
+            if per_second { " (per second)" } else { "" }
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| expected())?;
+    let scale: u64 = match unit {
+        "B" | "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use B, KiB, MiB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(scale).ok_or_else(expected)
+}
+
+/// A size for a message: in KiB, MiB or GiB when exact.
+fn show_size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +480,73 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("0s").is_err());
+        // Under a millisecond QUIC would round an idle timeout to "none": refused.
+        let err = parse_duration("0.0001ms").unwrap_err();
+        assert!(err.contains("at least 1ms"), "{err}");
+        assert!(parse_duration("0.5ms").is_err());
+        assert_eq!(parse_duration("1ms").unwrap(), MIN_DURATION);
+    }
+
+    #[test]
+    fn sizes() {
+        let text = |t: &str| Size::Text(t.into());
+        assert_eq!(parse_size(&Size::Bytes(65536), false), Ok(65536));
+        assert_eq!(parse_size(&text("256KiB"), false), Ok(256 << 10));
+        assert_eq!(parse_size(&text("1 MiB"), false), Ok(1 << 20));
+        assert_eq!(parse_size(&text("2GiB"), false), Ok(2 << 30));
+        assert_eq!(parse_size(&text("4096"), false), Ok(4096));
+        assert_eq!(parse_size(&text("64KiB/s"), true), Ok(64 << 10));
+        assert!(parse_size(&text("64KiB/s"), false).is_err());
+        assert!(parse_size(&Size::Bytes(-1), false).is_err());
+        assert!(parse_size(&text("12 furlongs"), false).is_err());
+        assert!(parse_size(&text("1.5MiB"), false).is_err());
+        assert!(parse_size(&text("99999999999GiB"), false).is_err());
+        assert_eq!(show_size(256 << 10), "256KiB");
+        assert_eq!(show_size(16 << 20), "16MiB");
+    }
+
+    #[test]
+    fn receiver_limits_default_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        let base = "listen = \"127.0.0.1:7443\"\narchive_dir = \"a\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
+        std::fs::write(&path, base).unwrap();
+        let s = ReceiverSettings::load(&path).unwrap();
+        assert_eq!(s.max_uploads, DEFAULT_MAX_UPLOADS);
+        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(u64::from(s.stream_window), DEFAULT_STREAM_WINDOW);
+        assert_eq!(s.min_upload_rate, DEFAULT_MIN_UPLOAD_RATE);
+        assert_eq!(s.uploads_per_connection(), 4);
+
+        std::fs::write(&path, format!("{base}max_uploads = 1\nmax_connections = 2\nstream_window = \"64KiB\"\nmin_upload_rate = \"1MiB/s\"\n")).unwrap();
+        let s = ReceiverSettings::load(&path).unwrap();
+        assert_eq!((s.max_uploads, s.max_connections), (1, 2));
+        assert_eq!((s.stream_window, s.min_upload_rate), (64 << 10, 1 << 20));
+        assert_eq!(s.uploads_per_connection(), 1);
+        std::fs::write(&path, format!("{base}stream_window = 131072\n")).unwrap();
+        assert_eq!(
+            ReceiverSettings::load(&path).unwrap().stream_window,
+            128 << 10
+        );
+
+        for (line, key) in [
+            ("max_uploads = 0", "max_uploads"),
+            ("max_uploads = 65", "max_uploads"),
+            ("max_connections = 0", "max_connections"),
+            ("max_connections = 257", "max_connections"),
+            ("stream_window = \"1KiB\"", "stream_window"),
+            ("stream_window = \"1GiB\"", "stream_window"),
+            ("stream_window = \"lots\"", "stream_window"),
+            ("min_upload_rate = 0", "min_upload_rate"),
+            ("idle_timeout = \"0.0001ms\"", "idle_timeout"),
+        ] {
+            std::fs::write(&path, format!("{base}{line}\n")).unwrap();
+            let err = ReceiverSettings::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("receiver.toml"),
+                "{line}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub enum ReceiverError {
         #[source]
         source: std::io::Error,
     },
+    #[error("archive_dir {} is not writable by this user ({source}); give it to the user running walship-receiver serve (chown), or fix archive_dir in the config", path.display())]
+    ArchiveNotWritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("archive_dir {} is in use by another walship-receiver serve (pid {pid}, see walship.lock there); stop that one first, or give this one its own archive_dir", path.display())]
+    ArchiveInUse { path: PathBuf, pid: String },
     #[error("{0}")]
     Durable(#[from] DurableError),
     #[error("{0}")]

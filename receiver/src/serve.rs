@@ -1,7 +1,7 @@
 //! `walship-receiver serve`: a QUIC listener (mutual TLS) that takes one file per stream,
 //! verifies it with [`Upload`], stores it durably through [`Archive`] and only then replies.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn::{RecvStream, SendStream, VarInt};
@@ -26,52 +26,66 @@ use crate::error::ReceiverError;
 use crate::store::{storage_refusal, Archive};
 
 // Memory. The receiver's memory is bounded whatever the number of senders, connections and
-// streams. With the constants below:
+// streams. With the defaults of the receiver.toml keys in [brackets]:
 //
 //   process, runtime, TLS and QUIC state at rest                            ~7 MiB (measured)
-// + MAX_CONNECTIONS x connection state (TLS, QUIC, no stream credit)     256 x ~30 KiB = 8 MiB
-// + MAX_SENDING_CONNECTIONS x CONNECTION_WINDOW (bytes received, unread)  16 x 4 MiB = 64 MiB
-//     (QUIC flow control: a sender cannot have more than this in flight to us)
-// + MAX_ACTIVE_UPLOADS x per upload                                       8 x 2.7 MiB = 22 MiB
+// + MAX_OPEN_CONNECTIONS x connection state (TLS, QUIC, no stream credit) 256 x ~30 KiB = 8 MiB
+// + [max_connections] x connection window (bytes received, unread)        16 x 4 MiB = 64 MiB
+//     (the connection window is MAX_STREAMS_PER_CONNECTION x [stream_window] = 16 x 256 KiB;
+//     QUIC flow control: a sender cannot have more than this in flight to us)
+// + [max_uploads] x per upload                                            8 x 2.7 MiB = 22 MiB
 //     (zstd: 2 MiB window, encoding::WINDOW_LOG, capped in the decoder; 256 KiB of block
 //     buffers; a 256 KiB decoded chunk; the wire batch. Plain: just the 256 KiB batch)
 // = ~100 MiB at the very worst (16 connections each with 16 streams sending at once, 240 more
-// connections open and waiting).
+// connections open and waiting). In general: ~15 MiB + max_connections x 16 x stream_window +
+// max_uploads x 2.7 MiB; the bounds checked at load (config.rs) keep each term finite, the
+// operator who raises them chooses the sum.
 //
-// A connection gets stream credit (may send) only once it holds one of MAX_SENDING_CONNECTIONS
-// slots; until then its sender waits in `open_bi`, costing us no buffer. Connections past
-// MAX_CONNECTIONS wait in QUIC's handshake queue. A stream waits (it is not refused) for one of
-// MAX_ACTIVE_UPLOADS upload slots before any per-upload memory is allocated, its first
-// STREAM_WINDOW bytes held by QUIC meanwhile. Because a connection's window is the sum of its
+// A connection gets stream credit (may send) only once it holds one of [max_connections]
+// sending slots; until then its sender waits in `open_bi`, costing us no buffer. Connections
+// past MAX_OPEN_CONNECTIONS wait in QUIC's handshake queue. A stream waits (it is not refused)
+// for one of [max_uploads] upload slots before any per-upload memory is allocated, its first
+// [stream_window] bytes held by QUIC meanwhile. Because a connection's window is the sum of its
 // streams' windows, streams waiting on a connection never use up the window an active stream
 // on the same connection needs.
 //
+// Holding a slot is bounded in time, so that no peer can keep one from others: a request
+// header must arrive within [idle_timeout]; an upload holding an upload slot must average
+// [min_upload_rate] after a grace of [idle_timeout] (a trickle is cut off, told why); one
+// connection holds at most half the upload slots; a connection holding a sending slot with no
+// stream in progress for EVICT_IDLE_AFTER is closed when another connection waits for one.
+//
 // The common case is far below: `push` uses one stream per connection, which can hold only
-// STREAM_WINDOW unread: 16 pushes at once hold 16 x 256 KiB = 4 MiB in QUIC. Measured peak
+// [stream_window] unread: 16 pushes at once hold 16 x 256 KiB = 4 MiB in QUIC. Measured peak
 // (VmHWM) with 16 pushes of 16 MiB segments at once: ~36 MiB with zstd, ~18 MiB plain; 64 at
 // once: ~39 and ~20 MiB (it was 133 and 74 MiB with no limits). QUIC's reassembly may keep up
 // to 2.5x the unread bytes allocated for an authenticated peer sending pathological frames
 // (the 64 MiB term becomes 160 MiB); real senders' frames cost ~1.1x.
 
-/// Uploads decoding and writing at once, across all connections. Each holds a zstd window:
-/// this is what bounds decoding memory. Two cores decode faster than 8 senders send.
-const MAX_ACTIVE_UPLOADS: usize = 8;
+// Uploads decoding and writing at once across all connections: `max_uploads` (default 8,
+// config::DEFAULT_MAX_UPLOADS). Each holds a zstd window: this is what bounds decoding memory.
+// Connections with stream credit at once (each may hold a connection window of unread bytes):
+// `max_connections` (default 16). Others wait, handshake done, until one closes or an idle one
+// is evicted; PostgreSQL's archiver uses one at a time per primary.
+// Unread bytes per stream: `stream_window` (default 256 KiB): enough for one stream to fill a
+// loopback or LAN link while the previous batch is decoded and written (measured: no slower
+// than 8 MiB on loopback). On a long link it caps one stream near 256 KiB per round trip (25
+// MB/s of wire bytes at 10 ms, ~10x that of WAL with zstd); the daemon's parallel streams add
+// up. The connection window is MAX_STREAMS_PER_CONNECTION of them: room for every stream's
+// window, so that streams waiting for an upload slot cannot starve one that holds a slot on
+// the same connection.
+
 /// Connections open at once, sending or waiting to. More wait in QUIC's handshake queue.
-const MAX_CONNECTIONS: usize = 256;
-/// Connections with stream credit at once (each may hold CONNECTION_WINDOW unread bytes). Others
-/// wait, handshake done, until one closes; PostgreSQL's archiver uses one at a time per primary.
-const MAX_SENDING_CONNECTIONS: usize = 16;
+const MAX_OPEN_CONNECTIONS: usize = 256;
 /// Streams (files) one connection may have open at once; a sender opening more waits for one
 /// to finish (QUIC stream credit). The sender daemon's look-ahead uses one each.
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
-/// Unread bytes per stream: enough for one stream to fill a loopback or LAN link while the
-/// previous batch is decoded and written (measured: no slower than 8 MiB on loopback). On a
-/// long link it caps one stream near 256 KiB per round trip (25 MB/s of wire bytes at 10 ms,
-/// ~10x that of WAL with zstd); the daemon's parallel streams add up.
-const STREAM_WINDOW: u32 = 256 << 10;
-/// Unread bytes per connection: room for every stream's window, so that streams waiting for an
-/// upload slot cannot starve one that holds a slot on the same connection.
-const CONNECTION_WINDOW: u32 = MAX_STREAMS_PER_CONNECTION * STREAM_WINDOW;
+/// A connection holding a sending slot with no stream in progress for this long is closed when
+/// another connection waits for a slot: a sender given stream credit opens its stream within a
+/// round trip, and a daemon's idle warm connection reconnects (and waits its turn) when needed.
+const EVICT_IDLE_AFTER: Duration = Duration::from_secs(2);
+/// How often a connection waiting for a sending slot looks for an idle one to evict.
+const EVICT_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Bytes gathered from the stream before one write to the temp file: large enough to keep the
 /// syscall count low (64 writes per 16 MiB segment), small enough to multiply.
 const WRITE_BUF: usize = 256 << 10;
@@ -86,6 +100,8 @@ const WAITING_HANDSHAKE_BYTES: u64 = 1 << 20;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Application close code sent when the receiver shuts down.
 const CLOSE_SHUTDOWN: u32 = 1;
+/// Application close code sent to an idle connection evicted for a waiting one.
+const CLOSE_EVICTED: u32 = 2;
 
 /// Run until `shutdown` is cancelled. Binds before returning the first log line "listening".
 pub async fn run(
@@ -101,7 +117,10 @@ pub async fn run(
         })
     })?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport(settings.idle_timeout)));
+    server.transport_config(Arc::new(transport(
+        settings.idle_timeout,
+        settings.stream_window,
+    )));
     server
         .max_incoming(MAX_WAITING_HANDSHAKES)
         .incoming_buffer_size(WAITING_HANDSHAKE_BYTES / 16)
@@ -117,18 +136,32 @@ pub async fn run(
             addr: settings.listen,
             source,
         })?;
-    info!(archive_dir = %archive.dir().display(), "listening on {local}");
+    info!(
+        archive_dir = %archive.dir().display(),
+        max_uploads = settings.max_uploads,
+        max_connections = settings.max_connections,
+        stream_window = settings.stream_window,
+        min_upload_rate = settings.min_upload_rate,
+        "listening on {local}"
+    );
 
     let tracker = TaskTracker::new();
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let sending = Arc::new(Semaphore::new(MAX_SENDING_CONNECTIONS));
-    let uploads = Arc::new(Semaphore::new(MAX_ACTIVE_UPLOADS));
+    let connections = Arc::new(Semaphore::new(MAX_OPEN_CONNECTIONS));
+    let limits = Limits {
+        max_uploads: settings.max_uploads,
+        max_connections: settings.max_connections,
+        per_connection: settings.uploads_per_connection(),
+        min_upload_rate: settings.min_upload_rate,
+    };
+    let sending = Arc::new(Semaphore::new(limits.max_connections));
+    let uploads = Arc::new(Semaphore::new(limits.max_uploads));
+    let holders = Arc::new(Holders::default());
     loop {
-        // A connection slot first: past MAX_CONNECTIONS, handshakes wait in QUIC's queue.
+        // A connection slot first: past MAX_OPEN_CONNECTIONS, handshakes wait in QUIC's queue.
         let slot = match connections.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                warn!("{MAX_CONNECTIONS} connections open: new ones wait until one closes");
+                warn!("{MAX_OPEN_CONNECTIONS} connections open: new ones wait until one closes");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     p = connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -147,6 +180,8 @@ pub async fn run(
             archive: archive.clone(),
             sending: sending.clone(),
             uploads: uploads.clone(),
+            holders: holders.clone(),
+            limits,
             idle: settings.idle_timeout,
         };
         let (tracker2, shutdown2) = (tracker.clone(), shutdown.clone());
@@ -155,7 +190,7 @@ pub async fn run(
                 connection(incoming, shared, tracker2, shutdown2).await;
                 drop(slot);
             }
-            .instrument(info_span!("conn", %remote)),
+            .instrument(info_span!("conn", %remote, client = tracing::field::Empty)),
         );
     }
 
@@ -176,7 +211,7 @@ pub async fn run(
     Ok(())
 }
 
-fn transport(idle: Duration) -> quinn::TransportConfig {
+fn transport(idle: Duration, stream_window: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(idle).expect("idle timeout within QUIC's limit"),
@@ -185,8 +220,10 @@ fn transport(idle: Duration) -> quinn::TransportConfig {
     t.max_concurrent_bidi_streams(VarInt::from_u32(0));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     // See "Memory" above: the connection window covers all its streams' windows.
-    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
-    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(stream_window));
+    t.receive_window(VarInt::from_u32(
+        MAX_STREAMS_PER_CONNECTION.saturating_mul(stream_window),
+    ));
     t
 }
 
@@ -194,11 +231,25 @@ fn transport(idle: Duration) -> quinn::TransportConfig {
 #[derive(Clone)]
 struct Shared {
     archive: Arc<Archive>,
-    /// MAX_SENDING_CONNECTIONS permits: one per connection with stream credit.
+    /// `max_connections` permits: one per connection with stream credit.
     sending: Arc<Semaphore>,
-    /// MAX_ACTIVE_UPLOADS permits: one per upload decoding and writing.
+    /// `max_uploads` permits: one per upload decoding and writing.
     uploads: Arc<Semaphore>,
+    /// The connections holding a `sending` permit, for eviction when others wait.
+    holders: Arc<Holders>,
+    limits: Limits,
     idle: Duration,
+}
+
+/// The configured limits (receiver.toml), as the tasks use them.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_uploads: usize,
+    max_connections: usize,
+    /// Upload slots one connection may hold at once.
+    per_connection: usize,
+    /// Plain bytes per second an upload holding a slot must average after the grace.
+    min_upload_rate: u64,
 }
 
 async fn connection(
@@ -223,20 +274,35 @@ async fn connection(
             return;
         }
     };
+    // Who wrote: every line of this connection and its files names the client certificate.
+    tracing::Span::current().record("client", peer_subject(&conn).as_str());
     info!("connection accepted");
     let idle = shared.idle;
     // Stream credit only with a sending slot: until then the sender waits to open a stream.
     let _sending = match shared.sending.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            info!("{MAX_SENDING_CONNECTIONS} connections sending: this one waits for one to close");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = conn.closed() => return,
-                p = shared.sending.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            info!(
+                "{} connections sending (max_connections): this one waits for one to close or an idle one to be evicted",
+                shared.limits.max_connections
+            );
+            let acquire = shared.sending.clone().acquire_owned();
+            tokio::pin!(acquire);
+            let mut tick = tokio::time::interval(EVICT_CHECK_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = conn.closed() => return,
+                    p = &mut acquire => break p.expect("the semaphore is never closed"),
+                    _ = tick.tick() => shared.holders.evict_idle(Instant::now()),
+                }
             }
         }
     };
+    let holder = shared.holders.add(conn.clone());
+    let _registered = Registered(shared.holders.clone(), holder.clone());
+    // At most half the upload slots for this connection: see "Memory" above.
+    let conn_uploads = Arc::new(Semaphore::new(shared.limits.per_connection));
     conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
     loop {
         let (send, recv) = tokio::select! {
@@ -260,7 +326,122 @@ async fn connection(
             bytes = tracing::field::Empty,
             outcome = tracing::field::Empty
         );
-        tracker.spawn(stream(send, recv, shared.clone()).instrument(span));
+        let busy = Busy::new(holder.clone());
+        let (conn_uploads, shared) = (conn_uploads.clone(), shared.clone());
+        tracker.spawn(
+            async move {
+                stream(send, recv, &conn_uploads, &shared).await;
+                drop(busy);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The subject of the peer's certificate (`CN=walship-sender`), for the logs: who wrote.
+fn peer_subject(conn: &quinn::Connection) -> String {
+    let certs = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    match certs.as_deref().and_then(|c| c.first()) {
+        None => "(no certificate)".into(),
+        Some(der) => match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => cert.subject().to_string(),
+            Err(e) => format!("(unreadable certificate: {e})"),
+        },
+    }
+}
+
+/// The connections holding a sending slot, and how long each has had no stream in progress.
+#[derive(Default)]
+struct Holders(Mutex<Vec<Arc<Holder>>>);
+
+struct Holder {
+    conn: quinn::Connection,
+    /// Streams in progress, and since when there have been none.
+    activity: Mutex<(usize, Instant)>,
+}
+
+impl Holders {
+    fn add(&self, conn: quinn::Connection) -> Arc<Holder> {
+        let holder = Arc::new(Holder {
+            conn,
+            activity: Mutex::new((0, Instant::now())),
+        });
+        self.0
+            .lock()
+            .expect("holders lock poisoned")
+            .push(holder.clone());
+        holder
+    }
+
+    /// Close the connection idle longest, if one has had no stream for EVICT_IDLE_AFTER.
+    fn evict_idle(&self, now: Instant) {
+        let holders = self.0.lock().expect("holders lock poisoned");
+        let activity: Vec<(usize, Instant)> = holders
+            .iter()
+            .map(|h| *h.activity.lock().expect("activity lock poisoned"))
+            .collect();
+        if let Some(i) = pick_idle(&activity, now, EVICT_IDLE_AFTER) {
+            let h = &holders[i];
+            let idle = now.saturating_duration_since(activity[i].1);
+            // Only idle connections are closed: no upload is cut short.
+            info!(
+                remote = %h.conn.remote_address(),
+                "evicted a connection idle for {idle:.1?}: another sender waits for a sending slot"
+            );
+            h.conn.close(
+                VarInt::from_u32(CLOSE_EVICTED),
+                b"evicted: idle while another sender waits for a sending slot (max_connections)",
+            );
+        }
+    }
+}
+
+/// Which of the connections (streams in progress, idle since) to evict: the one idle longest,
+/// if it has had no stream in progress for at least `after`.
+fn pick_idle(activity: &[(usize, Instant)], now: Instant, after: Duration) -> Option<usize> {
+    activity
+        .iter()
+        .enumerate()
+        .filter(|(_, (streams, since))| {
+            *streams == 0 && now.saturating_duration_since(*since) >= after
+        })
+        .min_by_key(|(_, (_, since))| *since)
+        .map(|(i, _)| i)
+}
+
+/// Removes a connection from [`Holders`] when its task ends.
+struct Registered(Arc<Holders>, Arc<Holder>);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0
+             .0
+            .lock()
+            .expect("holders lock poisoned")
+            .retain(|h| !Arc::ptr_eq(h, &self.1));
+    }
+}
+
+/// A stream in progress on a connection: the connection is not idle while one lives.
+struct Busy(Arc<Holder>);
+
+impl Busy {
+    fn new(holder: Arc<Holder>) -> Busy {
+        holder.activity.lock().expect("activity lock poisoned").0 += 1;
+        Busy(holder)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut a = self.0.activity.lock().expect("activity lock poisoned");
+        a.0 -= 1;
+        if a.0 == 0 {
+            a.1 = Instant::now();
+        }
     }
 }
 
@@ -287,11 +468,16 @@ enum Outcome {
     Gone(String),
 }
 
-async fn stream(mut send: SendStream, mut recv: RecvStream, shared: Shared) {
+async fn stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    conn_uploads: &Arc<Semaphore>,
+    shared: &Shared,
+) {
     let started = Instant::now();
     let span = tracing::Span::current();
     let idle = shared.idle;
-    let outcome = receive(&mut recv, &shared).await;
+    let outcome = receive(&mut recv, conn_uploads, shared).await;
     let reply = match outcome {
         Outcome::Gone(why) => {
             span.record("outcome", "abandoned");
@@ -334,11 +520,14 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: Shared) {
     }
 }
 
-async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
+async fn receive(recv: &mut RecvStream, conn_uploads: &Arc<Semaphore>, shared: &Shared) -> Outcome {
     let (archive, idle) = (&shared.archive, shared.idle);
+    // The whole header within one idle timeout, not one per read: a header trickled a byte at a
+    // time would otherwise hold the stream (and the connection's sending slot) for ever.
+    let header_due = tokio::time::Instant::now() + idle;
     macro_rules! read_or_gone {
-        ($fut:expr) => {
-            match timeout(idle, $fut).await {
+        ($fut:expr, $due:expr) => {
+            match tokio::time::timeout_at($due, $fut).await {
                 Err(_) => return Outcome::Gone(format!("no data for {idle:?}")),
                 Ok(Err(e)) => return Outcome::Gone(e.to_string()),
                 Ok(Ok(v)) => v,
@@ -348,7 +537,7 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
 
     let mut pre = [0u8; PREAMBLE_LEN];
-    read_or_gone!(recv.read_exact(&mut pre));
+    read_or_gone!(recv.read_exact(&mut pre), header_due);
     let len = match decode_preamble(&pre, MAX_HEADER_BYTES) {
         Ok(len) => len,
         Err(FrameError::Version { theirs, .. }) => {
@@ -364,7 +553,7 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
         }
     };
     let mut body = vec![0u8; len];
-    read_or_gone!(recv.read_exact(&mut body));
+    read_or_gone!(recv.read_exact(&mut body), header_due);
     let request = match Request::decode_body(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -413,7 +602,9 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
 
     // An upload slot before any per-upload memory (decoder, buffer) or temp file. Waiting here
     // costs no more than the stream's window, held by QUIC; the sender waits on flow control.
-    let permit = upload_slot(&shared.uploads).await;
+    let permit = upload_slot(conn_uploads, &shared.uploads, &shared.limits).await;
+    // From here the upload holds a slot others may need: it must keep up `min_upload_rate`.
+    let mut pace = Pace::new(idle, shared.limits.min_upload_rate);
     let tmp = match archive.temp(&name) {
         Ok(t) => t,
         Err(e) => return refuse(storage_refusal(&name, &e)),
@@ -439,7 +630,23 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
     let mut buf = vec![0u8; batch.min(max_wire as usize).max(1)];
     let mut filled = 0;
     loop {
-        let n = read_or_gone!(recv.read(&mut buf[filled..]));
+        let progress = sink.written.max(wire);
+        let now = tokio::time::Instant::now();
+        let rate_due = pace.due(progress);
+        if now >= rate_due {
+            return refuse(pace.too_slow(&name, request.size, progress));
+        }
+        let n =
+            match tokio::time::timeout_at(rate_due.min(now + idle), recv.read(&mut buf[filled..]))
+                .await
+            {
+                Err(_) if rate_due <= now + idle => {
+                    return refuse(pace.too_slow(&name, request.size, progress))
+                }
+                Err(_) => return Outcome::Gone(format!("no data for {idle:?}")),
+                Ok(Err(e)) => return Outcome::Gone(e.to_string()),
+                Ok(Ok(v)) => v,
+            };
         let done = n.is_none();
         if let Some(n) = n {
             filled += n;
@@ -453,12 +660,15 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
             }
         }
         if filled > 0 && (done || filled == buf.len()) {
-            // Decode, check and write on the blocking pool: it is CPU and disk work.
+            // Decode, check and write on the blocking pool: it is CPU and disk work, ours, so
+            // its time does not count against the sender's pace.
+            let ours = Instant::now();
             let result = tokio::task::spawn_blocking(move || {
                 let r = sink.consume(&buf[..filled]);
                 (sink, buf, r)
             })
             .await;
+            pace.exclude(ours.elapsed());
             match result {
                 Ok((s, b, Ok(()))) => (sink, buf) = (s, b),
                 Ok((_, _, Err(r))) => return refuse(r),
@@ -506,25 +716,94 @@ async fn receive(recv: &mut RecvStream, shared: &Shared) -> Outcome {
     }
 }
 
-/// Take one of the MAX_ACTIVE_UPLOADS slots, waiting (first come, first served) if all are busy.
-async fn upload_slot(uploads: &Arc<Semaphore>) -> OwnedSemaphorePermit {
-    match uploads.clone().try_acquire_owned() {
+/// Take one of this connection's upload slots, then one of the `max_uploads` slots, waiting
+/// (first come, first served) if all are busy. The connection's first: a stream waiting for it
+/// must not sit on a global slot meanwhile.
+async fn upload_slot(
+    conn_uploads: &Arc<Semaphore>,
+    uploads: &Arc<Semaphore>,
+    limits: &Limits,
+) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    let started = Instant::now();
+    let mine = match conn_uploads.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            let started = Instant::now();
-            debug!("{MAX_ACTIVE_UPLOADS} uploads in progress: waiting for one to finish");
-            let p = uploads
+            debug!(
+                "this connection has {} uploads in progress, its most: waiting for one to finish",
+                limits.per_connection
+            );
+            conn_uploads
                 .clone()
                 .acquire_owned()
                 .await
-                .expect("the semaphore is never closed");
-            debug!(
-                waited_ms = started.elapsed().as_millis() as u64,
-                "upload slot free"
+                .expect("the semaphore is never closed")
+        }
+    };
+    let global = match uploads.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            info!(
+                "{} uploads in progress (max_uploads): waiting for one to finish",
+                limits.max_uploads
             );
-            p
+            uploads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed")
+        }
+    };
+    let waited = started.elapsed();
+    if waited >= Duration::from_millis(100) {
+        info!(waited_ms = waited.as_millis() as u64, "upload slot free");
+    }
+    (mine, global)
+}
+
+/// The pace an upload holding a slot must keep: `min_rate` plain bytes per second on average,
+/// after a grace (the idle timeout) that covers a slow start and short stalls. Time the
+/// receiver itself spends decoding and writing is not counted against the sender.
+struct Pace {
+    started: tokio::time::Instant,
+    grace: Duration,
+    min_rate: u64,
+    excluded: Duration,
+}
+
+impl Pace {
+    fn new(grace: Duration, min_rate: u64) -> Pace {
+        Pace {
+            started: tokio::time::Instant::now(),
+            grace,
+            min_rate,
+            excluded: Duration::ZERO,
         }
     }
+
+    /// When the upload falls behind if no more than `progress` bytes have arrived by then.
+    fn due(&self, progress: u64) -> tokio::time::Instant {
+        self.started + self.grace + self.excluded + pace_time(progress, self.min_rate)
+    }
+
+    fn exclude(&mut self, d: Duration) {
+        self.excluded += d;
+    }
+
+    fn too_slow(&self, name: &str, announced: u64, received: u64) -> Refusal {
+        Refusal::TooSlow {
+            name: name.to_string(),
+            announced,
+            received,
+            elapsed_secs: self.started.elapsed().as_secs(),
+            min_rate: self.min_rate,
+            grace_secs: self.grace.as_secs(),
+        }
+    }
+}
+
+/// The time `bytes` take at `rate` bytes per second.
+fn pace_time(bytes: u64, rate: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
 }
 
 /// Where the bytes of one upload go: decoded, accounted for, written to the temp file.
@@ -578,6 +857,56 @@ fn write_refusal(name: &str, e: &std::io::Error) -> Refusal {
         Refusal::StorageFailed {
             name: name.to_string(),
             detail: format!("write: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_the_connection_idle_longest_and_only_after_a_while() {
+        let now = Instant::now();
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let after = Duration::from_secs(2);
+        // Busy connections are never picked, however old their last idle time.
+        assert_eq!(pick_idle(&[(1, ago(100)), (3, ago(50))], now, after), None);
+        // Idle, but not for long enough.
+        assert_eq!(pick_idle(&[(0, ago(1)), (1, ago(100))], now, after), None);
+        // The one idle longest.
+        assert_eq!(
+            pick_idle(
+                &[(0, ago(3)), (0, ago(10)), (2, ago(60)), (0, ago(5))],
+                now,
+                after
+            ),
+            Some(1)
+        );
+        assert_eq!(pick_idle(&[], now, after), None);
+    }
+
+    #[test]
+    fn pace_allows_the_grace_then_the_rate() {
+        let mut pace = Pace::new(Duration::from_secs(30), 64 << 10);
+        let start = pace.started;
+        assert_eq!(pace.due(0), start + Duration::from_secs(30));
+        // 16 MiB at 64 KiB/s: 256 s after the grace.
+        assert_eq!(pace.due(16 << 20), start + Duration::from_secs(286));
+        pace.exclude(Duration::from_secs(4));
+        assert_eq!(pace.due(0), start + Duration::from_secs(34));
+        match pace.too_slow("x", 100, 7) {
+            Refusal::TooSlow {
+                announced,
+                received,
+                min_rate,
+                grace_secs,
+                ..
+            } => assert_eq!(
+                (announced, received, min_rate, grace_secs),
+                (100, 7, 64 << 10, 30)
+            ),
+            other => panic!("{other:?}"),
         }
     }
 }

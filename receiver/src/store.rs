@@ -29,6 +29,10 @@ pub const PIN_FILE: &str = "walship.cluster";
 /// Archived files are readable by the owner's group too, so that `restore` run by the
 /// PostgreSQL user works when the receiver runs as another user of the same group.
 pub const FILE_MODE: u32 = 0o640;
+/// File in archive_dir that `serve` holds an exclusive lock on (flock) for its whole life, with
+/// its pid inside: a second `serve` on the same archive_dir stops before touching anything (it
+/// would remove the first one's in-flight temp files as leftovers). Not a WAL name.
+pub const LOCK_FILE: &str = "walship.lock";
 
 #[derive(Debug)]
 pub struct Archive {
@@ -38,6 +42,8 @@ pub struct Archive {
     /// Tests only: stop `commit` right after its fence check, to interleave a fence writer.
     #[cfg(test)]
     pause: Option<tests::Pause>,
+    /// [`LOCK_FILE`], locked: released when `serve` exits (or dies).
+    _lock: fs::File,
 }
 
 impl Archive {
@@ -49,6 +55,17 @@ impl Archive {
             path: dir.clone(),
             source,
         })?;
+        // Writable by us, or every upload would fail later, one refusal at a time.
+        rustix::fs::access(
+            &dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .map_err(|e| ReceiverError::ArchiveNotWritable {
+            path: dir.clone(),
+            source: e.into(),
+        })?;
+        // Ours alone before anything is removed: another `serve` may be mid-upload here.
+        let lock = lock_archive(&dir)?;
         for path in durable::remove_leftovers(&dir)? {
             warn!(path = %path.display(), "removed leftover of an interrupted transfer");
         }
@@ -81,6 +98,7 @@ impl Archive {
             cluster: Mutex::new(cluster),
             #[cfg(test)]
             pause: None,
+            _lock: lock,
         })
     }
 
@@ -225,6 +243,46 @@ impl Archive {
             Err(e) => Reply::Refused(storage_refusal(&name, &e)),
         }
     }
+}
+
+/// Take [`LOCK_FILE`] in `dir` (created 0640 if missing, never through a symlink) with an
+/// exclusive, non-blocking flock and write our pid in it. The lock lasts as long as the file is
+/// open: the kernel drops it when the process exits, however it exits.
+fn lock_archive(dir: &Path) -> Result<fs::File, ReceiverError> {
+    use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
+    use std::io::Write;
+    let path = dir.join(LOCK_FILE);
+    let err = |source: io::Error| ReceiverError::ArchiveDir {
+        path: path.clone(),
+        source,
+    };
+    let fd = open(
+        &path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o640),
+    )
+    .map_err(|e| err(e.into()))?;
+    if let Err(e) = flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            let mut pid = String::new();
+            let _ = fs::File::from(fd).read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(ReceiverError::ArchiveInUse {
+                path: dir.to_path_buf(),
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.to_string()
+                },
+            });
+        }
+        return Err(err(e.into()));
+    }
+    let mut file = fs::File::from(fd);
+    file.set_len(0).map_err(err)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .map_err(err)?;
+    Ok(file)
 }
 
 /// The refusal for a storage failure: disk full is named as such.
@@ -677,6 +735,7 @@ mod tests {
         let archive = Archive {
             dir: dir.to_path_buf(),
             cluster: Mutex::new(None),
+            _lock: lock_archive(dir).unwrap(),
             pause: Some(Pause {
                 reached: reached_tx,
                 resume: Mutex::new(resume_rx),
@@ -959,6 +1018,7 @@ mod tests {
         let archive = Archive {
             dir: dir.path().to_path_buf(),
             cluster: Mutex::new(None),
+            _lock: lock_archive(dir.path()).unwrap(),
             pause: None,
         };
         let (tmp, verified) = upload(&archive, 1, 3);

@@ -271,12 +271,13 @@ impl Daemon {
         let attempt = |conn: quinn::Connection| {
             let request = request.clone();
             async move {
+                let progress = push::Progress::default();
                 timeout(
                     settings.timeout,
-                    push::transfer(settings, &conn, path, request),
+                    push::transfer(settings, &conn, path, request, &progress),
                 )
                 .await
-                .unwrap_or_else(|_| Err(push::reply_timeout(settings, name)))
+                .unwrap_or_else(|_| Err(progress.timeout_error(settings, name)))
             }
         };
         let conn = self.connection().await?;

@@ -58,6 +58,25 @@ pub enum SenderError {
         name: String,
         timeout: Duration,
     },
+    #[error("receiver {addr} had no free sending slot for {name} within {timeout:?}: all the connections it lets send at once (max_connections in its config) were busy; see its log for which clients hold them (PostgreSQL will retry)")]
+    NoSendingSlot {
+        addr: String,
+        name: String,
+        timeout: Duration,
+    },
+    #[error("receiver {addr} did not take all of {name} within {timeout:?} ({sent} wire bytes sent): it had no free upload slot for it (all max_uploads busy: see its log), or the link is slow (PostgreSQL will retry; raise `timeout` in the sender config only if the link is slow)")]
+    NotTaken {
+        addr: String,
+        name: String,
+        timeout: Duration,
+        sent: u64,
+    },
+    #[error("receiver {addr} gave no reply for {name} within {timeout:?} after all of it was sent: it had no free upload slot for it (all max_uploads busy: see its log), or its disk is slow (PostgreSQL will retry)")]
+    NoReply {
+        addr: String,
+        name: String,
+        timeout: Duration,
+    },
     #[error("receiver {addr} sent an unreadable reply: {0}", addr = .1)]
     BadReply(FrameError, String),
     #[error("receiver refused {name}: {refusal}")]

@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,14 +45,15 @@ pub async fn push(
     let request = prepare_blocking(path, name, settings.compression).await?;
     tracing::debug!("prepared (name and header checked)");
     let target = Target::new(settings).await?;
+    let progress = Progress::default();
     let result = timeout(settings.timeout, async {
         let conn = target.connect().await?;
-        let result = transfer(settings, &conn, path, request).await;
+        let result = transfer(settings, &conn, path, request, &progress).await;
         conn.close(VarInt::from_u32(0), b"done");
         result
     })
     .await
-    .unwrap_or_else(|_| Err(reply_timeout(settings, name)));
+    .unwrap_or_else(|_| Err(progress.timeout_error(settings, name)));
     tracing::debug!("reply received");
     // The verdict is in hand. Give the endpoint driver a moment to put CONNECTION_CLOSE on the
     // wire so the receiver frees the connection at once rather than after its idle timeout,
@@ -67,6 +69,58 @@ pub fn reply_timeout(settings: &SenderSettings, name: &str) -> SenderError {
         addr: settings.receiver.clone(),
         name: name.to_string(),
         timeout: settings.timeout,
+    }
+}
+
+/// How far a transfer got, so that a push whose `timeout` runs out says where it was waiting.
+#[derive(Debug, Default)]
+pub struct Progress {
+    stage: AtomicU8,
+    /// Wire bytes handed to QUIC so far.
+    sent: AtomicU64,
+}
+
+/// Connected, waiting for the receiver to allow a stream: it gives stream credit only to the
+/// connections holding one of its `max_connections` sending slots.
+const STAGE_NO_STREAM: u8 = 1;
+/// Sending the content: a write blocks when the receiver does not read, which it does only
+/// once the upload holds one of its `max_uploads` upload slots (or when the link is slow).
+const STAGE_SENDING: u8 = 2;
+/// All bytes sent, waiting for the verdict.
+const STAGE_REPLY: u8 = 3;
+
+impl Progress {
+    fn set(&self, stage: u8) {
+        self.stage.store(stage, Ordering::Relaxed);
+    }
+
+    /// The error for a push whose `timeout` ran out at this point.
+    pub fn timeout_error(&self, settings: &SenderSettings, name: &str) -> SenderError {
+        let (addr, name, timeout) = (
+            settings.receiver.clone(),
+            name.to_string(),
+            settings.timeout,
+        );
+        match self.stage.load(Ordering::Relaxed) {
+            STAGE_NO_STREAM => SenderError::NoSendingSlot {
+                addr,
+                name,
+                timeout,
+            },
+            STAGE_SENDING => SenderError::NotTaken {
+                addr,
+                name,
+                timeout,
+                sent: self.sent.load(Ordering::Relaxed),
+            },
+            STAGE_REPLY => SenderError::NoReply {
+                addr,
+                name,
+                timeout,
+            },
+            // Still connecting (stage 0).
+            _ => reply_timeout(settings, &name),
+        }
     }
 }
 
@@ -226,12 +280,14 @@ fn client_endpoint(
     Ok(endpoint)
 }
 
-/// Send one file on a new stream of `conn` and wait for the receiver's verdict.
+/// Send one file on a new stream of `conn` and wait for the receiver's verdict, noting in
+/// `progress` how far it got (for the error when the caller's `timeout` runs out).
 pub async fn transfer(
     settings: &SenderSettings,
     conn: &quinn::Connection,
     path: &Path,
     request: Request,
+    progress: &Progress,
 ) -> Result<Pushed, SenderError> {
     let name = request.name.clone();
     let receiver = settings.receiver.clone();
@@ -246,7 +302,9 @@ pub async fn transfer(
         Some(_) => handshake_error(&receiver, &settings.server_name, e),
         None => lost(e.to_string()),
     };
+    progress.set(STAGE_NO_STREAM);
     let (mut tx, mut rx) = conn.open_bi().await.map_err(conn_err)?;
+    progress.set(STAGE_SENDING);
     let write_err = |e: quinn::WriteError| match e {
         quinn::WriteError::ConnectionLost(c) => conn_err(c),
         e => lost(e.to_string()),
@@ -272,9 +330,11 @@ pub async fn transfer(
             path: path.to_path_buf(),
             source,
         })?;
-        wire += chunk.len() as u64;
         match tx.write_all(&chunk).await {
-            Ok(()) => {}
+            Ok(()) => {
+                wire += chunk.len() as u64;
+                progress.sent.store(wire, Ordering::Relaxed);
+            }
             // The receiver stopped reading: it has answered already (refused or had it).
             Err(quinn::WriteError::Stopped(_)) => {
                 stopped_early = true;
@@ -290,6 +350,7 @@ pub async fn transfer(
         let _ = tx.finish();
     }
     tracing::debug!("all bytes written");
+    progress.set(STAGE_REPLY);
 
     let reply = read_reply(&mut rx).await.map_err(|e| match e {
         ReplyError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c))) => {

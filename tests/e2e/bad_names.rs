@@ -35,7 +35,7 @@ fn bad_names() {
         assert_refused(&out, &["name"]);
         assert_eq!(
             archive_names(&s.setup.archive_dir),
-            Vec::<String>::new(),
+            vec!["walship.lock".to_string()],
             "after push as {name:?}"
         );
     }

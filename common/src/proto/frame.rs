@@ -107,6 +107,15 @@ pub enum Refusal {
     BadBackup { name: String, reason: String },
     #[error("{name} cannot be checked while walship-receiver promote is running (the promotion LSN is not known yet); PostgreSQL will retry")]
     PromotionInProgress { name: String },
+    #[error("{name}: upload too slow, cut off after {elapsed_secs}s with {received} of {announced} bytes received; the receiver requires at least {min_rate} bytes/s per upload after a grace of {grace_secs}s (min_upload_rate): check the link, or lower min_upload_rate on the receiver (PostgreSQL will retry)")]
+    TooSlow {
+        name: String,
+        announced: u64,
+        received: u64,
+        elapsed_secs: u64,
+        min_rate: u64,
+        grace_secs: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
