@@ -9,22 +9,28 @@
 //!   a size and a cluster.
 //! - [`wal::history`], [`wal::backup`]: timeline history and backup history files, parsed and
 //!   checked against each other, the fence and the archive's segments.
-//! - [`pg_control`]: the cluster's system identifier from `global/pg_control`, CRC checked.
+//! - [`pg_control`]: the cluster's system identifier and timelines from `global/pg_control`
+//!   bytes, CRC checked.
+//! - [`handshake`]: why a TLS handshake failed (who closed, which alert) and the advice that
+//!   names the side and setting at fault.
 //! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN) and the
 //!   receive state machine (`Upload`).
-//! - [`durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir).
-//! - [`config`]: TOML config files to resolved settings.
-//! - [`tls`]: rustls configurations for mutual TLS and certificate generation.
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
+//!
+//! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
+//! - [`sys::durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir)
+//!   and link-free, non-blocking opens of files in archive_dir.
+//! - [`sys::config`]: TOML config files to resolved settings.
+//! - [`sys::tls`]: rustls configurations for mutual TLS from certificate and key files.
+//! - [`sys::pg_control`]: reading `global/pg_control` from a data directory.
 
-pub mod config;
-pub mod durable;
+pub mod handshake;
 pub mod lookahead;
 pub mod lsn;
 pub mod pg_control;
 pub mod proto;
 pub mod state;
-pub mod tls;
+pub mod sys;
 pub mod wal;
 
 pub use lsn::Lsn;

@@ -33,18 +33,6 @@ pub struct FileIdentity {
 }
 
 impl FileIdentity {
-    pub fn of(meta: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-
     /// Whether the file was last changed at least [`SETTLE`] before `now`, so that a change
     /// after `now` is sure to move its mtime or ctime.
     pub fn settled(&self, now: SystemTime) -> bool {
@@ -336,11 +324,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"one").unwrap();
-        let a = FileIdentity::of(&std::fs::metadata(&p).unwrap());
+        let a = crate::sys::file_identity(&std::fs::metadata(&p).unwrap());
         assert!(!a.settled(SystemTime::now() - SETTLE * 2));
         assert!(a.settled(SystemTime::now() + SETTLE));
         std::fs::write(&p, b"two!").unwrap();
-        let b = FileIdentity::of(&std::fs::metadata(&p).unwrap());
+        let b = crate::sys::file_identity(&std::fs::metadata(&p).unwrap());
         assert_ne!(a, b);
         assert_eq!(a.ino, b.ino);
     }

@@ -135,16 +135,6 @@ pub fn decode_timelines_at(bytes: &[u8], path: &Path) -> Result<ControlTimelines
     })
 }
 
-/// Read `<pgdata>/global/pg_control` and return its timelines.
-pub fn read_timelines(pgdata: &Path) -> Result<ControlTimelines, ControlError> {
-    let path = pgdata.join(CONTROL_FILE_PATH);
-    let bytes = std::fs::read(&path).map_err(|source| ControlError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    decode_timelines_at(&bytes, &path)
-}
-
 /// Check the version and the CRC, as PostgreSQL does before trusting any field. On success
 /// the bytes reach at least past the CRC, so every field before it can be read.
 fn verify(bytes: &[u8], path: &Path) -> Result<(), ControlError> {
@@ -190,17 +180,6 @@ fn verify(bytes: &[u8], path: &Path) -> Result<(), ControlError> {
     })
 }
 
-/// Read `<pgdata>/global/pg_control` and return its system identifier.
-pub fn read_system_id(pgdata: &Path) -> Result<SystemId, ControlError> {
-    let path = pgdata.join(CONTROL_FILE_PATH);
-    // The file is 8 KiB, so reading it whole is cheaper than being clever.
-    let bytes = std::fs::read(&path).map_err(|source| ControlError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    decode_system_id_at(&bytes, &path)
-}
-
 /// `offsetof(ControlFileData, crc)` for this `pg_control_version`, from [`CRC_OFFSETS`].
 pub fn crc_offset(version: u32) -> Option<usize> {
     CRC_OFFSETS
@@ -234,6 +213,7 @@ fn le_u64(b: &[u8], at: usize) -> Option<u64> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::sys::pg_control::{read_system_id, read_timelines};
 
     /// `global/pg_control` of a PostgreSQL 15.18 initdb, 8192 bytes; see tests/fixtures/README.md.
     const REAL: &[u8] = include_bytes!("../tests/fixtures/pg_control-pg15");

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use walship_common::config::ConfigError;
-use walship_common::durable::{DurableError, OpenError};
 use walship_common::pg_control::ControlError;
-use walship_common::tls::TlsError;
+use walship_common::sys::config::ConfigError;
+use walship_common::sys::durable::{DurableError, OpenError};
+use walship_common::sys::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {

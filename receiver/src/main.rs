@@ -10,18 +10,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use walship_common::config::{self, ReceiverSettings};
+use walship_common::sys::config::{self, ReceiverSettings};
 
-mod certs;
-mod error;
-mod promote;
-mod restore;
-mod serve;
-mod standby;
-mod status;
-mod store;
-
-use error::ReceiverError;
+use walship_receiver::error::ReceiverError;
+use walship_receiver::{certs, promote, restore, serve, status};
 
 /// Receive PostgreSQL WAL over QUIC (mutual TLS) and serve it to a standby's restore_command.
 #[derive(Parser)]

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::info;
-use walship_common::config::ReceiverSettings;
-use walship_common::pg_control;
 use walship_common::state::{
     newest_segment, replay_state, timeline_of_walfile, waiting_for, Fence, Replay, ReplayState,
 };
+use walship_common::sys::config::ReceiverSettings;
+use walship_common::sys::pg_control;
 use walship_common::wal::name::{SegmentName, TimelineId};
 use walship_common::Lsn;
 

@@ -14,13 +14,13 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use std::time::{SystemTime, UNIX_EPOCH};
-use walship_common::config::ReceiverSettings;
+use walship_common::sys::config::ReceiverSettings;
 
-use walship_common::durable::{self, OpenError, TEMP_PREFIX};
 use walship_common::state::{restore_record_name, RestoreEvent};
+use walship_common::sys::durable::{self, OpenError, TEMP_PREFIX};
 use walship_common::wal::header::LONG_PAGE_HEADER_LEN;
 use walship_common::wal::name::is_valid_seg_size;
-use walship_common::{pg_control, LongPageHeader, SegmentName, WalFileName};
+use walship_common::{sys, LongPageHeader, SegmentName, WalFileName};
 
 use crate::error::ReceiverError;
 use crate::store;
@@ -142,7 +142,7 @@ fn pinned_cluster(settings: &ReceiverSettings) -> Result<Option<walship_common::
         return Ok(Some(id));
     }
     match &settings.pgdata {
-        Some(pgdata) => pg_control::read_system_id(pgdata)
+        Some(pgdata) => sys::pg_control::read_system_id(pgdata)
             .map(Some)
             .map_err(|e| format!("read the standby's cluster identity: {e}")),
         None => Ok(None),

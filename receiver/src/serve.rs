@@ -10,8 +10,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
-use walship_common::config::ReceiverSettings;
-use walship_common::durable::{is_disk_full, TempFile};
+use walship_common::handshake;
 use walship_common::proto::encoding::max_wire_bytes;
 use walship_common::proto::frame::{
     decode_preamble, FrameError, MAX_HEADER_BYTES, PREAMBLE_LEN, TRAILER_LEN,
@@ -20,7 +19,9 @@ use walship_common::proto::upload::TrailerSplit;
 use walship_common::proto::{
     BodyDecoder, Encoding, Refusal, Reply, Request, Upload, PROTOCOL_VERSION,
 };
-use walship_common::tls;
+use walship_common::sys::config::ReceiverSettings;
+use walship_common::sys::durable::{is_disk_full, TempFile};
+use walship_common::sys::tls;
 
 use crate::error::ReceiverError;
 use crate::store::{storage_refusal, Archive};
@@ -264,7 +265,7 @@ async fn connection(
             let text = e.to_string();
             if let Some(failure) = tls_failure(&e) {
                 // A certificate problem on one side or the other: a person must look.
-                let advice = failure.advice(tls::Side::Receiver, "");
+                let advice = failure.advice(handshake::Side::Receiver, "");
                 error!("rejected connection: {advice} ({text})");
             } else {
                 // A client that hangs up (its connect timeout ran out, it was killed) is not
@@ -449,14 +450,15 @@ impl Drop for Busy {
 /// certificate refused, no certificate, ALPN mismatch), and who sent it: our TLS stack refusing
 /// the client (`TransportError`) or the client refusing us (`ConnectionClosed`). `None` when the
 /// peer simply left.
-fn tls_failure(e: &quinn::ConnectionError) -> Option<tls::HandshakeFailure> {
+fn tls_failure(e: &quinn::ConnectionError) -> Option<handshake::HandshakeFailure> {
     match e {
         quinn::ConnectionError::TransportError(t) => {
-            tls::HandshakeFailure::from_quic_code(tls::Origin::Local, u64::from(t.code))
+            handshake::HandshakeFailure::from_quic_code(handshake::Origin::Local, u64::from(t.code))
         }
-        quinn::ConnectionError::ConnectionClosed(c) => {
-            tls::HandshakeFailure::from_quic_code(tls::Origin::Peer, u64::from(c.error_code))
-        }
+        quinn::ConnectionError::ConnectionClosed(c) => handshake::HandshakeFailure::from_quic_code(
+            handshake::Origin::Peer,
+            u64::from(c.error_code),
+        ),
         _ => None,
     }
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
-use walship_common::config::ReceiverSettings;
 use walship_common::state::{Replay, RestoreLog};
+use walship_common::sys::config::ReceiverSettings;
 use walship_common::wal::name::TimelineId;
 use walship_common::Lsn;
 

@@ -5,8 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use walship_common::config::ReceiverSettings;
 use walship_common::state::RestoreEvent;
+use walship_common::sys::config::ReceiverSettings;
 
 use crate::error::ReceiverError;
 use crate::promote::newest_arrival;

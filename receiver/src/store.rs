@@ -10,16 +10,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
-use walship_common::config::ReceiverSettings;
-use walship_common::durable::{self, DurableError, OpenError, Published, TempFile};
 use walship_common::proto::digest::{Digest, Hasher};
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
 use walship_common::state::{
     is_restore_record_name, restore_record_name, Fence, RestoreLog, FENCE_FILE, FENCE_LOCK_FILE,
     RESTORE_LOG_FILE,
 };
+use walship_common::sys::config::ReceiverSettings;
+use walship_common::sys::durable::{self, DurableError, OpenError, Published, TempFile};
 use walship_common::wal::history::{History, MAX_HISTORY_BYTES};
-use walship_common::{pg_control, SystemId, TimelineId, WalFileName};
+use walship_common::{sys, SystemId, TimelineId, WalFileName};
 
 use crate::error::ReceiverError;
 
@@ -72,7 +72,7 @@ impl Archive {
         let pinned = read_pin(&dir)?;
         let cluster = match &settings.pgdata {
             Some(pgdata) => {
-                let standby = pg_control::read_system_id(pgdata)?;
+                let standby = sys::pg_control::read_system_id(pgdata)?;
                 match pinned {
                     Some(p) if p != standby => {
                         return Err(ReceiverError::ClusterMismatch {

@@ -15,10 +15,10 @@ use quinn::VarInt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::timeout;
-use walship_common::config::SenderSettings;
 use walship_common::lookahead::{self, Book, FileIdentity, Lookup, Outcome, SETTLE};
 use walship_common::proto::frame::PREAMBLE_LEN;
 use walship_common::proto::handoff::{decode_handoff_preamble, Handoff, HandoffReply};
+use walship_common::sys::config::SenderSettings;
 use walship_common::WalFileName;
 
 use crate::error::SenderError;
@@ -34,7 +34,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// look-ahead at its maximum (8) two slots stay for PostgreSQL's own pushes. Memory per
 /// transfer is about 4 MiB (read, hash and wire chunk queues, the zstd context), so the daemon
 /// stays near 50 MiB at worst, send window included.
-const TRANSFER_SLOTS: usize = walship_common::config::MAX_LOOKAHEAD + 2;
+const TRANSFER_SLOTS: usize = walship_common::sys::config::MAX_LOOKAHEAD + 2;
 /// A `push` that connects must send its request at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -399,7 +399,7 @@ impl Daemon {
 async fn identity(path: &Path) -> Result<FileIdentity, SenderError> {
     tokio::fs::metadata(path)
         .await
-        .map(|m| FileIdentity::of(&m))
+        .map(|m| walship_common::sys::file_identity(&m))
         .map_err(|source| SenderError::ReadFile {
             path: path.to_path_buf(),
             source,

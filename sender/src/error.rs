@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use walship_common::config::ConfigError;
 use walship_common::proto::{FrameError, Refusal};
-use walship_common::tls::TlsError;
+use walship_common::sys::config::ConfigError;
+use walship_common::sys::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {

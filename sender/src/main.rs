@@ -8,15 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use walship_common::config::{self, SenderSettings};
 use walship_common::proto::handoff::HandoffReply;
+use walship_common::sys::config::{self, SenderSettings};
 
-mod daemon;
-mod error;
-mod handoff;
-mod push;
-
-use error::SenderError;
+use walship_sender::error::SenderError;
+use walship_sender::{daemon, handoff, push};
 
 /// Ship PostgreSQL WAL to a walship-receiver over QUIC with mutual TLS.
 #[derive(Parser)]

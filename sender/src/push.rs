@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use quinn::VarInt;
 use tokio::time::timeout;
-use walship_common::config::SenderSettings;
 use walship_common::proto::digest::Hasher;
 use walship_common::proto::frame::{
     decode_preamble, MAX_FILE_BYTES, MAX_REPLY_BYTES, PREAMBLE_LEN,
 };
 use walship_common::proto::{BodyEncoder, Encoding, Reply, Request};
+use walship_common::sys::config::SenderSettings;
+use walship_common::sys::tls;
 use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
-use walship_common::{tls, WalFileName};
+use walship_common::{handshake, WalFileName};
 
 use crate::error::SenderError;
 
@@ -460,7 +461,7 @@ pub fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError)
     let detail = match tls_failure(&e) {
         Some(failure) => format!(
             "{} ({text})",
-            failure.advice(tls::Side::Sender, server_name)
+            failure.advice(handshake::Side::Sender, server_name)
         ),
         None => format!("{text}; PostgreSQL will retry"),
     };
@@ -472,14 +473,15 @@ pub fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError)
 
 /// The TLS alert that ended a connection, and whether we raised it (our TLS stack refused the
 /// receiver: quinn's `TransportError`) or the receiver sent it (`ConnectionClosed`).
-pub fn tls_failure(e: &quinn::ConnectionError) -> Option<tls::HandshakeFailure> {
+pub fn tls_failure(e: &quinn::ConnectionError) -> Option<handshake::HandshakeFailure> {
     match e {
         quinn::ConnectionError::TransportError(t) => {
-            tls::HandshakeFailure::from_quic_code(tls::Origin::Local, u64::from(t.code))
+            handshake::HandshakeFailure::from_quic_code(handshake::Origin::Local, u64::from(t.code))
         }
-        quinn::ConnectionError::ConnectionClosed(c) => {
-            tls::HandshakeFailure::from_quic_code(tls::Origin::Peer, u64::from(c.error_code))
-        }
+        quinn::ConnectionError::ConnectionClosed(c) => handshake::HandshakeFailure::from_quic_code(
+            handshake::Origin::Peer,
+            u64::from(c.error_code),
+        ),
         _ => None,
     }
 }

@@ -7,7 +7,7 @@ use crate::process::Cmd;
 use crate::scenario::Scenario;
 
 /// What `certs` writes, in this order: the contract, spelled out here rather than taken
-/// from `walship_common::tls::CERT_FILES`, so that a rename there fails the tests.
+/// from `walship_common::sys::tls::CERT_FILES`, so that a rename there fails the tests.
 pub const CERT_FILES: [&str; 6] = [
     "ca.pem",
     "ca.key",

@@ -229,14 +229,14 @@ pub async fn read_reply(recv: &mut RecvStream) -> StreamEnd {
 
 /// The sender's TLS configuration (as `walship-sender` builds it), from PEM files.
 pub fn client_tls(ca: &Path, cert: &Path, key: &Path) -> rustls::ClientConfig {
-    walship_common::tls::client_config(ca, cert, key)
+    walship_common::sys::tls::client_config(ca, cert, key)
         .unwrap_or_else(|e| panic!("raw client TLS configuration: {e}"))
 }
 
 /// A TLS configuration trusting `ca` but presenting no client certificate.
 pub fn client_tls_without_cert(ca: &Path) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in walship_common::tls::load_certs("CA", ca).expect("load CA") {
+    for cert in walship_common::sys::tls::load_certs("CA", ca).expect("load CA") {
         roots.add(cert).expect("add CA to roots");
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
