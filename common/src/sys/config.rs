@@ -94,6 +94,7 @@ pub struct ReceiverFile {
     pub max_connections: Option<usize>,
     pub stream_window: Option<Size>,
     pub min_upload_rate: Option<Size>,
+    pub retain_for: Option<String>,
 }
 
 /// A size as written in TOML: a number of bytes, or a string like `"256KiB"` (units B, KiB,
@@ -153,6 +154,8 @@ pub struct ReceiverSettings {
     /// Plain bytes per second an upload must average once it holds an upload slot, after a
     /// grace of `idle_timeout` (`min_upload_rate`).
     pub min_upload_rate: u64,
+    /// `cleanup` keeps files stored less than this long ago (`retain_for`; zero: off).
+    pub retain_for: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +276,7 @@ impl ReceiverSettings {
             max_connections,
             stream_window: u32::try_from(stream_window).expect("bounded by STREAM_WINDOW_RANGE"),
             min_upload_rate,
+            retain_for: parse_retain_for(path, file.retain_for.as_deref())?,
         })
     }
 
@@ -419,6 +423,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `retain_for`: a duration, or zero in any unit (`"0"`, `"0s"`), the default, for none.
+fn parse_retain_for(path: &Path, value: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(v) = value else {
+        return Ok(Duration::ZERO);
+    };
+    let t = v.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    if num.trim().parse::<f64>() == Ok(0.0) && ["", "ms", "s", "m", "min", "h"].contains(&unit) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(v).map_err(|reason| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: "retain_for",
+        value: v.to_string(),
+        reason,
+    })
+}
+
 /// Parse a size: a TOML integer of bytes, or a string like `"256KiB"`, `"1MiB"`, `"65536"`
 /// (units B, KiB, MiB, GiB; with `per_second`, an optional `/s` suffix too).
 pub fn parse_size(value: &Size, per_second: bool) -> Result<u64, String> {
@@ -546,6 +568,36 @@ mod tests {
                 err.contains(key) && err.contains("receiver.toml"),
                 "{line}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn retain_for_is_off_by_default_and_takes_a_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        let base = "listen = \"127.0.0.1:7443\"\narchive_dir = \"a\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(
+            ReceiverSettings::load(&path).unwrap().retain_for,
+            Duration::ZERO
+        );
+        for (value, want) in [
+            ("\"2h\"", Duration::from_secs(7200)),
+            ("\"90m\"", Duration::from_secs(5400)),
+            ("\"0\"", Duration::ZERO),
+            ("\"0s\"", Duration::ZERO),
+        ] {
+            std::fs::write(&path, format!("{base}retain_for = {value}\n")).unwrap();
+            assert_eq!(
+                ReceiverSettings::load(&path).unwrap().retain_for,
+                want,
+                "{value}"
+            );
+        }
+        for value in ["\"forever\"", "\"0 parsecs\"", "\"-1h\""] {
+            std::fs::write(&path, format!("{base}retain_for = {value}\n")).unwrap();
+            let err = ReceiverSettings::load(&path).unwrap_err().to_string();
+            assert!(err.contains("retain_for"), "{value}: {err}");
         }
     }
 
