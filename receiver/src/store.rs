@@ -118,16 +118,31 @@ impl Archive {
         match name.parse::<WalFileName>() {
             Ok(WalFileName::History(_)) => facts.histories = read_histories(&self.dir),
             Ok(WalFileName::Backup { segment, .. }) => {
-                // lstat: a symlink or anything but a regular file is not a stored segment.
-                facts.backup_segment_bytes =
-                    fs::symlink_metadata(self.dir.join(segment.to_string()))
-                        .ok()
-                        .filter(|m| m.file_type().is_file())
-                        .map(|m| m.len());
+                facts.backup_segment_bytes = self.segment_at_or_after(&segment);
             }
             _ => {}
         }
         facts
+    }
+
+    /// The size of the stored segment `start`, or else of one stored after it: a backup
+    /// history file is tied to this archive by its start segment, but `cleanup` may already
+    /// have removed that segment when a long base backup ends (the standby passed it at a
+    /// restartpoint). Refusing the file then would stall the primary's archiver for good; a
+    /// later segment of this cluster shows the archive did hold the WAL the backup starts in.
+    /// Only regular files count (list() reads lstat).
+    fn segment_at_or_after(&self, start: &SegmentName) -> Option<u64> {
+        let files = list(&self.dir).ok()?;
+        let seg = |f: &StoredFile| match f.name {
+            WalFileName::Segment(s) => Some((s, f.bytes)),
+            _ => None,
+        };
+        files
+            .iter()
+            .filter_map(seg)
+            .filter(|(s, _)| (s.log, s.seg) >= (start.log, start.seg))
+            .min_by_key(|(s, _)| (s.log, s.seg) != (start.log, start.seg))
+            .map(|(_, bytes)| bytes)
     }
 
     /// A temp file for an incoming `name`.
@@ -494,5 +509,25 @@ mod tests {
             Reply::Refused(Refusal::StorageFailed { .. })
         ));
         assert!(!dir.path().join(verified.name.to_string()).exists());
+    }
+
+    #[test]
+    fn a_backup_history_file_is_tied_to_its_start_segment_or_one_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, _, _) = paused_archive(dir.path());
+        let name = |no| SegmentName::from_segno(TimelineId(1), SegNo(no), SEG).to_string();
+        let backup = format!("{}.00000028.backup", name(5));
+        // Nothing stored at or after segment 5: not tied to this archive (yet).
+        fs::write(dir.path().join(name(4)), vec![0u8; 100]).unwrap();
+        assert_eq!(archive.facts(&backup).backup_segment_bytes, None);
+        // A later segment: cleanup removed the start segment after the standby passed it.
+        fs::write(dir.path().join(name(7)), vec![0u8; 300]).unwrap();
+        assert_eq!(archive.facts(&backup).backup_segment_bytes, Some(300));
+        // The start segment itself wins; a link under its name is not a stored segment.
+        std::os::unix::fs::symlink(dir.path().join(name(4)), dir.path().join(name(5))).unwrap();
+        assert_eq!(archive.facts(&backup).backup_segment_bytes, Some(300));
+        fs::remove_file(dir.path().join(name(5))).unwrap();
+        fs::write(dir.path().join(name(5)), vec![0u8; 200]).unwrap();
+        assert_eq!(archive.facts(&backup).backup_segment_bytes, Some(200));
     }
 }
