@@ -16,6 +16,7 @@
 //! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN) and the
 //!   receive state machine (`Upload`).
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
+//! - [`version`]: the `--version` line (release and protocol version).
 //!
 //! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
 //! - [`sys::durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir)
@@ -31,6 +32,7 @@ pub mod pg_control;
 pub mod proto;
 pub mod state;
 pub mod sys;
+pub mod version;
 pub mod wal;
 
 pub use lsn::Lsn;

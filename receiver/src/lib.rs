@@ -3,9 +3,11 @@
 //!
 //! Floors, top down: the entry points `serve`, `restore`, `promote`, `status`, `certs` (one per
 //! subcommand) use `store` (the archive directory) and `standby` (talking to the standby
-//! PostgreSQL), which use `walship_common`. `error` holds the crate's one error enum.
+//! PostgreSQL), which use `walship_common`. `error` holds the crate's one error enum; `cli` the
+//! clap definitions of the command line (also read by the man page and completion generator).
 
 pub mod certs;
+pub mod cli;
 pub mod error;
 pub mod promote;
 pub mod restore;
