@@ -20,6 +20,7 @@
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
 //! - [`retention`]: which archived files a standby no longer needs (`cleanup %r`, the rule of
 //!   `pg_archivecleanup`, plus `retain_for`).
+//! - [`version`]: the `--version` line (release and protocol version).
 //!
 //! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
 //! - [`sys::durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir)
@@ -37,6 +38,7 @@ pub mod proto;
 pub mod retention;
 pub mod state;
 pub mod sys;
+pub mod version;
 pub mod wal;
 
 pub use lsn::Lsn;

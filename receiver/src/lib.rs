@@ -7,13 +7,14 @@
 //! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment) and
 //!    [`standby`] (talking to the standby PostgreSQL);
 //! 3. [`state`] (the archive's state files: pin, fence and its lock, restore records,
-//!    `serve`'s lock), [`error`] (the
-//!    crate's one error enum);
+//!    `serve`'s lock), [`error`] (the crate's one error enum) and [`cli`] (the clap
+//!    definitions of the command line, also read by the man page and completion generator);
 //! 4. `walship_common`: the pure core (names, headers, formats of the state files, decisions)
 //!    and its IO under `sys` (the durable-write helper, config, TLS files).
 
 pub mod certs;
 pub mod cleanup;
+pub mod cli;
 pub mod error;
 pub mod promote;
 pub mod restore;

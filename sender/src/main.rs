@@ -7,39 +7,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use walship_common::proto::handoff::HandoffReply;
 use walship_common::sys::config::{self, SenderSettings};
 
+use walship_sender::cli::{Cli, Command};
 use walship_sender::error::SenderError;
 use walship_sender::{daemon, handoff, push};
-
-/// Ship PostgreSQL WAL to a walship-receiver over QUIC with mutual TLS.
-#[derive(Parser)]
-#[command(name = "walship-sender", version)]
-struct Cli {
-    /// Config file (TOML); relative paths in it are resolved against its directory.
-    #[arg(long, global = true, env = "WALSHIP_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// archive_command: push the file at PATH as NAME (`push %p %f`); exit 0 only once the
-    /// receiver has verified and durably stored it.
-    Push {
-        /// Path of the file (%p), relative to the data directory when run by PostgreSQL.
-        path: PathBuf,
-        /// WAL file name (%f).
-        name: String,
-    },
-    /// Run beside the primary: keep a warm connection to the receiver, answer `push` on the
-    /// Unix socket `socket`, and with `pgdata` ship `.ready` segments ahead (`lookahead`).
-    /// Foreground; SIGTERM or SIGINT stops it (exit 0).
-    Daemon,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

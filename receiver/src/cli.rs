@@ -1,0 +1,66 @@
+//! The command line of `walship-receiver`: clap definitions only, so that the binary parses it
+//! and the packaging generator (`packaging/`) renders man pages and shell completions from it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Receive PostgreSQL WAL over QUIC (mutual TLS) and serve it to a standby's restore_command.
+#[derive(Parser)]
+#[command(name = "walship-receiver", version = walship_common::version::LINE.as_str())]
+pub struct Cli {
+    /// Config file (TOML); relative paths in it are resolved against its directory.
+    #[arg(long, global = true, env = "WALSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Accept WAL from walship-sender and store it durably in archive_dir (until SIGINT/SIGTERM).
+    Serve,
+    /// restore_command: copy archived file NAME to PATH (`restore %f %p`).
+    Restore {
+        /// WAL file name PostgreSQL asks for (%f).
+        name: String,
+        /// Where to put it (%p).
+        path: PathBuf,
+    },
+    /// Create a CA, a server and a client certificate for mutual TLS.
+    Certs {
+        /// Directory to write ca.pem ca.key server.pem server.key client.pem client.key into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name (DNS name or IP address) the sender uses to reach this receiver (server_name).
+        #[arg(long)]
+        server_name: String,
+    },
+    /// Manual failover: wait until the standby replayed everything archived, fence the old
+    /// timeline, promote the standby and report the promotion LSN and new timeline.
+    Promote {
+        /// Seconds to wait for replay before giving up without promoting.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Promote now, without waiting for the standby to replay what is archived.
+        #[arg(long)]
+        no_wait_replay: bool,
+    },
+    /// archive_cleanup_command: remove archived WAL files the standby no longer needs, those
+    /// before %r on any timeline (as pg_archivecleanup does); keeps history and state files and
+    /// files stored less than retain_for ago.
+    Cleanup {
+        /// Print the names that would be removed, one per line, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The WAL file of the standby's last restartpoint (%r).
+        #[arg(value_name = "%r")]
+        restart: String,
+    },
+    /// Show what the archive holds, whether it is fenced, and the standby's replay position.
+    Status {
+        /// Machine-readable output (stable fields, documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,33 @@
+//! The command line of `walship-sender`: clap definitions only, so that the binary parses it
+//! and the packaging generator (`packaging/`) renders man pages and shell completions from it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Ship PostgreSQL WAL to a walship-receiver over QUIC with mutual TLS.
+#[derive(Parser)]
+#[command(name = "walship-sender", version = walship_common::version::LINE.as_str())]
+pub struct Cli {
+    /// Config file (TOML); relative paths in it are resolved against its directory.
+    #[arg(long, global = true, env = "WALSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// archive_command: push the file at PATH as NAME (`push %p %f`); exit 0 only once the
+    /// receiver has verified and durably stored it.
+    Push {
+        /// Path of the file (%p), relative to the data directory when run by PostgreSQL.
+        path: PathBuf,
+        /// WAL file name (%f).
+        name: String,
+    },
+    /// Run beside the primary: keep a warm connection to the receiver, answer `push` on the
+    /// Unix socket `socket`, and with `pgdata` ship `.ready` segments ahead (`lookahead`).
+    /// Foreground; SIGTERM or SIGINT stops it (exit 0).
+    Daemon,
+}
