@@ -13,8 +13,9 @@
 //!   bytes, CRC checked.
 //! - [`handshake`]: why a TLS handshake failed (who closed, which alert) and the advice that
 //!   names the side and setting at fault.
-//! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN) and the
-//!   receive state machine (`Upload`).
+//! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN, version
+//!   negotiation) and the pipeline between the wire and a verified file: `Incoming` on the
+//!   receiver, `Outgoing` on the sender.
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
 //!
 //! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
@@ -23,6 +24,7 @@
 //! - [`sys::config`]: TOML config files to resolved settings.
 //! - [`sys::tls`]: rustls configurations for mutual TLS from certificate and key files.
 //! - [`sys::pg_control`]: reading `global/pg_control` from a data directory.
+//! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
 pub mod handshake;
 pub mod lookahead;

@@ -17,7 +17,7 @@ use walship_receiver::{certs, promote, restore, serve, status};
 
 /// Receive PostgreSQL WAL over QUIC (mutual TLS) and serve it to a standby's restore_command.
 #[derive(Parser)]
-#[command(name = "walship-receiver", version)]
+#[command(name = "walship-receiver", version = walship_common::proto::frame::VERSION_LINE)]
 struct Cli {
     /// Config file (TOML); relative paths in it are resolved against its directory.
     #[arg(long, global = true, env = "WALSHIP_CONFIG")]

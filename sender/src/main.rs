@@ -16,7 +16,7 @@ use walship_sender::{daemon, handoff, push};
 
 /// Ship PostgreSQL WAL to a walship-receiver over QUIC with mutual TLS.
 #[derive(Parser)]
-#[command(name = "walship-sender", version)]
+#[command(name = "walship-sender", version = walship_common::proto::frame::VERSION_LINE)]
 struct Cli {
     /// Config file (TOML); relative paths in it are resolved against its directory.
     #[arg(long, global = true, env = "WALSHIP_CONFIG")]
@@ -104,7 +104,7 @@ fn run_push(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| SenderError::Internal(e.to_string()))?;
+        .map_err(|source| SenderError::Runtime { source })?;
     runtime.block_on(push::push(&settings, path, name))
 }
 
