@@ -17,6 +17,8 @@
 //!   negotiation) and the pipeline between the wire and a verified file: `Incoming` on the
 //!   receiver, `Outgoing` on the sender.
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
+//! - [`retention`]: which archived files a standby no longer needs (`cleanup %r`, the rule of
+//!   `pg_archivecleanup`, plus `retain_for`).
 //!
 //! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
 //! - [`sys::durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir)
@@ -31,6 +33,7 @@ pub mod lookahead;
 pub mod lsn;
 pub mod pg_control;
 pub mod proto;
+pub mod retention;
 pub mod state;
 pub mod sys;
 pub mod wal;

@@ -5,18 +5,38 @@
 use std::path::Path;
 
 use walship_common::sys::durable;
-use walship_common::sys::tls::TlsError;
+use walship_common::sys::tls::{check_server_name, TlsError};
 
+/// `certs --dir DIR --server-name NAME`: refuses a name the sender could not use before
+/// writing anything, then writes the six files (never over existing ones) and says where each
+/// goes.
 pub fn certs(dir: &Path, server_name: &str) -> Result<(), TlsError> {
+    check_certificate_name(server_name).map_err(|reason| TlsError::BadServerName {
+        name: server_name.to_string(),
+        reason,
+    })?;
     CertSet::generate(server_name, Validity::ten_years())?.write(dir)?;
     for f in CERT_FILES {
         println!("{}", dir.join(f).display());
     }
     eprintln!(
-        "walship-receiver: created a CA and certificates for server name {server_name:?} in {}. \
-         Keep ca.key offline; copy ca.pem, client.pem and client.key to the primary (owned by the PostgreSQL user, mode 600 for the key).",
+        "walship-receiver: created a CA, a server certificate for {server_name:?} and a client certificate in {}. \
+         Copy ca.pem, server.pem and server.key to the receiver's host; ca.pem, client.pem and client.key to the primary, \
+         with server_name = {server_name:?} in its sender.toml; keys owned by the user running walship there, mode 0600. \
+         Keep ca.key off both hosts.",
         dir.display()
     );
+    Ok(())
+}
+
+/// Why `name` cannot go into the server certificate: what the sender's `server_name` refuses,
+/// and a trailing dot (the sender may write "host." for "host", but a certificate made for
+/// "host." matches no name at all).
+fn check_certificate_name(name: &str) -> Result<(), String> {
+    check_server_name(name)?;
+    if name.ends_with('.') {
+        return Err("remove the trailing dot".into());
+    }
     Ok(())
 }
 
@@ -111,8 +131,7 @@ impl CertSet {
     /// Write the six files into `dir` (created if missing), keys 0600, certificates 0644.
     /// Refuses, writing nothing, if any of them exists.
     pub fn write(&self, dir: &Path) -> Result<(), TlsError> {
-        std::fs::create_dir_all(dir).map_err(|source| TlsError::Read {
-            what: "certificate directory",
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -188,5 +207,32 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_key(&key).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_name_the_sender_cannot_use_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in ["", "a b", "standby.", "*.example.com", "[::1]"]
+            .iter()
+            .enumerate()
+        {
+            let out = dir.path().join(i.to_string());
+            let err = certs(&out, name).unwrap_err();
+            assert!(
+                matches!(err, TlsError::BadServerName { .. }),
+                "{name:?}: {err}"
+            );
+            assert!(err.to_string().contains("nothing was written"), "{err}");
+            assert!(!out.exists(), "{name:?}");
+        }
+        for name in [
+            "localhost",
+            "standby.example.com",
+            "10.0.0.7",
+            "::1",
+            "db_1.internal",
+        ] {
+            assert_eq!(check_certificate_name(name), Ok(()), "{name:?}");
+        }
     }
 }

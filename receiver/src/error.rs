@@ -89,6 +89,14 @@ pub enum ReceiverError {
     },
     #[error("{0}")]
     BadName(#[from] walship_common::wal::name::NameError),
+    #[error("cleanup: {action} {}: {source}{advice}; PostgreSQL logs a warning and runs archive_cleanup_command again at the next restartpoint", path.display())]
+    Cleanup {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        advice: &'static str,
+    },
     #[error("a serving task failed: {0}")]
     Task(String),
 }

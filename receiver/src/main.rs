@@ -3,6 +3,8 @@
 //! Exit codes (all below 126: higher ones make PostgreSQL abort recovery):
 //! - `serve`: 0 clean shutdown after a signal, 1 could not start or a task failed.
 //! - `restore`: 0 copied, 1 not in the archive (nothing on stderr), 2 any other error.
+//! - `cleanup`: 0 done (also with nothing to remove), 2 `%r` is not a WAL file name (nothing
+//!   removed), 1 any other failure.
 //! - other commands: 0 success, 1 failure.
 
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use walship_common::sys::config::{self, ReceiverSettings};
 
 use walship_receiver::error::ReceiverError;
-use walship_receiver::{certs, promote, restore, serve, status};
+use walship_receiver::{certs, cleanup, promote, restore, serve, status};
 
 /// Receive PostgreSQL WAL over QUIC (mutual TLS) and serve it to a standby's restore_command.
 #[derive(Parser)]
@@ -55,6 +57,17 @@ enum Command {
         /// Promote now, without waiting for the standby to replay what is archived.
         #[arg(long)]
         no_wait_replay: bool,
+    },
+    /// archive_cleanup_command: remove archived WAL files the standby no longer needs, those
+    /// before %r on any timeline (as pg_archivecleanup does); keeps history and state files and
+    /// files stored less than retain_for ago.
+    Cleanup {
+        /// Print the names that would be removed, one per line, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The WAL file of the standby's last restartpoint (%r).
+        #[arg(value_name = "%r")]
+        restart: String,
     },
     /// Show what the archive holds, whether it is fenced, and the standby's replay position.
     Status {
@@ -127,6 +140,13 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(&e),
             }
+        }
+        Command::Cleanup { dry_run, restart } => {
+            // Run by PostgreSQL after each restartpoint: its own lines only, unless RUST_LOG asks.
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_tracing("warn");
+            }
+            ExitCode::from(cleanup::command(cli.config.as_deref(), &restart, dry_run))
         }
         Command::Certs { dir, server_name } => {
             init_tracing("warn");

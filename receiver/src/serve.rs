@@ -104,6 +104,15 @@ pub async fn run(
     settings: ReceiverSettings,
     shutdown: CancellationToken,
 ) -> Result<(), ReceiverError> {
+    run_with(settings, shutdown, tokio::sync::oneshot::channel().0).await
+}
+
+/// [`run`], sending the bound address to `ready` once listening (tests bind port 0).
+pub async fn run_with(
+    settings: ReceiverSettings,
+    shutdown: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
+) -> Result<(), ReceiverError> {
     let archive = Arc::new(Archive::open(&settings)?);
     let (endpoint, local) = endpoint(&settings)?;
     info!(
@@ -114,6 +123,7 @@ pub async fn run(
         min_upload_rate = settings.min_upload_rate,
         "listening on {local}"
     );
+    let _ = ready.send(local);
 
     let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(MAX_OPEN_CONNECTIONS));

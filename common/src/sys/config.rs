@@ -3,14 +3,21 @@
 //! key), `*Settings` holds parsed addresses, durations and paths resolved against the config
 //! file's directory. Certificates are loaded later, by the commands that need them, so
 //! `restore` (run by PostgreSQL as its own user) needs only `archive_dir` to be readable.
+//!
+//! Every error names the file; one about a place in it (not TOML, an unknown key, a value of the
+//! wrong type or out of bounds) says the line and shows it with a caret under the spot, on the
+//! lines after the message, so the first line alone still says what to do. A missing required
+//! key is named with an example, without a position.
 
 use std::net::SocketAddr;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::proto::Encoding;
+use crate::sys::tls::check_server_name;
 
 /// Default for `connect_timeout`: PostgreSQL retries a failed archive_command, so failing fast
 /// is better than hanging the archiver; 10 s covers a slow handshake on a loaded host.
@@ -36,95 +43,207 @@ pub const MIN_DURATION: Duration = Duration::from_millis(1);
 /// than 8 senders send.
 pub const DEFAULT_MAX_UPLOADS: usize = 8;
 /// Bounds for `max_uploads`: at least one; at most 64 (~170 MiB of decoding state).
-pub const MAX_UPLOADS_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
+pub const MAX_UPLOADS_RANGE: RangeInclusive<usize> = 1..=64;
 /// Default for `max_connections`: connections allowed to send at once (to hold stream credit,
 /// each up to 16 x `stream_window` unread bytes). PostgreSQL's archiver uses one connection at a
 /// time per primary; a sender daemon keeps one.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 /// Bounds for `max_connections`: at least one; at most the 256 connections the receiver keeps
 /// open at once (sending or waiting to).
-pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=256;
 /// Default for `stream_window`: unread bytes per stream (QUIC flow control).
 pub const DEFAULT_STREAM_WINDOW: u64 = 256 << 10;
 /// Bounds for `stream_window`: below 16 KiB a stream crawls on any link with a round trip;
 /// above 16 MiB one connection's 16 streams could hold 256 MiB of unread bytes.
-pub const STREAM_WINDOW_RANGE: std::ops::RangeInclusive<u64> = (16 << 10)..=(16 << 20);
+pub const STREAM_WINDOW_RANGE: RangeInclusive<u64> = (16 << 10)..=(16 << 20);
 /// Default for `min_upload_rate` (bytes per second, counted on the file's plain content, after a
 /// grace of `idle_timeout`): a 16 MiB segment at this rate takes 4 min 16 s, just under the
 /// sender's default `timeout` of 5 min, so a slower upload would fail on the sender's side
 /// anyway; below it an upload is not a sender but a hold on a slot.
 pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 64 << 10;
 /// Bounds for `min_upload_rate`: 1 KiB/s (a 16 MiB segment in 4.5 hours) to 1 GiB/s.
-pub const MIN_UPLOAD_RATE_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 30);
+pub const MIN_UPLOAD_RATE_RANGE: RangeInclusive<u64> = (1 << 10)..=(1 << 30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no config file: pass --config FILE or set WALSHIP_CONFIG")]
     NoConfig,
-    #[error("read config {}: {source}", path.display())]
+    #[error("cannot read config {}: {source}; check --config or WALSHIP_CONFIG", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("config {}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-    #[error("config {}: {key} = {value:?}: {reason}", path.display())]
+    /// Not TOML, an unknown key, or a value of the wrong type: toml's message, at its place.
+    #[error("config {}{}: {message}{}", path.display(), Excerpt::line_of(at), Excerpt::block_of(at))]
+    Parse {
+        path: PathBuf,
+        message: String,
+        at: Option<Box<Excerpt>>,
+    },
+    #[error("config {}: required key `{key}` is missing; add it, e.g. {key} = {example}", path.display())]
+    Missing {
+        path: PathBuf,
+        key: &'static str,
+        example: &'static str,
+    },
+    /// A value of the right type that cannot be used; `value` as written in the file.
+    #[error("config {}{}: {key} = {value}: {reason}{}", path.display(), Excerpt::line_of(at), Excerpt::block_of(at))]
     Invalid {
         path: PathBuf,
         key: &'static str,
         value: String,
         reason: String,
+        at: Option<Box<Excerpt>>,
     },
 }
 
-/// receiver.toml as written.
+/// Where in the file an error is: its line, and that line with a caret under the spot, as
+/// toml itself renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excerpt {
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    /// `  |`, `6 | the line`, `  |   ^^^^` (no trailing newline).
+    pub rendered: String,
+}
+
+impl Excerpt {
+    /// The excerpt of `text` around the byte range `span` (clamped to the text and its line).
+    pub fn new(text: &str, span: Range<usize>) -> Excerpt {
+        let start = floor_char_boundary(text, span.start.min(text.len()));
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let content = text[line_start..line_end].trim_end_matches('\r');
+        let line = text[..line_start].matches('\n').count() + 1;
+        let before = &text[line_start..start];
+        let end = floor_char_boundary(text, span.end.clamp(start, line_end)).max(start);
+        let width = text[start..end].chars().count().max(1);
+        // Tabs stay tabs under the caret, so it lines up whatever the tab width.
+        let pad: String = before
+            .chars()
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        let gutter = " ".repeat(line.to_string().len());
+        Excerpt {
+            line,
+            column: before.chars().count() + 1,
+            rendered: format!(
+                "{gutter} |\n{line} | {content}\n{gutter} | {pad}{}",
+                "^".repeat(width)
+            ),
+        }
+    }
+
+    fn line_of(at: &Option<Box<Excerpt>>) -> String {
+        at.as_ref()
+            .map(|e| format!(", line {}", e.line))
+            .unwrap_or_default()
+    }
+
+    fn block_of(at: &Option<Box<Excerpt>>) -> String {
+        at.as_ref()
+            .map(|e| format!("\n{}", e.rendered))
+            .unwrap_or_default()
+    }
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// receiver.toml as written. Required keys are options here so that a missing one is reported
+/// by name ([`ConfigError::Missing`]), not at a made-up position.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverFile {
-    pub listen: String,
-    pub archive_dir: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
+    pub listen: Option<String>,
+    pub archive_dir: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
     pub conninfo: Option<String>,
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Option<Scalar>,
     pub max_uploads: Option<usize>,
     pub max_connections: Option<usize>,
-    pub stream_window: Option<Size>,
-    pub min_upload_rate: Option<Size>,
+    pub stream_window: Option<Scalar>,
+    pub min_upload_rate: Option<Scalar>,
+    pub retain_for: Option<Scalar>,
 }
 
-/// A size as written in TOML: a number of bytes, or a string like `"256KiB"` (units B, KiB,
-/// MiB, GiB; `min_upload_rate` also takes a `/s` suffix).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Size {
-    Bytes(i64),
+/// A duration or a size as written in TOML: a number, or a string with or without a unit
+/// (`"10s"`, `"256KiB"`, `"3"`). A number means what a string without a unit means (seconds,
+/// bytes), so `connect_timeout = 3` and `connect_timeout = "3"` agree.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Int(i64),
+    Float(f64),
     Text(String),
 }
 
-impl Size {
-    fn text(&self) -> String {
+impl Scalar {
+    /// The value as written, in TOML syntax (strings quoted), for messages.
+    pub fn literal(&self) -> String {
         match self {
-            Size::Bytes(n) => n.to_string(),
-            Size::Text(t) => t.clone(),
+            Scalar::Text(t) => format!("{t:?}"),
+            other => other.bare(),
+        }
+    }
+
+    /// The value as text without quotes: what the parsers read.
+    fn bare(&self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(x) => x.to_string(),
+            Scalar::Text(t) => t.clone(),
         }
     }
 }
 
-/// sender.toml as written.
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a string with a unit, like \"10s\" or \"256KiB\"")
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Scalar, E> {
+                i64::try_from(n)
+                    .map(Scalar::Int)
+                    .map_err(|_| E::custom(format!("{n} is too large")))
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(x))
+            }
+            fn visit_str<E>(self, t: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(t.to_string()))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// sender.toml as written (required keys as options, see [`ReceiverFile`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderFile {
-    pub receiver: String,
-    pub server_name: String,
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub connect_timeout: Option<String>,
-    pub timeout: Option<String>,
+    pub receiver: Option<String>,
+    pub server_name: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub connect_timeout: Option<Scalar>,
+    pub timeout: Option<Scalar>,
     pub compression: Option<String>,
     pub compression_level: Option<i32>,
     pub socket: Option<PathBuf>,
@@ -153,6 +272,8 @@ pub struct ReceiverSettings {
     /// Plain bytes per second an upload must average once it holds an upload slot, after a
     /// grace of `idle_timeout` (`min_upload_rate`).
     pub min_upload_rate: u64,
+    /// `cleanup` keeps files stored less than this long ago (`retain_for`; zero: off).
+    pub retain_for: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -181,98 +302,63 @@ pub struct SenderSettings {
 
 impl ReceiverSettings {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file: ReceiverFile = read_toml(path)?;
+        let src = Source::read(path)?;
+        let file: ReceiverFile = src.parse()?;
         let base = base_dir(path);
-        let invalid = |key, value: &str, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            value: value.to_string(),
-            reason,
-        };
-        let listen = file.listen.parse().map_err(|e| {
-            invalid(
+        let listen = src.required(file.listen, "listen", "\"0.0.0.0:7443\"")?;
+        let archive_dir = src.required(
+            file.archive_dir,
+            "archive_dir",
+            "\"/var/lib/walship/archive\"",
+        )?;
+        let cert = src.required(file.cert, "cert", "\"/etc/walship/server.pem\"")?;
+        let key = src.required(file.key, "key", "\"/etc/walship/server.key\"")?;
+        let client_ca = src.required(file.client_ca, "client_ca", "\"/etc/walship/ca.pem\"")?;
+        let listen = listen.parse().map_err(|e| {
+            src.invalid(
                 "listen",
-                &file.listen,
-                format!("{e}; expected an address like 127.0.0.1:7443"),
+                format!("{listen:?}"),
+                format!("{e}; expected an address and port like \"0.0.0.0:7443\""),
             )
         })?;
-        let idle_timeout = match &file.idle_timeout {
-            Some(v) => parse_duration(v).map_err(|r| invalid("idle_timeout", v, r))?,
-            None => DEFAULT_IDLE_TIMEOUT,
-        };
-        let count = |key, value: Option<usize>, default, range: std::ops::RangeInclusive<usize>| {
-            let n = value.unwrap_or(default);
-            if range.contains(&n) {
-                Ok(n)
-            } else {
-                Err(invalid(
-                    key,
-                    &n.to_string(),
-                    format!("expected {} to {}", range.start(), range.end()),
-                ))
-            }
-        };
-        let max_uploads = count(
-            "max_uploads",
-            file.max_uploads,
-            DEFAULT_MAX_UPLOADS,
-            MAX_UPLOADS_RANGE,
-        )?;
-        let max_connections = count(
-            "max_connections",
-            file.max_connections,
-            DEFAULT_MAX_CONNECTIONS,
-            MAX_CONNECTIONS_RANGE,
-        )?;
-        let size = |key,
-                    value: &Option<Size>,
-                    default,
-                    range: std::ops::RangeInclusive<u64>,
-                    per_second| {
-            let Some(v) = value else { return Ok(default) };
-            let n = parse_size(v, per_second).map_err(|r| invalid(key, &v.text(), r))?;
-            if range.contains(&n) {
-                Ok(n)
-            } else {
-                Err(invalid(
-                    key,
-                    &v.text(),
-                    format!(
-                        "expected {} to {}",
-                        show_size(*range.start()),
-                        show_size(*range.end())
-                    ),
-                ))
-            }
-        };
-        let stream_window = size(
+        let stream_window = src.size(
             "stream_window",
             &file.stream_window,
             DEFAULT_STREAM_WINDOW,
             STREAM_WINDOW_RANGE,
             false,
         )?;
-        let min_upload_rate = size(
-            "min_upload_rate",
-            &file.min_upload_rate,
-            DEFAULT_MIN_UPLOAD_RATE,
-            MIN_UPLOAD_RATE_RANGE,
-            true,
-        )?;
         Ok(ReceiverSettings {
             config_path: path.to_path_buf(),
             listen,
-            archive_dir: base.join(&file.archive_dir),
-            cert: base.join(&file.cert),
-            key: base.join(&file.key),
-            client_ca: base.join(&file.client_ca),
+            archive_dir: base.join(archive_dir),
+            cert: base.join(cert),
+            key: base.join(key),
+            client_ca: base.join(client_ca),
             pgdata: file.pgdata.map(|p| base.join(p)),
             conninfo: file.conninfo,
-            idle_timeout,
-            max_uploads,
-            max_connections,
+            idle_timeout: src.duration("idle_timeout", &file.idle_timeout, DEFAULT_IDLE_TIMEOUT)?,
+            max_uploads: src.count(
+                "max_uploads",
+                file.max_uploads,
+                DEFAULT_MAX_UPLOADS,
+                MAX_UPLOADS_RANGE,
+            )?,
+            max_connections: src.count(
+                "max_connections",
+                file.max_connections,
+                DEFAULT_MAX_CONNECTIONS,
+                MAX_CONNECTIONS_RANGE,
+            )?,
             stream_window: u32::try_from(stream_window).expect("bounded by STREAM_WINDOW_RANGE"),
-            min_upload_rate,
+            min_upload_rate: src.size(
+                "min_upload_rate",
+                &file.min_upload_rate,
+                DEFAULT_MIN_UPLOAD_RATE,
+                MIN_UPLOAD_RATE_RANGE,
+                true,
+            )?,
+            retain_for: src.retain_for(&file.retain_for)?,
         })
     }
 
@@ -285,45 +371,46 @@ impl ReceiverSettings {
 
 impl SenderSettings {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file: SenderFile = read_toml(path)?;
+        let src = Source::read(path)?;
+        let file: SenderFile = src.parse()?;
         let base = base_dir(path);
-        let duration = |key, value: &Option<String>, default| match value {
-            Some(v) => parse_duration(v).map_err(|reason| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                value: v.clone(),
-                reason,
-            }),
-            None => Ok(default),
-        };
-        if !file.receiver.contains(':') {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: "receiver",
-                value: file.receiver.clone(),
-                reason: "expected host:port, like 10.0.0.7:7443".into(),
-            });
+        let receiver = src.required(file.receiver, "receiver", "\"standby.example.com:7443\"")?;
+        let server_name =
+            src.required(file.server_name, "server_name", "\"standby.example.com\"")?;
+        let ca = src.required(file.ca, "ca", "\"/etc/walship/ca.pem\"")?;
+        let cert = src.required(file.cert, "cert", "\"/etc/walship/client.pem\"")?;
+        let key = src.required(file.key, "key", "\"/etc/walship/client.key\"")?;
+        let port = receiver
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+            return Err(src.invalid(
+                "receiver",
+                format!("{receiver:?}"),
+                "expected host:port, like \"standby.example.com:7443\" or \"10.0.0.7:7443\"",
+            ));
         }
-        let invalid = |key, value: String, reason: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            value,
-            reason: reason.to_string(),
-        };
+        check_server_name(&server_name).map_err(|reason| {
+            src.invalid(
+                "server_name",
+                format!("{server_name:?}"),
+                format!("{reason}; set it to the name or IP address the receiver's certificate was made for (walship-receiver certs --server-name)"),
+            )
+        })?;
         let compression = match file.compression.as_deref() {
             None | Some("zstd") => Encoding::Zstd,
             Some("none") => Encoding::Plain,
             Some(other) => {
-                return Err(invalid(
+                return Err(src.invalid(
                     "compression",
-                    other.to_string(),
+                    format!("{other:?}"),
                     "expected \"zstd\" or \"none\"",
                 ))
             }
         };
         let compression_level = file.compression_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
         if !(1..=19).contains(&compression_level) {
-            return Err(invalid(
+            return Err(src.invalid(
                 "compression_level",
                 compression_level.to_string(),
                 "expected 1 (fastest, the default) to 19 (smallest)",
@@ -331,10 +418,10 @@ impl SenderSettings {
         }
         let lookahead = file.lookahead.unwrap_or(DEFAULT_LOOKAHEAD);
         if lookahead > MAX_LOOKAHEAD {
-            return Err(invalid(
+            return Err(src.invalid(
                 "lookahead",
                 lookahead.to_string(),
-                &format!("expected 0 (off) to {MAX_LOOKAHEAD}"),
+                format!("expected 0 (off) to {MAX_LOOKAHEAD}"),
             ));
         }
         Ok(SenderSettings {
@@ -344,17 +431,17 @@ impl SenderSettings {
             compression,
             compression_level,
             config_path: path.to_path_buf(),
-            connect_timeout: duration(
+            connect_timeout: src.duration(
                 "connect_timeout",
                 &file.connect_timeout,
                 DEFAULT_CONNECT_TIMEOUT,
             )?,
-            timeout: duration("timeout", &file.timeout, DEFAULT_PUSH_TIMEOUT)?,
-            receiver: file.receiver,
-            server_name: file.server_name,
-            ca: base.join(&file.ca),
-            cert: base.join(&file.cert),
-            key: base.join(&file.key),
+            timeout: src.duration("timeout", &file.timeout, DEFAULT_PUSH_TIMEOUT)?,
+            receiver,
+            server_name,
+            ca: base.join(ca),
+            cert: base.join(cert),
+            key: base.join(key),
         })
     }
 }
@@ -378,19 +465,175 @@ fn base_dir(path: &Path) -> PathBuf {
     }
 }
 
-fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        // toml's message names the line and column and quotes the offending text.
-        message: e.to_string().trim_end().replace('\n', " "),
-    })
+/// A config file's path and text: deserializes it, and builds the errors that point into it.
+struct Source {
+    path: PathBuf,
+    text: String,
 }
 
-/// Parse `"500ms"`, `"10s"`, `"2m"`, `"1h"`, or a bare number of seconds.
+impl Source {
+    fn read(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let span = e.span();
+            // toml names an unknown key itself; for a value of the wrong type, say whose.
+            let key = span.clone().and_then(|s| self.key_at(s.start));
+            ConfigError::Parse {
+                path: self.path.clone(),
+                message: parse_message(e.message(), key.as_deref()),
+                at: span.map(|s| Box::new(Excerpt::new(&self.text, s))),
+            }
+        })
+    }
+
+    fn required<T>(
+        &self,
+        value: Option<T>,
+        key: &'static str,
+        example: &'static str,
+    ) -> Result<T, ConfigError> {
+        value.ok_or_else(|| ConfigError::Missing {
+            path: self.path.clone(),
+            key,
+            example,
+        })
+    }
+
+    /// `key = value` cannot be used, for `reason`; points at the value in the file.
+    fn invalid(&self, key: &'static str, value: String, reason: impl Into<String>) -> ConfigError {
+        let span = self
+            .entries()
+            .into_iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, value)| value);
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key,
+            value,
+            reason: reason.into(),
+            at: span.map(|s| Box::new(Excerpt::new(&self.text, s))),
+        }
+    }
+
+    /// Top-level keys with the spans of the key and of its value (none if the text is not TOML).
+    fn entries(&self) -> Vec<(String, Range<usize>, Range<usize>)> {
+        let Ok(table) = toml::de::DeTable::parse(&self.text) else {
+            return Vec::new();
+        };
+        table
+            .get_ref()
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), k.span(), v.span()))
+            .collect()
+    }
+
+    /// The top-level key whose line holds byte `offset`, if any.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        self.entries()
+            .into_iter()
+            .find(|(_, k, v)| k.start <= offset && offset <= v.end)
+            .map(|(key, _, _)| key)
+    }
+
+    fn duration(
+        &self,
+        key: &'static str,
+        value: &Option<Scalar>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            Some(v) => parse_duration(&v.bare()).map_err(|r| self.invalid(key, v.literal(), r)),
+            None => Ok(default),
+        }
+    }
+
+    /// `retain_for`: a duration, or zero in any unit (`0`, `"0"`, `"0s"`, the default) for none.
+    fn retain_for(&self, value: &Option<Scalar>) -> Result<Duration, ConfigError> {
+        let Some(v) = value else {
+            return Ok(Duration::ZERO);
+        };
+        let bare = v.bare();
+        let t = bare.trim();
+        let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+        if num.trim().parse::<f64>() == Ok(0.0) && ["", "ms", "s", "m", "min", "h"].contains(&unit) {
+            return Ok(Duration::ZERO);
+        }
+        self.duration("retain_for", value, Duration::ZERO)
+    }
+
+    fn count(
+        &self,
+        key: &'static str,
+        value: Option<usize>,
+        default: usize,
+        range: RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        let n = value.unwrap_or(default);
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            let reason = format!("expected {} to {}", range.start(), range.end());
+            Err(self.invalid(key, n.to_string(), reason))
+        }
+    }
+
+    fn size(
+        &self,
+        key: &'static str,
+        value: &Option<Scalar>,
+        default: u64,
+        range: RangeInclusive<u64>,
+        per_second: bool,
+    ) -> Result<u64, ConfigError> {
+        let Some(v) = value else { return Ok(default) };
+        let n = parse_size(v, per_second).map_err(|r| self.invalid(key, v.literal(), r))?;
+        if range.contains(&n) {
+            return Ok(n);
+        }
+        let unit = if per_second { "/s" } else { "" };
+        let reason = format!(
+            "expected {}{unit} to {}{unit}",
+            show_size(*range.start()),
+            show_size(*range.end())
+        );
+        Err(self.invalid(key, v.literal(), reason))
+    }
+}
+
+/// toml's message in the words of the README ("key", "a whole number"), with what to do.
+fn parse_message(message: &str, key: Option<&str>) -> String {
+    let message = message.trim_end();
+    if let Some(rest) = message.strip_prefix("unknown field") {
+        return format!("unknown key{rest}; correct its spelling or remove it");
+    }
+    let mut plain = message.to_string();
+    for (rust, words) in [
+        ("usize", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+    ] {
+        plain = plain.replace(&format!("expected {rust}"), &format!("expected {words}"));
+    }
+    match key {
+        Some(key) => format!("{key}: {plain}; correct this line"),
+        None => format!("{plain}; correct this line"),
+    }
+}
+
+/// Parse `"500ms"`, `"10s"`, `"2m"`, `"1h"`, or a bare number of seconds (`"3"`, or `3` as
+/// written in TOML, see [`Scalar`]). The reason in an error does not repeat the value: the
+/// caller shows it next to its key.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -398,35 +641,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         None => (t, "s"),
     };
     let n: f64 = num.parse().map_err(|_| {
-        format!("expected a duration like \"10s\", \"500ms\" or \"2m\", got {text:?}")
+        "expected a duration like \"10s\", \"500ms\" or \"2m\" (a number alone means seconds)"
+            .to_string()
     })?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
-            ))
-        }
+        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
     };
     if !secs.is_finite() || secs < MIN_DURATION.as_secs_f64() || secs > 86_400.0 * 7.0 {
-        return Err(format!(
-            "{text:?} is out of range (at least 1ms, at most a week)"
-        ));
+        return Err("out of range: at least 1ms, at most a week".to_string());
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parse a size: a TOML integer of bytes, or a string like `"256KiB"`, `"1MiB"`, `"65536"`
 /// (units B, KiB, MiB, GiB; with `per_second`, an optional `/s` suffix too).
-pub fn parse_size(value: &Size, per_second: bool) -> Result<u64, String> {
+pub fn parse_size(value: &Scalar, per_second: bool) -> Result<u64, String> {
+    let example = if per_second {
+        "\"64KiB/s\""
+    } else {
+        "\"256KiB\""
+    };
     let text = match value {
-        Size::Bytes(n) => {
-            return u64::try_from(*n).map_err(|_| format!("{n} is negative; expected a size"))
+        Scalar::Int(n) => {
+            return u64::try_from(*n).map_err(|_| "negative; expected a size".to_string())
         }
-        Size::Text(t) => t.trim(),
+        Scalar::Float(_) => {
+            return Err(format!(
+                "expected a whole number of bytes or a size with a unit, like {example}"
+            ))
+        }
+        Scalar::Text(t) => t.trim(),
     };
     let bare = match text.strip_suffix("/s") {
         Some(t) if per_second => t.trim_end(),
@@ -436,12 +684,7 @@ pub fn parse_size(value: &Size, per_second: bool) -> Result<u64, String> {
         Some(i) => (&bare[..i], bare[i..].trim()),
         None => (bare, "B"),
     };
-    let expected = || {
-        format!(
-            "expected a size like \"256KiB\", \"1MiB\" or a number of bytes{}, got {text:?}",
-            if per_second { " (per second)" } else { "" }
-        )
-    };
+    let expected = || format!("expected a size like {example}, \"1MiB\" or a number of bytes");
     let n: u64 = num.parse().map_err(|_| expected())?;
     let scale: u64 = match unit {
         "B" | "" => 1,
@@ -449,9 +692,14 @@ pub fn parse_size(value: &Size, per_second: bool) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         _ => {
+            let suffix = if per_second {
+                ", optionally followed by /s"
+            } else {
+                ""
+            };
             return Err(format!(
-                "unknown unit {unit:?} in {text:?}; use B, KiB, MiB or GiB"
-            ))
+                "unknown unit {unit:?}; use B, KiB, MiB or GiB{suffix}"
+            ));
         }
     };
     n.checked_mul(scale).ok_or_else(expected)
@@ -489,15 +737,15 @@ mod tests {
 
     #[test]
     fn sizes() {
-        let text = |t: &str| Size::Text(t.into());
-        assert_eq!(parse_size(&Size::Bytes(65536), false), Ok(65536));
+        let text = |t: &str| Scalar::Text(t.into());
+        assert_eq!(parse_size(&Scalar::Int(65536), false), Ok(65536));
         assert_eq!(parse_size(&text("256KiB"), false), Ok(256 << 10));
         assert_eq!(parse_size(&text("1 MiB"), false), Ok(1 << 20));
         assert_eq!(parse_size(&text("2GiB"), false), Ok(2 << 30));
         assert_eq!(parse_size(&text("4096"), false), Ok(4096));
         assert_eq!(parse_size(&text("64KiB/s"), true), Ok(64 << 10));
         assert!(parse_size(&text("64KiB/s"), false).is_err());
-        assert!(parse_size(&Size::Bytes(-1), false).is_err());
+        assert!(parse_size(&Scalar::Int(-1), false).is_err());
         assert!(parse_size(&text("12 furlongs"), false).is_err());
         assert!(parse_size(&text("1.5MiB"), false).is_err());
         assert!(parse_size(&text("99999999999GiB"), false).is_err());
@@ -546,6 +794,36 @@ mod tests {
                 err.contains(key) && err.contains("receiver.toml"),
                 "{line}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn retain_for_is_off_by_default_and_takes_a_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        let base = "listen = \"127.0.0.1:7443\"\narchive_dir = \"a\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(
+            ReceiverSettings::load(&path).unwrap().retain_for,
+            Duration::ZERO
+        );
+        for (value, want) in [
+            ("\"2h\"", Duration::from_secs(7200)),
+            ("\"90m\"", Duration::from_secs(5400)),
+            ("\"0\"", Duration::ZERO),
+            ("\"0s\"", Duration::ZERO),
+        ] {
+            std::fs::write(&path, format!("{base}retain_for = {value}\n")).unwrap();
+            assert_eq!(
+                ReceiverSettings::load(&path).unwrap().retain_for,
+                want,
+                "{value}"
+            );
+        }
+        for value in ["\"forever\"", "\"0 parsecs\"", "\"-1h\""] {
+            std::fs::write(&path, format!("{base}retain_for = {value}\n")).unwrap();
+            let err = ReceiverSettings::load(&path).unwrap_err().to_string();
+            assert!(err.contains("retain_for"), "{value}: {err}");
         }
     }
 
@@ -601,5 +879,179 @@ mod tests {
             Encoding::Plain
         );
         assert_eq!(s.ca, dir.path().join("a"));
+    }
+
+    const SENDER: &str =
+        "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+
+    /// The error loading `text` as sender.toml gives, and the file's path (removed by then).
+    fn sender_error(text: &str) -> (PathBuf, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sender.toml");
+        std::fs::write(&path, text).unwrap();
+        let err = SenderSettings::load(&path).unwrap_err().to_string();
+        (path, err)
+    }
+
+    #[test]
+    fn toml_errors_show_the_line_with_a_caret_under_the_key() {
+        let (path, err) = sender_error(&format!("{SENDER}recieverr = 1\n"));
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 4, "{err}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "config {}, line 6: unknown key `recieverr`, expected one of `receiver`",
+                path.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            lines[0].ends_with("correct its spelling or remove it"),
+            "{err}"
+        );
+        assert_eq!(&lines[1..], ["  |", "6 | recieverr = 1", "  | ^^^^^^^^^"]);
+
+        // A value of the wrong type: the caret under the value, the key named.
+        let (_, err) = sender_error(&format!("{SENDER}lookahead = \"4\"\n"));
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines[0].ends_with(
+                "line 6: lookahead: invalid type: string \"4\", expected a whole number, 0 or more; correct this line"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            &lines[1..],
+            ["  |", "6 | lookahead = \"4\"", "  |             ^^^"]
+        );
+
+        // Not TOML at all: toml's own place, past the key.
+        let (_, err) = sender_error(&format!("{SENDER}oops\n"));
+        assert!(
+            err.lines()
+                .next()
+                .unwrap()
+                .contains("line 6: key with no value"),
+            "{err}"
+        );
+        assert!(!err.contains("line 1, column 1"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_key_is_named_without_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sender.toml");
+        std::fs::write(&path, SENDER.replace("server_name = \"h\"\n", "")).unwrap();
+        let err = SenderSettings::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "config {}: required key `server_name` is missing; add it, e.g. server_name = \"standby.example.com\"",
+                path.display()
+            )
+        );
+        let path = dir.path().join("receiver.toml");
+        std::fs::write(&path, "# nothing yet\n").unwrap();
+        let err = ReceiverSettings::load(&path).unwrap_err().to_string();
+        assert!(err.contains("required key `listen` is missing"), "{err}");
+        assert!(!err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_key_value_and_line() {
+        let (path, err) = sender_error(&format!("{SENDER}\tcompression = \"lz4\"\n"));
+        assert_eq!(
+            err,
+            format!(
+                "config {}, line 6: compression = \"lz4\": expected \"zstd\" or \"none\"\n  |\n6 | \tcompression = \"lz4\"\n  | \t              ^^^^^",
+                path.display()
+            )
+        );
+        let (_, err) = sender_error(&format!("{SENDER}compression_level = 99\n"));
+        assert!(err.contains("compression_level = 99: expected 1"), "{err}");
+        let (_, err) = sender_error(&SENDER.replace("\"h:1\"", "\"standby\""));
+        assert!(
+            err.contains("line 1: receiver = \"standby\": expected host:port"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_duration_may_be_a_number_of_seconds_written_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sender.toml");
+        for (value, expected) in [
+            ("3", Duration::from_secs(3)),
+            ("\"3\"", Duration::from_secs(3)),
+            ("\"3s\"", Duration::from_secs(3)),
+            ("0.5", Duration::from_millis(500)),
+            ("\"1ms\"", MIN_DURATION),
+        ] {
+            std::fs::write(&path, format!("{SENDER}connect_timeout = {value}\n")).unwrap();
+            let s = SenderSettings::load(&path).unwrap();
+            assert_eq!(s.connect_timeout, expected, "connect_timeout = {value}");
+        }
+        for (value, says) in [
+            ("0", "connect_timeout = 0: out of range: at least 1ms"),
+            ("-3", "connect_timeout = -3: expected a duration"),
+            (
+                "\"0.1ms\"",
+                "connect_timeout = \"0.1ms\": out of range: at least 1ms",
+            ),
+            ("true", "connect_timeout: invalid type: boolean `true`"),
+        ] {
+            let (_, err) = sender_error(&format!("{SENDER}connect_timeout = {value}\n"));
+            assert!(err.contains(says), "{value}: {err}");
+            assert!(err.contains("line 6"), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_name_is_checked_at_load() {
+        for bad in [
+            "",
+            " ",
+            "standby example",
+            "-standby",
+            "[::1]",
+            "10.0.0.300",
+            "a..b",
+        ] {
+            let (_, err) = sender_error(
+                &SENDER.replace("server_name = \"h\"", &format!("server_name = {bad:?}")),
+            );
+            let first = err.lines().next().unwrap();
+            assert!(
+                first.contains(&format!("line 2: server_name = {bad:?}: "))
+                    && first.contains("walship-receiver certs --server-name"),
+                "{bad:?}: {err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sender.toml");
+        for good in [
+            "localhost",
+            "standby.example.com",
+            "standby.example.com.",
+            "10.0.0.7",
+            "::1",
+        ] {
+            std::fs::write(&path, SENDER.replace("\"h\"", &format!("{good:?}"))).unwrap();
+            assert_eq!(SenderSettings::load(&path).unwrap().server_name, good);
+        }
+    }
+
+    #[test]
+    fn excerpts_count_characters_and_stay_on_the_line() {
+        let text = "a = 1\nnamé = \"x\"\n";
+        let at = text.find("\"x\"").unwrap();
+        let e = Excerpt::new(text, at..at + 3);
+        assert_eq!((e.line, e.column), (2, 8));
+        assert_eq!(e.rendered, "  |\n2 | namé = \"x\"\n  |        ^^^");
+        // A span past the end of its line, or of the text, is cut to one caret at the end.
+        let e = Excerpt::new(text, 4..text.len());
+        assert_eq!(e.rendered, "  |\n1 | a = 1\n  |     ^");
+        let e = Excerpt::new("x", 1..1);
+        assert_eq!(e.rendered, "  |\n1 | x\n  |  ^");
     }
 }

@@ -184,6 +184,22 @@ fn kind_of(t: fs::FileType) -> &'static str {
     }
 }
 
+/// Test-only fault hook between the steps of [`TempFile::publish`]: with the cargo feature
+/// `failpoints` (off by default, never in a release build) a test can make the named point
+/// return an error (`fail::cfg(name, "return")`), panic, or run a callback that aborts the
+/// process, to crash at exactly that step. Without the feature it expands to nothing. Even with
+/// it, a point does nothing until a test configures it: nothing in walship reads `FAILPOINTS`.
+macro_rules! fault_point {
+    ($name:literal, $path:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err(DurableError::Io {
+            action: $name,
+            path: $path.to_path_buf(),
+            source: io::Error::other("fault injected by a test (failpoints)"),
+        }));
+    };
+}
+
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DurableError + 'a {
     move |source| DurableError::Io {
         action,
@@ -249,9 +265,15 @@ impl TempFile {
     }
 
     /// fsync, link to `dir/name` without replacing, remove the temp name, fsync the directory.
+    ///
+    /// Fault points between the steps (feature `failpoints`, see [`fault_point!`]):
+    /// `publish-after-fsync-temp`, `publish-after-link` (the name holds the content, linked or
+    /// found identical), `publish-after-remove-temp`, `publish-before-fsync-dir`,
+    /// `publish-after-fsync-dir` (durable, not yet reported).
     pub fn publish(mut self, name: &str) -> Result<Published, DurableError> {
         // The data must be on disk before any name points at it.
         self.file.sync_all().map_err(io_err("fsync", &self.path))?;
+        fault_point!("publish-after-fsync-temp", self.path);
         let target = self.dir.join(name);
         let outcome = match fs::hard_link(&self.path, &target) {
             Ok(()) => Published::Stored,
@@ -271,10 +293,14 @@ impl TempFile {
             }
             Err(e) => return Err(io_err("link temp file to", &target)(e)),
         };
+        fault_point!("publish-after-link", target);
         // Drop the temp name first so one directory fsync makes both changes durable.
         fs::remove_file(&self.path).map_err(io_err("remove temp file", &self.path))?;
+        fault_point!("publish-after-remove-temp", self.path);
         self.published = true;
+        fault_point!("publish-before-fsync-dir", self.dir);
         sync_dir(&self.dir)?;
+        fault_point!("publish-after-fsync-dir", target);
         Ok(outcome)
     }
 }

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 
 use crate::proto::ALPN;
@@ -34,12 +34,36 @@ pub enum TlsError {
     KeyTooOpen { path: PathBuf, mode: u32 },
     #[error("TLS setup with {}: {message}", path.display())]
     Setup { path: PathBuf, message: String },
+    #[error("--server-name {name:?}: {reason}; give the DNS name or IP address the sender uses to reach this receiver, e.g. --server-name standby.example.com (nothing was written)")]
+    BadServerName { name: String, reason: String },
     #[error("generate certificates: {0}")]
     Generate(String),
-    #[error("{} already exists; refusing to overwrite certificates (remove the directory's walship certificates first if you really mean to replace them)", path.display())]
+    #[error("cannot create certificate directory {}: {source}; choose a --dir this user can write", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} already exists; nothing was written. Choose another --dir, or, to replace the certificates in use on both hosts, move the old ones away first", path.display())]
     Exists { path: PathBuf },
     #[error("write certificates: {0}")]
     Write(#[from] DurableError),
+}
+
+/// Why `name` cannot be a TLS server name: the sender checks the receiver's certificate against
+/// it with rustls, so what rustls takes (a DNS name or an IP address) is the rule, checked where
+/// the name is given (`certs --server-name`, the sender's `server_name`) rather than at connect.
+pub fn check_server_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name.contains(char::is_whitespace) {
+        return Err("it contains spaces".into());
+    }
+    match ServerName::try_from(name) {
+        Ok(_) => Ok(()),
+        Err(_) => Err("not a DNS name (letters, digits, '-' and '.') or an IP address".into()),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
