@@ -11,6 +11,8 @@
 //!   checked against each other, the fence and the archive's segments.
 //! - [`pg_control`]: the cluster's system identifier and timelines from `global/pg_control`
 //!   bytes, CRC checked.
+//! - [`human`]: sizes, durations and times as operators read them (`16.0 MiB`, `5m 3s`,
+//!   RFC 3339 to the second).
 //! - [`handshake`]: why a TLS handshake failed (who closed, which alert) and the advice that
 //!   names the side and setting at fault.
 //! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN, version
@@ -29,6 +31,7 @@
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
 pub mod handshake;
+pub mod human;
 pub mod lookahead;
 pub mod lsn;
 pub mod pg_control;

@@ -4,15 +4,21 @@
 //! stream. PostgreSQL prints it as two upper-case hex numbers without leading zeros, the high
 //! and the low 32 bits separated by a slash (`LSN_FORMAT_ARGS`), and `pg_lsn` input accepts the
 //! same form in either case. We print and parse exactly that, so values in our messages can be
-//! pasted into `pg_waldump --start` or compared with `pg_current_wal_lsn()` as they are.
+//! pasted into `pg_waldump --start` or compared with `pg_current_wal_lsn()` as they are. State
+//! files and JSON carry it in the same text form (serde), never as a bare integer.
+//!
+//! Why our own type and not `postgres_types::PgLsn`: `PgLsn` is the same u64 with the same
+//! text form, but it lives in the PostgreSQL client crates, which this pure crate and the sender
+//! do not link, and it has none of what walship decides with: the segment arithmetic
+//! ([`Lsn::segno`], [`Lsn::segment_offset`]), a parse error that names the value, and serde in
+//! the text form. The receiver reads `pg_lsn` columns as `PgLsn` (no text round trip) and
+//! converts at that edge (`Lsn::from(u64::from(pg_lsn))`).
 
 use std::fmt;
 use std::str::FromStr;
 
 /// A position in the WAL stream (`XLogRecPtr`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
 
 /// Why a string is not an LSN.
@@ -21,7 +27,7 @@ pub struct Lsn(pub u64);
 pub struct LsnParseError(pub String);
 
 impl Lsn {
-    /// `InvalidXLogRecPtr`: PostgreSQL never writes a record at 0.
+    /// `InvalidXLogRecPtr`: PostgreSQL never writes a record at 0 (a history file may say it).
     pub const INVALID: Lsn = Lsn(0);
 
     /// Offset of this LSN inside its segment (`XLogSegmentOffset`); `seg_size` must be a power
@@ -58,6 +64,20 @@ impl FromStr for Lsn {
 impl From<u64> for Lsn {
     fn from(v: u64) -> Self {
         Lsn(v)
+    }
+}
+
+/// As text (`"0/3000028"`), like PostgreSQL's `pg_lsn` output.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -132,6 +152,23 @@ mod tests {
         let lsn: Lsn = "16/B374D848".parse().unwrap();
         assert_eq!(lsn.segno(seg), 0x16 * 256 + 0xB3);
         assert_eq!(lsn.segment_offset(seg), 0x74D848);
+    }
+
+    #[test]
+    fn serde_uses_the_text_form() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct At {
+            lsn: Lsn,
+        }
+        let at = At {
+            lsn: Lsn(0x16_B374_D848),
+        };
+        let text = toml::to_string(&at).unwrap();
+        assert_eq!(text, "lsn = \"16/B374D848\"\n");
+        assert_eq!(toml::from_str::<At>(&text).unwrap(), at);
+        let err = toml::from_str::<At>("lsn = \"16-B3\"").unwrap_err();
+        assert!(err.to_string().contains("is not an LSN"), "{err}");
+        assert!(toml::from_str::<At>("lsn = 5").is_err());
     }
 
     #[test]

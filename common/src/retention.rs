@@ -182,7 +182,7 @@ impl Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let files = plural(self.removed, "file");
-        let size = human_bytes(self.bytes);
+        let size = crate::human::size(self.bytes);
         if self.dry_run {
             write!(f, "would remove {files} before {}, {size}", self.restart)?;
         } else {
@@ -193,7 +193,7 @@ impl fmt::Display for Summary {
                 f,
                 "; kept {} stored less than retain_for ({}) ago",
                 plural(self.retained, "file"),
-                human_duration(self.retain_for)
+                crate::human::setting(self.retain_for)
             )?;
         }
         if self.not_regular > 0 {
@@ -205,33 +205,6 @@ impl fmt::Display for Summary {
             )?;
         }
         Ok(())
-    }
-}
-
-/// Bytes the way `ls -h` users read them: `512 B`, `16.0 MiB`, `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// A duration as it is written in a config: `1h`, `90m`, `45s`, `500ms`.
-pub fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0 => "0s".to_string(),
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        ms => format!("{ms}ms"),
     }
 }
 
@@ -555,16 +528,16 @@ mod tests {
 
     #[test]
     fn sizes_and_durations_read_like_an_operator_writes_them() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(48 << 20), "48.0 MiB");
-        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
-        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
-        assert_eq!(human_duration(Duration::from_secs(90 * 60)), "90m");
-        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
-        assert_eq!(human_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(human_duration(Duration::ZERO), "0s");
+        assert_eq!(crate::human::size(0), "0 B");
+        assert_eq!(crate::human::size(1023), "1023 B");
+        assert_eq!(crate::human::size(1024), "1.0 KiB");
+        assert_eq!(crate::human::size(48 << 20), "48.0 MiB");
+        assert_eq!(crate::human::size(3 << 29), "1.5 GiB");
+        assert_eq!(crate::human::size(u64::MAX), "16.0 EiB");
+        assert_eq!(crate::human::setting(Duration::from_secs(7200)), "2h");
+        assert_eq!(crate::human::setting(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(crate::human::setting(Duration::from_secs(45)), "45s");
+        assert_eq!(crate::human::setting(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(crate::human::setting(Duration::ZERO), "0s");
     }
 }

@@ -164,7 +164,7 @@ fn carry_out(
             Verdict::Remove => match fs::remove_file(&path) {
                 Ok(()) => eprintln!(
                     "walship-receiver: cleanup: removed {name} ({})",
-                    retention::human_bytes(d.file.bytes)
+                    walship_common::human::size(d.file.bytes)
                 ),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     tracing::debug!(%name, "already gone");

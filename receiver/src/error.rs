@@ -74,6 +74,8 @@ pub enum ReceiverError {
     NoConninfo { config: PathBuf },
     #[error("cannot reach the standby with conninfo {conninfo:?}: {detail}")]
     Standby { conninfo: String, detail: String },
+    #[error("the standby did not answer `{query}`: {detail}; check the standby's log and that the conninfo user may run this query")]
+    StandbyQuery { query: String, detail: String },
     #[error("the standby is not in recovery (pg_is_in_recovery() is false): it is already a primary, nothing to promote")]
     NotInRecovery,
     #[error("{0}")]

@@ -1,9 +1,16 @@
 //! walship-receiver as a library: the binary (`main.rs`) parses the command line and calls the
 //! entry points here; tests drive them in process (`serve::run` on port 0).
 //!
-//! Floors, top down: the entry points `serve`, `restore`, `promote`, `status`, `certs`, `cleanup`
-//! (one per subcommand) use `store` (the archive directory) and `standby` (talking to the standby
-//! PostgreSQL), which use `walship_common`. `error` holds the crate's one error enum.
+//! Floors, top down; a module uses only the floors below it, never one beside it:
+//! 1. entry points, one per subcommand: [`serve`], [`restore`], [`promote`], [`status`],
+//!    [`certs`], [`cleanup`]. None calls another.
+//! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment) and
+//!    [`standby`] (talking to the standby PostgreSQL);
+//! 3. [`state`] (the archive's state files: pin, fence and its lock, restore records,
+//!    `serve`'s lock), [`error`] (the
+//!    crate's one error enum);
+//! 4. `walship_common`: the pure core (names, headers, formats of the state files, decisions)
+//!    and its IO under `sys` (the durable-write helper, config, TLS files).
 
 pub mod certs;
 pub mod cleanup;
@@ -12,5 +19,6 @@ pub mod promote;
 pub mod restore;
 pub mod serve;
 pub mod standby;
+pub mod state;
 pub mod status;
 pub mod store;

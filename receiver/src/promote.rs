@@ -9,17 +9,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::info;
 use walship_common::state::{
-    newest_segment, replay_state, timeline_of_walfile, waiting_for, Fence, Replay, ReplayState,
+    newest_segment, replay_state, waiting_for, Fence, Replay, ReplayState, FENCE_FILE,
 };
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::pg_control;
-use walship_common::wal::name::{SegmentName, TimelineId};
-use walship_common::Lsn;
+use walship_common::wal::name::{is_valid_seg_size, TimelineId};
+use walship_common::{Lsn, WalFileName};
 
 use crate::error::ReceiverError;
-use crate::restore::unix_ms;
 use crate::standby::{self, Connected};
-use crate::store;
+use crate::{state, store};
+use walship_common::human;
 
 /// How long PostgreSQL gets to finish promotion (`pg_promote(wait_seconds)`).
 const PROMOTE_WAIT: Duration = Duration::from_secs(60);
@@ -40,28 +40,16 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
         })?;
     let dir = settings.archive_dir.as_path();
     // Kept to be put back if this promotion fails: an earlier promotion stays fenced.
-    let previous = store::read_fence(dir)?;
-    if let Some(f) = &previous {
-        if f.new_timeline.is_some() {
-            eprintln!(
-                "walship-receiver: note: the archive was fenced before (timeline {} promoted at {})",
-                f.timeline, f.promoted_at_lsn
-            );
-        }
+    let previous = state::read_fence(dir)?;
+    if let Some(f) = previous.as_ref().filter(|f| f.new_timeline.is_some()) {
+        eprintln!(
+            "walship-receiver: note: the archive was fenced before (timeline {} promoted at {})",
+            f.timeline,
+            f.promoted_at_text()
+        );
     }
-    let client = match standby::connect(&conninfo, Duration::from_secs(10)).await? {
-        Connected::WarmStandby => None,
-        Connected::Client(client) => {
-            if !standby::probe(&client).await?.in_recovery {
-                return Err(ReceiverError::NotInRecovery);
-            }
-            Some(client)
-        }
-    };
+    let client = connect_in_recovery(&conninfo).await?;
     let warm = client.is_none();
-    if warm {
-        eprintln!("walship-receiver: the standby does not accept connections during recovery (hot_standby = off): following replay through the restore record, promoting through pgdata");
-    }
     let seg_size = segment_size(dir)?;
 
     let deadline = Instant::now() + opts.timeout;
@@ -76,53 +64,80 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
     let old_timeline = fence_timeline(
         standby_timeline(settings, client.as_ref()).await,
         newest.map(|s| s.timeline),
-    )
-    .0;
+    );
+    // No promotion LSN yet: uploads that must be checked against it wait for a retry.
     let mut fence = Fence {
         timeline: old_timeline,
-        promoted_at_lsn: "promotion in progress".into(),
+        promoted_at_lsn: None,
         new_timeline: None,
-        fenced_at_unix_ms: unix_ms(SystemTime::now()),
+        fenced_at: SystemTime::now(),
     };
-    store::write_fence(dir, &fence)?;
-    if !opts.no_wait_replay {
-        if let Err(e) = wait_for_replay(
-            settings,
-            &conninfo,
-            warm,
-            seg_size,
-            deadline.max(Instant::now() + Duration::from_secs(5)),
-            opts.timeout,
-        )
-        .await
-        {
-            unfence(dir, previous.as_ref());
-            return Err(e);
+    state::write_fence(dir, &fence)?;
+    let promoting = async {
+        if !opts.no_wait_replay {
+            let last_check = deadline.max(Instant::now() + Duration::from_secs(5));
+            wait_for_replay(
+                settings,
+                &conninfo,
+                warm,
+                seg_size,
+                last_check,
+                opts.timeout,
+            )
+            .await?;
         }
-    }
-
-    let started = Instant::now();
-    let result = if warm {
-        promote_warm(settings, &conninfo).await
-    } else {
-        promote_hot(&conninfo).await
+        let started = Instant::now();
+        let client = if warm {
+            promote_warm(settings, &conninfo).await?
+        } else {
+            promote_hot(&conninfo).await?
+        };
+        Ok((client, started.elapsed()))
     };
-    let client = match result {
-        Ok(c) => c,
+    let (client, writable_after) = match promoting.await {
+        Ok(done) => done,
         Err(e) => {
             unfence(dir, previous.as_ref());
             return Err(e);
         }
     };
-    let writable_after = started.elapsed();
-    let lsn = standby::text(&client, "SELECT pg_last_wal_replay_lsn()::text").await?;
-    let walfile = standby::text(&client, "SELECT pg_walfile_name(pg_current_wal_lsn())").await?;
-    let new_timeline = timeline_of_walfile(&walfile).map(|t| t.0);
-    fence.promoted_at_lsn = lsn.clone();
-    fence.new_timeline = new_timeline;
-    store::write_fence(dir, &fence)?;
+    let promoted = standby::promoted(&client).await?;
+    fence.promoted_at_lsn = Some(promoted.lsn);
+    fence.new_timeline = promoted.timeline;
+    state::write_fence(dir, &fence)?;
+    report(dir, &fence, promoted.lsn, writable_after)?;
+    info!(lsn = %promoted.lsn, "promoted");
+    Ok(())
+}
 
-    let newest_age = newest_arrival(dir)?.and_then(|(name, t)| {
+/// Connect to the standby and check that it is in recovery; `None` for a warm standby (no
+/// connections during recovery), which is then followed through the restore record.
+async fn connect_in_recovery(
+    conninfo: &str,
+) -> Result<Option<tokio_postgres::Client>, ReceiverError> {
+    match standby::connect(conninfo, Duration::from_secs(10)).await? {
+        Connected::WarmStandby => {
+            eprintln!("walship-receiver: the standby does not accept connections during recovery (hot_standby = off): following replay through the restore record, promoting through pgdata");
+            Ok(None)
+        }
+        Connected::Client(client) => {
+            if !standby::probe(&client).await?.in_recovery {
+                return Err(ReceiverError::NotInRecovery);
+            }
+            Ok(Some(client))
+        }
+    }
+}
+
+/// What the operator learns once the standby is promoted: how long it took, where the new
+/// timeline begins and how old the newest stored segment was (WAL after it was lost).
+fn report(
+    dir: &Path,
+    fence: &Fence,
+    lsn: Lsn,
+    writable_after: Duration,
+) -> Result<(), ReceiverError> {
+    let newest_age = store::newest_arrival(&store::list(dir)?).and_then(|(name, t)| {
         SystemTime::now()
             .duration_since(t)
             .ok()
@@ -134,20 +149,24 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
     );
     println!("promotion LSN: {lsn}");
     println!(
-        "timeline: {old_timeline} -> {}",
-        new_timeline
+        "timeline: {} -> {}",
+        fence.timeline,
+        fence
+            .new_timeline
             .map(|t| t.to_string())
             .unwrap_or_else(|| "unknown".into())
     );
     match newest_age {
         Some((name, age)) => println!(
-            "newest stored segment: {name}, arrived {:.1}s ago; WAL the old primary wrote after it was not received",
-            age.as_secs_f64()
+            "newest stored segment: {name}, arrived {} ago; WAL the old primary wrote after it was not received",
+            human::duration(age)
         ),
         None => println!("no segment was stored"),
     }
-    println!("fenced: segments of timeline {old_timeline} are now refused; history files still go through");
-    info!(%lsn, "promoted");
+    println!(
+        "fenced: segments of timeline {} are now refused; history files still go through",
+        fence.timeline
+    );
     Ok(())
 }
 
@@ -167,8 +186,8 @@ async fn standby_timeline(
 ) -> Option<TimelineId> {
     let mut why = Vec::new();
     if let Some(c) = client {
-        match standby::replay(c).await {
-            Ok(r) if r.timeline.is_some() => return r.timeline,
+        match standby::position(c).await {
+            Ok(p) if p.timeline.is_some() => return p.timeline,
             Ok(_) => why.push("the standby did not say".to_string()),
             Err(e) => why.push(e.to_string()),
         }
@@ -192,14 +211,14 @@ async fn standby_timeline(
 fn unfence(dir: &Path, previous: Option<&Fence>) {
     // Promotion did not happen: do not keep a healthy primary from archiving, but an earlier
     // promotion's fence stays.
-    if let Err(e) = store::restore_fence(dir, previous) {
+    if let Err(e) = state::restore_fence(dir, previous) {
         let what = match previous {
             Some(_) => "put back the previous fence",
             None => "remove the fence",
         };
         eprintln!(
             "walship-receiver: could not {what} after a failed promotion: {e}; check {} by hand",
-            dir.join(walship_common::state::FENCE_FILE).display()
+            dir.join(FENCE_FILE).display()
         );
     }
 }
@@ -226,14 +245,14 @@ async fn wait_for_replay(
         let newest = newest_segment(store::list(dir)?.iter().map(|f| &f.name));
         let replay: Option<Replay> = match &client {
             // No replay position yet (nothing replayed): as good as unknown.
-            Some(c) => Some(standby::replay(c).await?).filter(|r| r.lsn != Lsn::INVALID),
+            Some(c) => standby::position(c).await?.replay(),
             None => None,
         };
         let missed = standby::restore_record(settings, client.as_ref())
             .await?
             .last_missed
             .map(|e| e.name);
-        let state = replay_state(newest, seg_size, replay, missed.as_deref());
+        let state = replay_state(newest, seg_size, replay, missed.as_ref());
         let (newest, gap) = match state {
             ReplayState::NothingArchived | ReplayState::Caught { .. } => return Ok(()),
             ReplayState::Behind { newest, gap, .. } => (newest, gap),
@@ -245,7 +264,8 @@ async fn wait_for_replay(
                 None => format!("{waiting}; check the standby's log for restore_command errors"),
             };
             return Err(ReceiverError::NotCaughtUp(format!(
-                "the standby did not replay everything in the archive within {timeout:?}: {why}. NOT promoted; re-run with a larger --timeout, or with --no-wait-replay to promote now"
+                "the standby did not replay everything in the archive within {}: {why}. NOT promoted; re-run with a larger --timeout, or with --no-wait-replay to promote now",
+                human::duration(timeout)
             )));
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -273,7 +293,8 @@ async fn promote_hot(conninfo: &str) -> Result<tokio_postgres::Client, ReceiverE
         .get(0);
     if !done {
         return Err(ReceiverError::Promotion(format!(
-            "pg_promote did not finish within {PROMOTE_WAIT:?}; check the standby's log"
+            "pg_promote did not finish within {}; check the standby's log",
+            human::duration(PROMOTE_WAIT)
         )));
     }
     wait_writable(conninfo).await
@@ -294,25 +315,36 @@ async fn promote_warm(
             pgdata.display()
         ))
     })?;
-    let pid: u32 = pid_text
+    let pid: i32 = pid_text
         .lines()
         .next()
         .and_then(|l| l.trim().parse().ok())
         .ok_or_else(|| {
-            ReceiverError::Promotion("postmaster.pid has no PID on its first line".into())
+            ReceiverError::Promotion(format!(
+                "{}/postmaster.pid has no pid on its first line; is the standby running?",
+                pgdata.display()
+            ))
         })?;
     std::fs::write(pgdata.join("promote"), b"").map_err(|e| {
         ReceiverError::Promotion(format!("create {}/promote: {e}", pgdata.display()))
     })?;
-    let status = std::process::Command::new("kill")
-        .args(["-USR1", &pid.to_string()])
-        .status()
-        .map_err(|e| ReceiverError::Promotion(format!("signal the postmaster (pid {pid}): {e}")))?;
-    if !status.success() {
-        return Err(ReceiverError::Promotion(format!(
-            "could not signal the postmaster (pid {pid}); run promote as the PostgreSQL user or root"
-        )));
-    }
+    let postmaster = rustix::process::Pid::from_raw(pid).ok_or_else(|| {
+        ReceiverError::Promotion(format!(
+            "{}/postmaster.pid names pid {pid}, which is no process; is the standby running?",
+            pgdata.display()
+        ))
+    })?;
+    rustix::process::kill_process(postmaster, rustix::process::Signal::USR1).map_err(|e| {
+        let hint = if e == rustix::io::Errno::PERM {
+            "run promote as the PostgreSQL user or root"
+        } else {
+            "is the standby running?"
+        };
+        ReceiverError::Promotion(format!(
+            "could not signal the postmaster (pid {pid}) to promote: {}; {hint}",
+            std::io::Error::from(e)
+        ))
+    })?;
     wait_writable(conninfo).await
 }
 
@@ -329,7 +361,8 @@ async fn wait_writable(conninfo: &str) -> Result<tokio_postgres::Client, Receive
         }
         if Instant::now() >= deadline {
             return Err(ReceiverError::Promotion(format!(
-                "the standby was still in recovery {PROMOTE_WAIT:?} after the promote request; check its log"
+                "the standby was still in recovery {} after the promote request; check its log",
+                human::duration(PROMOTE_WAIT)
             )));
         }
         tokio::time::sleep(POLL).await;
@@ -340,22 +373,10 @@ async fn wait_writable(conninfo: &str) -> Result<tokio_postgres::Client, Receive
 fn segment_size(dir: &Path) -> Result<u64, ReceiverError> {
     Ok(store::list(dir)?
         .iter()
-        .find(|f| matches!(f.name, walship_common::WalFileName::Segment(_)))
+        .find(|f| matches!(f.name, WalFileName::Segment(_)))
         .map(|f| f.bytes)
-        .filter(|b| walship_common::wal::name::is_valid_seg_size(*b))
+        .filter(|b| is_valid_seg_size(*b))
         .unwrap_or(16 << 20))
-}
-
-/// The newest stored segment and when it arrived.
-pub fn newest_arrival(dir: &Path) -> Result<Option<(SegmentName, SystemTime)>, ReceiverError> {
-    let files = store::list(dir)?;
-    let newest = newest_segment(files.iter().map(|f| &f.name));
-    Ok(newest.and_then(|n| {
-        files
-            .iter()
-            .find(|f| f.name == walship_common::WalFileName::Segment(n))
-            .map(|f| (n, f.modified))
-    }))
 }
 
 #[cfg(test)]

@@ -12,18 +12,16 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use std::time::{SystemTime, UNIX_EPOCH};
 use walship_common::sys::config::ReceiverSettings;
-
-use walship_common::state::{restore_record_name, RestoreEvent};
-use walship_common::sys::durable::{self, OpenError, TEMP_PREFIX};
+use walship_common::sys::durable::{self, DurableError, OpenError, TEMP_PREFIX};
 use walship_common::wal::header::LONG_PAGE_HEADER_LEN;
 use walship_common::wal::name::is_valid_seg_size;
-use walship_common::{sys, LongPageHeader, SegmentName, WalFileName};
+use walship_common::{sys, LongPageHeader, SegmentName, SystemId, WalFileName};
 
 use crate::error::ReceiverError;
-use crate::store;
+use crate::state;
 
 /// Mode the restored file is created with; the caller's umask applies, as for `cp`. PostgreSQL
 /// runs with umask 0077 (files 0600) or, in an `initdb -g` cluster, 0027 (files 0640): these are
@@ -137,8 +135,8 @@ fn check_segment(
 
 /// The archive's cluster: `walship.cluster`, or the standby's pg_control when `pgdata` is set
 /// and nothing was pinned yet.
-fn pinned_cluster(settings: &ReceiverSettings) -> Result<Option<walship_common::SystemId>, String> {
-    if let Some(id) = store::read_pin(&settings.archive_dir).map_err(|e| e.to_string())? {
+fn pinned_cluster(settings: &ReceiverSettings) -> Result<Option<SystemId>, String> {
+    if let Some(id) = state::read_pin(&settings.archive_dir).map_err(|e| e.to_string())? {
         return Ok(Some(id));
     }
     match &settings.pgdata {
@@ -205,7 +203,7 @@ fn record(
     settings: &ReceiverSettings,
     name: &WalFileName,
     served: bool,
-) -> Result<(), store::RecordError> {
+) -> Result<(), DurableError> {
     if !matches!(name, WalFileName::Segment(_)) {
         return Ok(());
     }
@@ -213,36 +211,18 @@ fn record(
     let Ok(data_dir) = std::env::current_dir() else {
         return Ok(());
     };
-    let dir = &settings.archive_dir;
-    let record = restore_record_name(data_dir.as_os_str().as_encoded_bytes());
-    let mut log = store::read_restore_log(dir, &record).map_err(store::RecordError::Foreign)?;
-    log.data_directory = Some(data_dir.display().to_string());
-    let event = Some(RestoreEvent {
-        name: name.to_string(),
-        at_unix_ms: unix_ms(SystemTime::now()),
-    });
-    if served {
-        log.last_served = event;
-    } else {
-        log.last_missed = event;
-    }
-    store::write_restore_log(dir, &record, &log)
+    let now = SystemTime::now();
+    state::note_restore(&settings.archive_dir, &data_dir, name, served, now)
 }
 
 /// Restore itself worked; only promote's knowledge may suffer. A read-only archive_dir is a
 /// supported setup (the receiver runs as another user): no record, and nothing in PostgreSQL's
 /// log each call; promote then judges by the standby's replay position. Anything else is one
 /// line.
-fn report_record(result: Result<(), store::RecordError>) {
+fn report_record(result: Result<(), DurableError>) {
     match result {
         Ok(()) => {}
         Err(e) if e.is_read_only() => {}
         Err(e) => eprintln!("walship-receiver: warning: restore record not written: {e}"),
     }
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -1,30 +1,37 @@
 //! `walship-receiver status [--json]`: what the archive holds, whether it is fenced, and what
 //! the standby says. The JSON form is a stable interface for monitoring (documented in the
-//! README): fields are only ever added.
+//! README): fields are only ever added. The human form shows sizes, ages and times as a person
+//! reads them ([`crate::human`]).
 
+use std::fmt::Display;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-use walship_common::state::RestoreEvent;
+use serde::{Serialize, Serializer};
+use walship_common::state::{RestoreEvent, PROMOTION_IN_PROGRESS};
 use walship_common::sys::config::ReceiverSettings;
+use walship_common::{Lsn, SegmentName, SystemId, TimelineId, WalFileName};
 
 use crate::error::ReceiverError;
-use crate::promote::newest_arrival;
 use crate::standby::{self, Connected};
-use crate::store;
+use crate::{state, store};
+use walship_common::human;
 
 #[derive(Serialize)]
 pub struct Status {
     pub archive_dir: String,
     /// System identifier the archive is pinned to, as a decimal string (it exceeds 2^53).
-    pub cluster_system_identifier: Option<String>,
+    #[serde(serialize_with = "text")]
+    pub cluster_system_identifier: Option<SystemId>,
     /// WAL files stored (segments, history, backup and partial files).
     pub files: u64,
     pub bytes: u64,
-    pub newest_segment: Option<String>,
+    #[serde(serialize_with = "text")]
+    pub newest_segment: Option<SegmentName>,
     /// RFC 3339, UTC.
-    pub newest_segment_arrived_at: Option<String>,
-    pub newest_segment_age_seconds: Option<f64>,
+    #[serde(serialize_with = "rfc3339")]
+    pub newest_segment_arrived_at: Option<SystemTime>,
+    #[serde(serialize_with = "seconds")]
+    pub newest_segment_age_seconds: Option<Duration>,
     pub fenced: bool,
     pub fence: Option<FenceStatus>,
     pub restore: RestoreStatus,
@@ -34,18 +41,24 @@ pub struct Status {
 
 #[derive(Serialize)]
 pub struct FenceStatus {
-    pub timeline: u32,
-    pub promoted_at_lsn: String,
-    pub new_timeline: Option<u32>,
-    pub fenced_at: String,
+    pub timeline: TimelineId,
+    /// Where the new timeline begins; `None` while `promote` runs, shown in JSON as
+    /// "promotion in progress" (as always).
+    #[serde(serialize_with = "promotion_point")]
+    pub promoted_at_lsn: Option<Lsn>,
+    pub new_timeline: Option<TimelineId>,
+    #[serde(serialize_with = "rfc3339_always")]
+    pub fenced_at: SystemTime,
 }
 
 #[derive(Serialize)]
 pub struct RestoreStatus {
-    pub last_served: Option<String>,
-    pub last_served_at: Option<String>,
-    pub last_missed: Option<String>,
-    pub last_missed_at: Option<String>,
+    pub last_served: Option<WalFileName>,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_served_at: Option<SystemTime>,
+    pub last_missed: Option<WalFileName>,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_missed_at: Option<SystemTime>,
 }
 
 #[derive(Serialize)]
@@ -53,45 +66,41 @@ pub struct StandbyStatus {
     pub reachable: bool,
     pub accepts_queries: bool,
     pub in_recovery: Option<bool>,
-    pub replay_lsn: Option<String>,
+    pub replay_lsn: Option<Lsn>,
     pub error: Option<String>,
 }
 
 pub async fn gather(settings: &ReceiverSettings) -> Result<Status, ReceiverError> {
     let dir = settings.archive_dir.as_path();
     let files = store::list(dir)?;
-    let newest = newest_arrival(dir)?;
-    let fence = store::read_fence(dir)?;
+    let newest = store::newest_arrival(&files);
+    let fence = state::read_fence(dir)?;
     let log = standby::restore_record(settings, None).await?;
     let standby = match &settings.conninfo {
         None => None,
         Some(conninfo) => Some(standby_status(conninfo).await),
     };
-    let event = |e: &Option<RestoreEvent>| {
-        (
-            e.as_ref().map(|e| e.name.clone()),
-            e.as_ref()
-                .map(|e| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(e.at_unix_ms))),
-        )
+    let split = |e: Option<RestoreEvent>| match e {
+        Some(e) => (Some(e.name), Some(e.at)),
+        None => (None, None),
     };
-    let (last_served, last_served_at) = event(&log.last_served);
-    let (last_missed, last_missed_at) = event(&log.last_missed);
+    let (last_served, last_served_at) = split(log.last_served);
+    let (last_missed, last_missed_at) = split(log.last_missed);
     Ok(Status {
         archive_dir: dir.display().to_string(),
-        cluster_system_identifier: store::read_pin(dir)?.map(|s| s.to_string()),
+        cluster_system_identifier: state::read_pin(dir)?,
         files: files.len() as u64,
         bytes: files.iter().map(|f| f.bytes).sum(),
-        newest_segment: newest.map(|(n, _)| n.to_string()),
-        newest_segment_arrived_at: newest.map(|(_, t)| rfc3339(t)),
+        newest_segment: newest.map(|(n, _)| n),
+        newest_segment_arrived_at: newest.map(|(_, t)| t),
         newest_segment_age_seconds: newest
-            .and_then(|(_, t)| SystemTime::now().duration_since(t).ok())
-            .map(|d| d.as_secs_f64()),
+            .and_then(|(_, t)| SystemTime::now().duration_since(t).ok()),
         fenced: fence.is_some(),
         fence: fence.map(|f| FenceStatus {
             timeline: f.timeline,
             promoted_at_lsn: f.promoted_at_lsn,
             new_timeline: f.new_timeline,
-            fenced_at: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(f.fenced_at_unix_ms)),
+            fenced_at: f.fenced_at,
         }),
         restore: RestoreStatus {
             last_served,
@@ -123,7 +132,7 @@ async fn standby_status(conninfo: &str) -> StandbyStatus {
             match standby::probe(&c).await {
                 Ok(p) => {
                     s.in_recovery = Some(p.in_recovery);
-                    s.replay_lsn = p.replay_lsn.map(|l| l.to_string());
+                    s.replay_lsn = p.replay_lsn;
                 }
                 Err(e) => s.error = Some(e.to_string()),
             }
@@ -133,62 +142,185 @@ async fn standby_status(conninfo: &str) -> StandbyStatus {
     s
 }
 
+/// The human form:
+///
+/// ```text
+/// archive_dir:      /var/lib/walship/archive
+/// cluster:          7372041215042384562
+/// stored:           12 files, 192.0 MiB
+/// newest segment:   00000001000000000000000C (arrived 2024-05-01T12:00:03Z, 5m 3s ago)
+/// fenced:           no
+/// restore:          last served 00000001000000000000000C (2024-05-01T12:00:04Z), last missed ...
+/// standby:          in recovery, replay LSN 0/C000060
+/// ```
 pub fn print_human(s: &Status) {
     println!("archive_dir:      {}", s.archive_dir);
+    match s.cluster_system_identifier {
+        Some(id) => println!("cluster:          {id}"),
+        None => println!("cluster:          not pinned yet"),
+    }
     println!(
-        "cluster:          {}",
-        s.cluster_system_identifier
-            .as_deref()
-            .unwrap_or("not pinned yet")
+        "stored:           {} files, {}",
+        s.files,
+        human::size(s.bytes)
     );
-    println!("stored:           {} files, {} bytes", s.files, s.bytes);
-    match (
-        &s.newest_segment,
-        &s.newest_segment_arrived_at,
-        s.newest_segment_age_seconds,
-    ) {
-        (Some(n), Some(at), Some(age)) => {
-            println!("newest segment:   {n} (arrived {at}, {age:.0}s ago)")
-        }
+    match (&s.newest_segment, s.newest_segment_arrived_at) {
+        (Some(n), Some(at)) => println!(
+            "newest segment:   {n} (arrived {}, {} ago)",
+            human::timestamp(at),
+            s.newest_segment_age_seconds
+                .map(human::duration)
+                .unwrap_or_else(|| "moments".into())
+        ),
         _ => println!("newest segment:   none"),
     }
     match &s.fence {
         Some(f) => println!(
-            "fenced:           yes: timeline {} closed at {}{}",
+            "fenced:           yes, since {}: timeline {} {}{}",
+            human::timestamp(f.fenced_at),
             f.timeline,
-            f.promoted_at_lsn,
+            match f.promoted_at_lsn {
+                Some(lsn) => format!("closed at {lsn}"),
+                None => format!("closed, {PROMOTION_IN_PROGRESS}"),
+            },
             f.new_timeline
                 .map(|t| format!(", standby now on timeline {t}"))
                 .unwrap_or_default()
         ),
         None => println!("fenced:           no"),
     }
+    let event = |name: &Option<WalFileName>, at: Option<SystemTime>| match (name, at) {
+        (Some(n), Some(at)) => format!("{n} ({})", human::timestamp(at)),
+        _ => "-".to_string(),
+    };
     println!(
         "restore:          last served {}, last missed {}",
-        s.restore.last_served.as_deref().unwrap_or("-"),
-        s.restore.last_missed.as_deref().unwrap_or("-")
+        event(&s.restore.last_served, s.restore.last_served_at),
+        event(&s.restore.last_missed, s.restore.last_missed_at)
     );
-    match &s.standby {
-        None => println!("standby:          no conninfo configured"),
-        Some(st) if !st.reachable => println!(
-            "standby:          unreachable: {}",
-            st.error.as_deref().unwrap_or("?")
-        ),
-        Some(st) => println!(
-            "standby:          {}, replay LSN {}",
-            match st.in_recovery {
-                Some(true) if !st.accepts_queries => "in recovery (warm: no queries)",
-                Some(true) => "in recovery",
-                Some(false) => "NOT in recovery (promoted)",
-                None => "state unknown",
-            },
-            st.replay_lsn.as_deref().unwrap_or("unknown")
-        ),
+    println!("standby:          {}", standby_line(s.standby.as_ref()));
+}
+
+fn standby_line(standby: Option<&StandbyStatus>) -> String {
+    let Some(st) = standby else {
+        return "no conninfo configured".into();
+    };
+    if !st.reachable {
+        return format!("unreachable: {}", st.error.as_deref().unwrap_or("?"));
+    }
+    let state = match st.in_recovery {
+        Some(true) if !st.accepts_queries => "in recovery (warm: no queries)",
+        Some(true) => "in recovery",
+        Some(false) => "NOT in recovery (promoted)",
+        None => "state unknown",
+    };
+    let lsn = st
+        .replay_lsn
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    match &st.error {
+        Some(e) => format!("{state}, replay LSN {lsn} ({e})"),
+        None => format!("{state}, replay LSN {lsn}"),
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "?".into())
+/// `Some(v)` as the string `v` prints as, `None` as null.
+fn text<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// RFC 3339, UTC, with the sub-second digits `status --json` has always printed.
+fn rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    text(&t.map(|t| human::rfc3339(t, true)), s)
+}
+
+fn rfc3339_always<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&human::rfc3339(*t, true))
+}
+
+fn promotion_point<S: Serializer>(lsn: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match lsn {
+        Some(lsn) => s.collect_str(lsn),
+        None => s.serialize_str(PROMOTION_IN_PROGRESS),
+    }
+}
+
+fn seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_keeps_its_documented_shape() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_564_803_250);
+        let st = Status {
+            archive_dir: "/a".into(),
+            cluster_system_identifier: Some(SystemId(7_372_041_215_042_384_562)),
+            files: 2,
+            bytes: 16 << 20,
+            newest_segment: "000000010000000000000003".parse().ok(),
+            newest_segment_arrived_at: Some(at),
+            newest_segment_age_seconds: Some(Duration::from_millis(1500)),
+            fenced: true,
+            fence: Some(FenceStatus {
+                timeline: TimelineId(1),
+                promoted_at_lsn: None,
+                new_timeline: None,
+                fenced_at: at,
+            }),
+            restore: RestoreStatus {
+                last_served: "000000010000000000000003".parse().ok(),
+                last_served_at: Some(at),
+                last_missed: None,
+                last_missed_at: None,
+            },
+            standby: Some(StandbyStatus {
+                reachable: true,
+                accepts_queries: true,
+                in_recovery: Some(true),
+                replay_lsn: Some(Lsn(0x3000060)),
+                error: None,
+            }),
+        };
+        let json = serde_json::to_value(&st).unwrap();
+        let expected = serde_json::json!({
+            "archive_dir": "/a",
+            "cluster_system_identifier": "7372041215042384562",
+            "files": 2,
+            "bytes": 16777216,
+            "newest_segment": "000000010000000000000003",
+            "newest_segment_arrived_at": "2024-05-01T12:00:03.25Z",
+            "newest_segment_age_seconds": 1.5,
+            "fenced": true,
+            "fence": {
+                "timeline": 1,
+                "promoted_at_lsn": "promotion in progress",
+                "new_timeline": null,
+                "fenced_at": "2024-05-01T12:00:03.25Z"
+            },
+            "restore": {
+                "last_served": "000000010000000000000003",
+                "last_served_at": "2024-05-01T12:00:03.25Z",
+                "last_missed": null,
+                "last_missed_at": null
+            },
+            "standby": {
+                "reachable": true,
+                "accepts_queries": true,
+                "in_recovery": true,
+                "replay_lsn": "0/3000060",
+                "error": null
+            }
+        });
+        assert_eq!(json, expected);
+    }
 }

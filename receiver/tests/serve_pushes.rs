@@ -115,15 +115,15 @@ async fn segment_of_a_fenced_timeline_is_refused() {
     let sender = setup.sender_settings(rx.addr, "");
     // What `promote` leaves: timeline 1 closed at 0/5000028, the standby now on timeline 2.
     let fence = Fence {
-        timeline: 1,
-        promoted_at_lsn: "0/5000028".into(),
-        new_timeline: Some(2),
-        fenced_at_unix_ms: 1,
+        timeline: walship_common::TimelineId(1),
+        promoted_at_lsn: Some("0/5000028".parse().expect("an LSN")),
+        new_timeline: Some(walship_common::TimelineId(2)),
+        fenced_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1),
     };
     durable::replace(
         &setup.archive(),
         FENCE_FILE,
-        fence.to_toml().as_bytes(),
+        fence.encode().as_bytes(),
         0o644,
         durable::Sync::Durable,
     )

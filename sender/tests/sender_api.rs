@@ -53,7 +53,7 @@ fn sender_toml_becomes_push_settings() {
 }
 
 #[test]
-fn a_bad_sender_toml_is_one_line_naming_file_key_and_value() {
+fn a_bad_sender_toml_names_file_line_key_and_value_with_a_caret() {
     let setup = Setup::new("");
     let path = setup.path("sender.toml");
     let base = "server_name = \"localhost\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n";
@@ -68,19 +68,23 @@ fn a_bad_sender_toml_is_one_line_naming_file_key_and_value() {
         ),
         (
             "receiver = \"10.0.0.7:7443\"\nlookahead = 99\n",
-            "lookahead = \"99\": expected 0 (off) to 8",
+            "lookahead = 99: expected 0 (off) to 8",
         ),
     ];
     for (line, expected) in cases {
         std::fs::write(&path, format!("{line}{base}")).expect("write sender.toml");
         let err = SenderSettings::load(&path).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err:?}");
+        // One line that says it all (file, line, key, value, what is expected), then the line of
+        // the file with a caret under the value.
         let text = err.to_string();
+        let first = text.lines().next().unwrap_or_default();
         assert!(
-            text.starts_with(&format!("config {}: ", path.display())) && text.contains(expected),
+            first.starts_with(&format!("config {}, line ", path.display()))
+                && first.contains(expected),
             "{text}"
         );
-        assert!(!text.contains('\n'), "{text}");
+        assert!(text.lines().any(|l| l.contains('^')), "{text}");
     }
 }
 

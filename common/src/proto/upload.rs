@@ -94,7 +94,7 @@ impl Upload {
             check_partial_fence(fence, &name, request.size)?;
             if let WalFileName::History(tli) = name {
                 // Nothing to check a later timeline's history against yet: wait for promote.
-                if tli.0 > fence.timeline && fence_point(fence, &name).is_err() {
+                if tli > fence.timeline && fence_point(fence, &name).is_err() {
                     return Err(Refusal::PromotionInProgress {
                         name: name.to_string(),
                     });
@@ -297,21 +297,25 @@ pub fn check_fence(fence: &Fence, name: &WalFileName) -> Result<(), Refusal> {
     if fence.admits(name) {
         return Ok(());
     }
-    Err(Refusal::Fenced {
-        name: name.to_string(),
-        timeline: fence.timeline,
-        promoted_at_lsn: fence.promoted_at_lsn.clone(),
-        new_timeline: fence.new_timeline,
-    })
+    Err(fenced(fence, name))
 }
 
-/// The fence's promotion LSN; while `promote` runs it is not known yet (the fence then holds a
-/// placeholder), and files that must be checked against it wait for a retry.
+/// The refusal of a file the fence closes.
+fn fenced(fence: &Fence, name: &WalFileName) -> Refusal {
+    Refusal::Fenced {
+        name: name.to_string(),
+        timeline: fence.timeline.0,
+        promoted_at_lsn: fence.promoted_at_text(),
+        new_timeline: fence.new_timeline.map(|t| t.0),
+    }
+}
+
+/// The fence's promotion LSN; while `promote` runs it is not known yet, and files that must be
+/// checked against it wait for a retry.
 fn fence_point(fence: &Fence, name: &WalFileName) -> Result<Lsn, Refusal> {
     fence
         .promoted_at_lsn
-        .parse::<Lsn>()
-        .map_err(|_| Refusal::PromotionInProgress {
+        .ok_or_else(|| Refusal::PromotionInProgress {
             name: name.to_string(),
         })
 }
@@ -323,7 +327,7 @@ pub fn check_partial_fence(fence: &Fence, name: &WalFileName, size: u64) -> Resu
     let WalFileName::Partial(segment) = name else {
         return Ok(());
     };
-    if segment.timeline.0 != fence.timeline {
+    if segment.timeline != fence.timeline {
         return Ok(());
     }
     let at = fence_point(fence, name)?;
@@ -332,12 +336,7 @@ pub fn check_partial_fence(fence: &Fence, name: &WalFileName, size: u64) -> Resu
         return Ok(());
     };
     if start > at {
-        return Err(Refusal::Fenced {
-            name: name.to_string(),
-            timeline: fence.timeline,
-            promoted_at_lsn: fence.promoted_at_lsn.clone(),
-            new_timeline: fence.new_timeline,
-        });
+        return Err(fenced(fence, name));
     }
     Ok(())
 }
@@ -348,16 +347,12 @@ fn check_history_fence(
     history: &History,
     name: &WalFileName,
 ) -> Result<(), Refusal> {
-    if history.timeline.0 <= fence.timeline {
+    if history.timeline <= fence.timeline {
         return Ok(());
     }
     let at = fence_point(fence, name)?;
     history
-        .agrees_with_fence(
-            TimelineId(fence.timeline),
-            at,
-            fence.new_timeline.map(TimelineId),
-        )
+        .agrees_with_fence(fence.timeline, at, fence.new_timeline)
         .map_err(|reason| Refusal::HistoryConflict {
             name: name.to_string(),
             reason,
@@ -515,10 +510,10 @@ mod tests {
     #[test]
     fn fence_refuses_old_timeline_segments_but_not_history() {
         let fence = Fence {
-            timeline: 1,
-            promoted_at_lsn: "0/3000028".into(),
-            new_timeline: Some(2),
-            fenced_at_unix_ms: 0,
+            timeline: TimelineId(1),
+            promoted_at_lsn: Some(Lsn(0x3000028)),
+            new_timeline: Some(TimelineId(2)),
+            fenced_at: std::time::UNIX_EPOCH,
         };
         let facts = ArchiveFacts {
             fence: Some(fence),
@@ -549,10 +544,11 @@ mod tests {
 
     fn fence(promoted_at_lsn: &str) -> Fence {
         Fence {
-            timeline: 1,
-            promoted_at_lsn: promoted_at_lsn.into(),
-            new_timeline: Some(2),
-            fenced_at_unix_ms: 0,
+            timeline: TimelineId(1),
+            // The text earlier versions wrote while promote ran reads as "not known yet".
+            promoted_at_lsn: promoted_at_lsn.parse().ok(),
+            new_timeline: Some(TimelineId(2)),
+            fenced_at: std::time::UNIX_EPOCH,
         }
     }
 

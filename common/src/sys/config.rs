@@ -565,7 +565,8 @@ impl Source {
         let bare = v.bare();
         let t = bare.trim();
         let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
-        if num.trim().parse::<f64>() == Ok(0.0) && ["", "ms", "s", "m", "min", "h"].contains(&unit) {
+        if num.trim().parse::<f64>() == Ok(0.0) && ["", "ms", "s", "m", "min", "h"].contains(&unit)
+        {
             return Ok(Duration::ZERO);
         }
         self.duration("retain_for", value, Duration::ZERO)

@@ -193,6 +193,12 @@ impl LongPageHeader {
 
     /// Check that the segment was written by the cluster whose `pg_control` says `expected`
     /// (`xlp_sysid` is copied from `system_identifier` when the segment is initialised).
+    ///
+    /// `restore` uses it on every segment it serves, against the archive's pin (or the
+    /// standby's pg_control): a file put into archive_dir by hand, or stored before the pin,
+    /// must not reach recovery, and [`HeaderError::ForeignCluster`] names both identifiers for
+    /// the operator. The upload path compares the identifiers itself, because its refusal to
+    /// a sender must not reveal the archive's identifier.
     pub fn check_system_id(&self, expected: SystemId) -> Result<(), HeaderError> {
         if self.system_id != expected {
             return Err(HeaderError::ForeignCluster {

@@ -207,6 +207,21 @@ impl fmt::Display for WalFileName {
     }
 }
 
+/// As the name itself (`"000000010000000000000003"`), in state files and JSON; reading one
+/// back parses it, so a record holding anything but a WAL name does not load.
+impl serde::Serialize for WalFileName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WalFileName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Timelines print in decimal, as in PostgreSQL's messages ("timeline 2").
 impl fmt::Display for TimelineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
