@@ -49,14 +49,17 @@ impl HandshakeFailure {
     pub fn advice(&self, side: Side, server_name: &str) -> String {
         use rustls::AlertDescription as A;
         let alert = self.alert;
-        let protocol = |peer: &str| {
-            format!("{peer} does not speak walship protocol 1 (ALPN walship/1): is it walship of the same release?")
-        };
         match (side, self.origin, alert) {
-            (_, _, A::NoApplicationProtocol) => protocol(match side {
-                Side::Sender => "the receiver",
-                Side::Receiver => "the client",
-            }),
+            // Every walship release offers the same ALPN id (protocol versions are told apart
+            // later, in the frame preamble): a peer without it is not walship at all.
+            (Side::Sender, _, A::NoApplicationProtocol) => format!(
+                "the receiver does not offer ALPN {}, which every walship-receiver release offers: check that `receiver` points at walship-receiver serve and not another service",
+                String::from_utf8_lossy(crate::proto::ALPN)
+            ),
+            (Side::Receiver, _, A::NoApplicationProtocol) => format!(
+                "the client does not offer ALPN {}, which every walship-sender release offers: it is not walship-sender; check what connects to this port",
+                String::from_utf8_lossy(crate::proto::ALPN)
+            ),
             // The sender judged the receiver's certificate against `ca` and `server_name`.
             (Side::Sender, Origin::Local, A::UnknownCA | A::DecryptError) => format!(
                 "the receiver's certificate is not signed by the CA in `ca` ({alert:?}): set `ca` to the ca.pem made with the receiver's certificates"

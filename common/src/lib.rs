@@ -15,12 +15,12 @@
 //!   RFC 3339 to the second).
 //! - [`handshake`]: why a TLS handshake failed (who closed, which alert) and the advice that
 //!   names the side and setting at fault.
-//! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN) and the
-//!   receive state machine (`Upload`).
+//! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN, version
+//!   negotiation) and the pipeline between the wire and a verified file: `Incoming` on the
+//!   receiver, `Outgoing` on the sender.
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
 //! - [`retention`]: which archived files a standby no longer needs (`cleanup %r`, the rule of
 //!   `pg_archivecleanup`, plus `retain_for`).
-//! - [`version`]: the `--version` line (release and protocol version).
 //!
 //! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
 //! - [`sys::durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir)
@@ -28,6 +28,7 @@
 //! - [`sys::config`]: TOML config files to resolved settings.
 //! - [`sys::tls`]: rustls configurations for mutual TLS from certificate and key files.
 //! - [`sys::pg_control`]: reading `global/pg_control` from a data directory.
+//! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
 pub mod handshake;
 pub mod human;
@@ -38,7 +39,6 @@ pub mod proto;
 pub mod retention;
 pub mod state;
 pub mod sys;
-pub mod version;
 pub mod wal;
 
 pub use lsn::Lsn;

@@ -6,6 +6,7 @@
 //! has the same identity (device, inode, size, mtime, ctime) as the file look-ahead read and the
 //! receiver acknowledged. Any write, rename, truncation or replacement changes one of those, and
 //! then `push` ships the file for real (the receiver answers "already had" if the bytes match).
+//! [`judge`] decides what an acknowledgement is trusted for; [`Book::lookup`] answers `push`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -42,6 +43,30 @@ impl FileIdentity {
         };
         let newest = self.mtime_ns.max(self.ctime_ns);
         now_ns - newest >= SETTLE.as_nanos() as i128
+    }
+}
+
+/// What the receiver's verdict on a transfer may be trusted for: the rule of this module, in one
+/// place. `durable`: the receiver stored the file (or already had it). `read`: the identity of
+/// the file at the path just before it was read, taken at `read_at`. `now`: its identity once
+/// the verdict is in (`None`: gone, or it cannot be examined).
+///
+/// The acknowledgement holds for `read` only when the file had settled before it was read (a
+/// change after `read_at` is then sure to move its times, see [`SETTLE`]) and the path still
+/// holds that very file, unchanged, after the reply. Otherwise the bytes are durable but nobody
+/// knows which: keep nothing, and `push` ships the file for real.
+pub fn judge(
+    durable: bool,
+    read: &FileIdentity,
+    read_at: SystemTime,
+    now: Option<&FileIdentity>,
+) -> Outcome {
+    if !durable {
+        return Outcome::Failed;
+    }
+    match now {
+        Some(now) if read.settled(read_at) && now == read => Outcome::Acked(*read),
+        _ => Outcome::Untrusted,
     }
 }
 
@@ -273,6 +298,39 @@ mod tests {
         assert!(book.begin(B));
         book.finish(B, Outcome::Untrusted, now);
         assert_eq!(book.lookup(B, &id(9, 100)), Lookup::Ship);
+    }
+
+    #[test]
+    fn an_acknowledgement_is_trusted_only_for_a_settled_unchanged_file() {
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let ns = written
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        let read = id(7, ns);
+        let settled = written + SETTLE;
+        let fresh = written + SETTLE / 2;
+        assert_eq!(
+            judge(true, &read, settled, Some(&read)),
+            Outcome::Acked(read)
+        );
+        // Not durable: a failure, whatever the file did.
+        assert_eq!(judge(false, &read, settled, Some(&read)), Outcome::Failed);
+        // Read too soon after its last write: a later write might not have moved its times.
+        assert_eq!(judge(true, &read, fresh, Some(&read)), Outcome::Untrusted);
+        // Changed during the transfer: written to, replaced, truncated, renamed over, removed.
+        let mut truncated = read;
+        truncated.size -= 1;
+        let mut renamed = read;
+        renamed.ctime_ns += 1;
+        for now in [id(7, ns + 1), id(8, ns), truncated, renamed] {
+            assert_eq!(
+                judge(true, &read, settled, Some(&now)),
+                Outcome::Untrusted,
+                "{now:?}"
+            );
+        }
+        assert_eq!(judge(true, &read, settled, None), Outcome::Untrusted);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// Receive PostgreSQL WAL over QUIC (mutual TLS) and serve it to a standby's restore_command.
 #[derive(Parser)]
-#[command(name = "walship-receiver", version = walship_common::version::LINE.as_str())]
+#[command(name = "walship-receiver", version = walship_common::proto::frame::VERSION_LINE)]
 pub struct Cli {
     /// Config file (TOML); relative paths in it are resolved against its directory.
     #[arg(long, global = true, env = "WALSHIP_CONFIG")]

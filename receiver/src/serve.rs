@@ -1,5 +1,7 @@
 //! `walship-receiver serve`: a QUIC listener (mutual TLS) that takes one file per stream,
-//! verifies it with [`Upload`], stores it durably through [`Archive`] and only then replies.
+//! verifies it with [`Incoming`], stores it durably through [`Archive`] and only then replies.
+//! This driver owns what is about time and resources: deadlines, upload slots, the pace an
+//! upload must keep, write batching; every decision about the bytes is `Incoming`'s.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,16 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use walship_common::handshake;
-use walship_common::proto::encoding::max_wire_bytes;
-use walship_common::proto::frame::{
-    decode_preamble, FrameError, MAX_HEADER_BYTES, PREAMBLE_LEN, TRAILER_LEN,
-};
-use walship_common::proto::upload::TrailerSplit;
+use walship_common::proto::frame::{CLOSE_EVICTED, CLOSE_SHUTDOWN, REQUEST};
 use walship_common::proto::{
-    BodyDecoder, Encoding, Refusal, Reply, Request, Upload, PROTOCOL_VERSION,
+    Encoding, FrameError, Incoming, Refusal, Reply, Request, PROTOCOL_VERSION,
 };
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::durable::{is_disk_full, TempFile};
+use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::sys::tls;
 
 use crate::error::ReceiverError;
@@ -99,10 +98,6 @@ const MAX_WAITING_HANDSHAKES: usize = 256;
 const WAITING_HANDSHAKE_BYTES: u64 = 1 << 20;
 /// How long in-flight uploads may take to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Application close code sent when the receiver shuts down.
-const CLOSE_SHUTDOWN: u32 = 1;
-/// Application close code sent to an idle connection evicted for a waiting one.
-const CLOSE_EVICTED: u32 = 2;
 
 /// Run until `shutdown` is cancelled. Binds before returning the first log line "listening".
 pub async fn run(
@@ -119,33 +114,7 @@ pub async fn run_with(
     ready: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
 ) -> Result<(), ReceiverError> {
     let archive = Arc::new(Archive::open(&settings)?);
-    let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| {
-        ReceiverError::Tls(tls::TlsError::Setup {
-            path: settings.cert.clone(),
-            message: e.to_string(),
-        })
-    })?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport(
-        settings.idle_timeout,
-        settings.stream_window,
-    )));
-    server
-        .max_incoming(MAX_WAITING_HANDSHAKES)
-        .incoming_buffer_size(WAITING_HANDSHAKE_BYTES / 16)
-        .incoming_buffer_size_total(WAITING_HANDSHAKE_BYTES);
-    let endpoint =
-        quinn::Endpoint::server(server, settings.listen).map_err(|source| ReceiverError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-    let local = endpoint
-        .local_addr()
-        .map_err(|source| ReceiverError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+    let (endpoint, local) = endpoint(&settings)?;
     info!(
         archive_dir = %archive.dir().display(),
         max_uploads = settings.max_uploads,
@@ -205,6 +174,43 @@ pub async fn run_with(
         );
     }
 
+    drain(tracker, endpoint).await;
+    Ok(())
+}
+
+/// The QUIC endpoint, bound, with this receiver's certificate and transport limits; and the
+/// address it listens on (the port chosen when `listen` says port 0).
+fn endpoint(
+    settings: &ReceiverSettings,
+) -> Result<(quinn::Endpoint, std::net::SocketAddr), ReceiverError> {
+    let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| {
+        ReceiverError::Tls(tls::TlsError::Setup {
+            path: settings.cert.clone(),
+            message: e.to_string(),
+        })
+    })?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport(
+        settings.idle_timeout,
+        settings.stream_window,
+    )));
+    server
+        .max_incoming(MAX_WAITING_HANDSHAKES)
+        .incoming_buffer_size(WAITING_HANDSHAKE_BYTES / 16)
+        .incoming_buffer_size_total(WAITING_HANDSHAKE_BYTES);
+    let bind_err = |source| ReceiverError::Bind {
+        addr: settings.listen,
+        source,
+    };
+    let endpoint = quinn::Endpoint::server(server, settings.listen).map_err(bind_err)?;
+    let local = endpoint.local_addr().map_err(bind_err)?;
+    Ok((endpoint, local))
+}
+
+/// Shutdown: no new connections, in-flight uploads get SHUTDOWN_GRACE, then the endpoint
+/// closes. Each stage is logged, and said so when slow.
+async fn drain(tracker: TaskTracker, endpoint: quinn::Endpoint) {
     let started = Instant::now();
     info!(
         in_flight = tracker.len(),
@@ -219,7 +225,6 @@ pub async fn run_with(
     endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"receiver shutting down");
     let _ = timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
-    Ok(())
 }
 
 fn transport(idle: Duration, stream_window: u32) -> quinn::TransportConfig {
@@ -290,25 +295,8 @@ async fn connection(
     info!("connection accepted");
     let idle = shared.idle;
     // Stream credit only with a sending slot: until then the sender waits to open a stream.
-    let _sending = match shared.sending.clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(_) => {
-            info!(
-                "{} connections sending (max_connections): this one waits for one to close or an idle one to be evicted",
-                shared.limits.max_connections
-            );
-            let acquire = shared.sending.clone().acquire_owned();
-            tokio::pin!(acquire);
-            let mut tick = tokio::time::interval(EVICT_CHECK_EVERY);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = conn.closed() => return,
-                    p = &mut acquire => break p.expect("the semaphore is never closed"),
-                    _ = tick.tick() => shared.holders.evict_idle(Instant::now()),
-                }
-            }
-        }
+    let Some(_sending) = sending_slot(&conn, &shared, &shutdown).await else {
+        return;
     };
     let holder = shared.holders.add(conn.clone());
     let _registered = Registered(shared.holders.clone(), holder.clone());
@@ -346,6 +334,33 @@ async fn connection(
             }
             .instrument(span),
         );
+    }
+}
+
+/// One of the `max_connections` sending slots for `conn`, waiting (and evicting idle holders)
+/// if all are taken; `None` when the connection or the receiver closes first.
+async fn sending_slot(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(p) = shared.sending.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    info!(
+        "{} connections sending (max_connections): this one waits for one to close or an idle one to be evicted",
+        shared.limits.max_connections
+    );
+    let acquire = shared.sending.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let mut tick = tokio::time::interval(EVICT_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = conn.closed() => return None,
+            p = &mut acquire => return Some(p.expect("the semaphore is never closed")),
+            _ = tick.tick() => shared.holders.evict_idle(Instant::now()),
+        }
     }
 }
 
@@ -532,189 +547,41 @@ async fn stream(
     }
 }
 
+/// Read, check, decode, write and commit one file: the request, then wire bytes through
+/// [`Incoming`] into a temp file, then the durable commit.
 async fn receive(recv: &mut RecvStream, conn_uploads: &Arc<Semaphore>, shared: &Shared) -> Outcome {
-    let (archive, idle) = (&shared.archive, shared.idle);
-    // The whole header within one idle timeout, not one per read: a header trickled a byte at a
-    // time would otherwise hold the stream (and the connection's sending slot) for ever.
-    let header_due = tokio::time::Instant::now() + idle;
-    macro_rules! read_or_gone {
-        ($fut:expr, $due:expr) => {
-            match tokio::time::timeout_at($due, $fut).await {
-                Err(_) => return Outcome::Gone(format!("no data for {idle:?}")),
-                Ok(Err(e)) => return Outcome::Gone(e.to_string()),
-                Ok(Ok(v)) => v,
-            }
-        };
-    }
+    let archive = &shared.archive;
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
-
-    let mut pre = [0u8; PREAMBLE_LEN];
-    read_or_gone!(recv.read_exact(&mut pre), header_due);
-    let len = match decode_preamble(&pre, MAX_HEADER_BYTES) {
-        Ok(len) => len,
-        Err(FrameError::Version { theirs, .. }) => {
-            return refuse(Refusal::UnsupportedVersion {
-                receiver: PROTOCOL_VERSION,
-                sender: theirs,
-            })
-        }
-        Err(e) => {
-            return refuse(Refusal::Malformed {
-                reason: e.to_string(),
-            })
-        }
-    };
-    let mut body = vec![0u8; len];
-    read_or_gone!(recv.read_exact(&mut body), header_due);
-    let request = match Request::decode_body(&body) {
+    let request = match read_request(recv, shared.idle).await {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(Refusal::Malformed {
-                reason: e.to_string(),
-            })
-        }
+        Err(outcome) => return outcome,
     };
     let span = tracing::Span::current();
     span.record("segment", request.name.as_str());
     span.record("bytes", request.size);
-
-    let upload = match Upload::begin(&request, &archive.facts(&request.name)) {
-        Ok(u) => u,
+    let incoming = match Incoming::begin(&request, &archive.facts(&request.name)) {
+        Ok(i) => i,
         Err(r) => return refuse(r),
     };
-    let name = upload.name().to_string();
-
-    // Already stored? With the digest in the header, answer without taking the bytes. With a
-    // trailer digest, the commit compares with the stored copy instead.
-    let existing = match request.digest {
-        Some(sha) => {
-            let (archive, name) = (archive.clone(), name.clone());
-            tokio::task::spawn_blocking(move || archive.compare_existing(&name, request.size, &sha))
-                .await
-        }
-        None => Ok(Ok(None)),
-    };
-    match existing {
-        Ok(Ok(None)) => {}
-        Ok(Ok(Some(true))) => return Outcome::Reply(Reply::AlreadyHad),
-        Ok(Ok(Some(false))) => return refuse(Refusal::ConflictingContent { name }),
-        Ok(Err(e)) => {
-            return refuse(Refusal::StorageFailed {
-                name,
-                detail: format!("read the stored copy: {e}"),
-            })
-        }
-        Err(e) => {
-            return refuse(Refusal::StorageFailed {
-                name,
-                detail: e.to_string(),
-            })
-        }
-    }
+    let name = incoming.name().to_string();
 
     // An upload slot before any per-upload memory (decoder, buffer) or temp file. Waiting here
     // costs no more than the stream's window, held by QUIC; the sender waits on flow control.
     let permit = upload_slot(conn_uploads, &shared.uploads, &shared.limits).await;
     // From here the upload holds a slot others may need: it must keep up `min_upload_rate`.
-    let mut pace = Pace::new(idle, shared.limits.min_upload_rate);
+    let mut pace = Pace::new(shared.idle, shared.limits.min_upload_rate);
     let tmp = match archive.temp(&name) {
         Ok(t) => t,
         Err(e) => return refuse(storage_refusal(&name, &e)),
     };
-    let decoder = match BodyDecoder::new(request.encoding) {
-        Ok(d) => d,
-        Err(r) => return refuse(r),
+    let (incoming, tmp) = match pump(recv, incoming, tmp, &mut pace, &request, shared.idle).await {
+        Ok(v) => v,
+        Err(outcome) => return outcome,
     };
-    let trailer = TrailerSplit::new(upload.expects_trailer());
-    let max_wire = max_wire_bytes(request.encoding, request.size) + TRAILER_LEN as u64;
-    let mut sink = Sink {
-        upload,
-        decoder,
-        trailer,
-        tmp,
-        written: 0,
-    };
-    let mut wire = 0u64;
-    let batch = match request.encoding {
-        Encoding::Plain => WRITE_BUF,
-        Encoding::Zstd => ZSTD_BATCH,
-    };
-    let mut buf = vec![0u8; batch.min(max_wire as usize).max(1)];
-    let mut filled = 0;
-    loop {
-        let progress = sink.written.max(wire);
-        let now = tokio::time::Instant::now();
-        let rate_due = pace.due(progress);
-        if now >= rate_due {
-            return refuse(pace.too_slow(&name, request.size, progress));
-        }
-        let n =
-            match tokio::time::timeout_at(rate_due.min(now + idle), recv.read(&mut buf[filled..]))
-                .await
-            {
-                Err(_) if rate_due <= now + idle => {
-                    return refuse(pace.too_slow(&name, request.size, progress))
-                }
-                Err(_) => return Outcome::Gone(format!("no data for {idle:?}")),
-                Ok(Err(e)) => return Outcome::Gone(e.to_string()),
-                Ok(Ok(v)) => v,
-            };
-        let done = n.is_none();
-        if let Some(n) = n {
-            filled += n;
-            wire += n as u64;
-            if wire > max_wire {
-                return refuse(Refusal::SizeMismatch {
-                    name,
-                    announced: request.size,
-                    received: wire,
-                });
-            }
-        }
-        if filled > 0 && (done || filled == buf.len()) {
-            // Decode, check and write on the blocking pool: it is CPU and disk work, ours, so
-            // its time does not count against the sender's pace.
-            let ours = Instant::now();
-            let result = tokio::task::spawn_blocking(move || {
-                let r = sink.consume(&buf[..filled]);
-                (sink, buf, r)
-            })
-            .await;
-            pace.exclude(ours.elapsed());
-            match result {
-                Ok((s, b, Ok(()))) => (sink, buf) = (s, b),
-                Ok((_, _, Err(r))) => return refuse(r),
-                Err(e) => {
-                    return refuse(Refusal::StorageFailed {
-                        name,
-                        detail: e.to_string(),
-                    })
-                }
-            }
-            filled = 0;
-        }
-        if done {
-            break;
-        }
-    }
-    drop(buf);
-    let Sink {
-        mut upload,
-        decoder,
-        trailer,
-        tmp,
-        ..
-    } = sink;
-    if let Err(r) = decoder.finish() {
-        return refuse(r);
-    }
-    // The decoding memory is gone: the fsyncs below need no slot.
-    drop(decoder);
+    // The decoding memory goes with `incoming`: the fsyncs below need no slot.
+    let verified = incoming.finish();
     drop(permit);
-    if let Some(digest) = trailer.trailer() {
-        upload.set_trailer(digest);
-    }
-    let verified = match upload.finish() {
+    let verified = match verified {
         Ok(v) => v,
         Err(r) => return refuse(r),
     };
@@ -726,6 +593,116 @@ async fn receive(recv: &mut RecvStream, conn_uploads: &Arc<Semaphore>, shared: &
             detail: e.to_string(),
         }),
     }
+}
+
+/// The request header, whole within one idle timeout (not one per read: a header trickled a
+/// byte at a time would otherwise hold the stream, and the connection's sending slot, for
+/// ever). A sender of another protocol version is answered from its preamble alone.
+async fn read_request(recv: &mut RecvStream, idle: Duration) -> Result<Request, Outcome> {
+    let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
+    let due = tokio::time::Instant::now() + idle;
+    let body = match read_frame(recv, REQUEST, Some(due)).await {
+        Ok(body) => body,
+        Err(ReadError::Frame(FrameError::Version { theirs, .. })) => {
+            return Err(refuse(Refusal::UnsupportedVersion {
+                receiver: PROTOCOL_VERSION,
+                sender: theirs,
+            }))
+        }
+        Err(ReadError::Frame(e)) => {
+            return Err(refuse(Refusal::Malformed {
+                reason: e.to_string(),
+            }))
+        }
+        Err(ReadError::Deadline) => return Err(Outcome::Gone(format!("no data for {idle:?}"))),
+        Err(e @ (ReadError::Ended | ReadError::Io(_))) => return Err(Outcome::Gone(e.to_string())),
+    };
+    Request::decode_body(&body).map_err(|e| {
+        refuse(Refusal::Malformed {
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Move the stream's wire bytes through `incoming` into `tmp` until the sender finishes, in
+/// batches (decoded and written on the blocking pool), keeping the sender to `pace`.
+async fn pump(
+    recv: &mut RecvStream,
+    mut incoming: Incoming,
+    mut tmp: TempFile,
+    pace: &mut Pace,
+    request: &Request,
+    idle: Duration,
+) -> Result<(Incoming, TempFile), Outcome> {
+    let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
+    let batch = match incoming.encoding() {
+        Encoding::Plain => WRITE_BUF,
+        Encoding::Zstd => ZSTD_BATCH,
+    };
+    let mut buf = vec![0u8; batch.min(incoming.max_wire() as usize).max(1)];
+    let (mut filled, mut wire) = (0, 0u64);
+    loop {
+        let progress = incoming.plain_bytes().max(wire);
+        let now = tokio::time::Instant::now();
+        let rate_due = pace.due(progress);
+        if now >= rate_due {
+            return Err(refuse(pace.too_slow(&request.name, request.size, progress)));
+        }
+        let read = tokio::time::timeout_at(rate_due.min(now + idle), recv.read(&mut buf[filled..]));
+        let n = match read.await {
+            Err(_) if rate_due <= now + idle => {
+                return Err(refuse(pace.too_slow(&request.name, request.size, progress)))
+            }
+            Err(_) => return Err(Outcome::Gone(format!("no data for {idle:?}"))),
+            Ok(Err(e)) => return Err(Outcome::Gone(e.to_string())),
+            Ok(Ok(v)) => v,
+        };
+        let done = n.is_none();
+        if let Some(n) = n {
+            filled += n;
+            wire += n as u64;
+        }
+        if filled > 0 && (done || filled == buf.len()) {
+            // Decode, check and write on the blocking pool: it is CPU and disk work, ours, so
+            // its time does not count against the sender's pace.
+            let ours = Instant::now();
+            let result = tokio::task::spawn_blocking(move || {
+                let r = absorb(&mut incoming, &mut tmp, &buf[..filled]);
+                (incoming, tmp, buf, r)
+            })
+            .await;
+            pace.exclude(ours.elapsed());
+            match result {
+                Ok((i, t, b, Ok(()))) => (incoming, tmp, buf) = (i, t, b),
+                Ok((_, _, _, Err(r))) => return Err(refuse(r)),
+                Err(e) => {
+                    return Err(refuse(Refusal::StorageFailed {
+                        name: request.name.clone(),
+                        detail: e.to_string(),
+                    }))
+                }
+            }
+            filled = 0;
+        }
+        if done {
+            return Ok((incoming, tmp));
+        }
+    }
+}
+
+/// Blocking: one batch of wire bytes through `incoming`, its plain bytes written to `tmp`.
+fn absorb(incoming: &mut Incoming, tmp: &mut TempFile, wire: &[u8]) -> Result<(), Refusal> {
+    use std::io::Write;
+    let name = incoming.name().to_string();
+    let before = incoming.plain_bytes();
+    incoming.absorb(wire, &mut |plain| {
+        tmp.file()
+            .write_all(plain)
+            .map_err(|e| write_refusal(&name, &e))
+    })?;
+    // Start writeback of what this batch wrote, so the final fsync is short.
+    tmp.start_writeback(before, incoming.plain_bytes() - before);
+    Ok(())
 }
 
 /// Take one of this connection's upload slots, then one of the `max_uploads` slots, waiting
@@ -816,47 +793,6 @@ impl Pace {
 /// The time `bytes` take at `rate` bytes per second.
 fn pace_time(bytes: u64, rate: u64) -> Duration {
     Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
-}
-
-/// Where the bytes of one upload go: decoded, accounted for, written to the temp file.
-struct Sink {
-    upload: Upload,
-    decoder: BodyDecoder,
-    /// Holds back the digest trailer at the end of the stream.
-    trailer: TrailerSplit,
-    tmp: TempFile,
-    /// Plain bytes written so far.
-    written: u64,
-}
-
-impl Sink {
-    /// Blocking: decode `wire` and write the plain bytes.
-    fn consume(&mut self, wire: &[u8]) -> Result<(), Refusal> {
-        use std::io::Write;
-        let Sink {
-            upload,
-            decoder,
-            trailer,
-            tmp,
-            written,
-        } = self;
-        let name = upload.name().to_string();
-        let before = *written;
-        let (held, content) = trailer.split(wire);
-        for part in [&held[..], content] {
-            decoder.decode(part, &mut |plain| {
-                upload.feed(plain)?;
-                tmp.file()
-                    .write_all(plain)
-                    .map_err(|e| write_refusal(&name, &e))?;
-                *written += plain.len() as u64;
-                Ok(())
-            })?;
-        }
-        // Start writeback of what this batch wrote, so the final fsync is short.
-        tmp.start_writeback(before, *written - before);
-        Ok(())
-    }
 }
 
 fn write_refusal(name: &str, e: &std::io::Error) -> Refusal {

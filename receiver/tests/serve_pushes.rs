@@ -58,7 +58,6 @@ async fn bad_name_is_refused_by_the_sender_and_by_the_receiver() {
     let request = Request {
         name: bad.to_string(),
         size: body.len() as u64,
-        digest: None,
         encoding: sender.compression,
     };
     let result =

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// Ship PostgreSQL WAL to a walship-receiver over QUIC with mutual TLS.
 #[derive(Parser)]
-#[command(name = "walship-sender", version = walship_common::version::LINE.as_str())]
+#[command(name = "walship-sender", version = walship_common::proto::frame::VERSION_LINE)]
 pub struct Cli {
     /// Config file (TOML); relative paths in it are resolved against its directory.
     #[arg(long, global = true, env = "WALSHIP_CONFIG")]

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use quinn::VarInt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::timeout;
 use walship_common::lookahead::{self, Book, FileIdentity, Lookup, Outcome, SETTLE};
-use walship_common::proto::frame::PREAMBLE_LEN;
-use walship_common::proto::handoff::{decode_handoff_preamble, Handoff, HandoffReply};
+use walship_common::proto::frame::{close_meaning, CLOSE_DONE};
+use walship_common::proto::handoff::{Handoff, HandoffReply, HANDOFF};
 use walship_common::sys::config::SenderSettings;
+use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::WalFileName;
 
 use crate::error::SenderError;
@@ -62,7 +63,7 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| SenderError::Internal(e.to_string()))?;
+        .map_err(|source| SenderError::Runtime { source })?;
     runtime.block_on(async move {
         let listener = bind(&socket)?;
         let target = Target::new(&settings).await?;
@@ -78,10 +79,14 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
         if let Some(dir) = status_dir {
             tokio::spawn(daemon.clone().look_ahead(dir));
         }
+        let pgdata = match &daemon.settings.pgdata {
+            Some(dir) => dir.display().to_string(),
+            None => "none".into(),
+        };
         tracing::info!(
             socket = %socket.display(),
             lookahead = daemon.settings.lookahead,
-            pgdata = ?daemon.settings.pgdata,
+            %pgdata,
             receiver = %daemon.settings.receiver,
             "listening"
         );
@@ -92,7 +97,7 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
         listener.remove();
         warm.abort();
         if let Some(conn) = daemon.conn.lock().await.take() {
-            conn.close(VarInt::from_u32(0), b"daemon stopping");
+            conn.close(VarInt::from_u32(CLOSE_DONE), b"daemon stopping");
         }
         let _ = timeout(
             Duration::from_millis(100),
@@ -119,7 +124,10 @@ impl Daemon {
     /// Accept `push` clients until SIGTERM or SIGINT.
     async fn accept(self: Arc<Self>, listener: &UnixListener, uid: u32) -> Result<(), SenderError> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| SenderError::Internal(e.to_string()))?;
+            .map_err(|source| SenderError::Signal {
+                signal: "SIGTERM",
+                source,
+            })?;
         loop {
             let stream = tokio::select! {
                 _ = term.recv() => break,
@@ -148,17 +156,19 @@ impl Daemon {
     }
 
     async fn serve_client(self: Arc<Self>, mut stream: UnixStream) {
-        let request = match timeout(REQUEST_TIMEOUT, read_handoff(&mut stream)).await {
-            Ok(Ok(Some(r))) => r,
+        let due = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let body = read_frame(&mut stream, HANDOFF, Some(due)).await;
+        let request = match body.map(|b| Handoff::decode_body(&b).map_err(ReadError::Frame)) {
+            Ok(Ok(r)) => r,
             // Connected and closed without a byte: a liveness probe (a second daemon checking
             // whether this one is alive).
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::warn!("unreadable request on the daemon socket: {e}");
+            Err(ReadError::Ended) => return,
+            Err(ReadError::Deadline) => {
+                tracing::warn!("a client connected to the daemon socket and sent no request within {REQUEST_TIMEOUT:?}");
                 return;
             }
-            Err(_) => {
-                tracing::warn!("a client connected to the daemon socket and sent nothing");
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!("unreadable request on the daemon socket: {e}");
                 return;
             }
         };
@@ -248,13 +258,10 @@ impl Daemon {
                 Err(e) => return (Err(e), Outcome::Failed),
             };
         }
-        let settled = before.settled(SystemTime::now());
+        let read_at = SystemTime::now();
         let result = self.ship_once(path, name).await;
-        let outcome = match (&result, identity(path).await) {
-            (Ok(_), Ok(after)) if settled && after == before => Outcome::Acked(before),
-            (Ok(_), _) => Outcome::Untrusted,
-            (Err(_), _) => Outcome::Failed,
-        };
+        let now = identity(path).await.ok();
+        let outcome = lookahead::judge(result.is_ok(), &before, read_at, now.as_ref());
         (result, outcome)
     }
 
@@ -265,7 +272,7 @@ impl Daemon {
             .slots
             .acquire()
             .await
-            .map_err(|e| SenderError::Internal(e.to_string()))?;
+            .expect("the transfer semaphore is never closed");
         let settings = &self.settings;
         let request = push::prepare_blocking(path, name, settings.compression).await?;
         let attempt = |conn: quinn::Connection| {
@@ -327,7 +334,10 @@ impl Daemon {
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     } else {
                         backoff = FIRST_BACKOFF;
-                        tracing::info!("connection to receiver closed ({reason}); reconnecting");
+                        tracing::info!(
+                            "connection to receiver closed: {}; reconnecting",
+                            closed_how(&reason)
+                        );
                     }
                 }
                 Err(e) => {
@@ -406,26 +416,21 @@ async fn identity(path: &Path) -> Result<FileIdentity, SenderError> {
         })
 }
 
-/// One request, or `None` when the client closed before sending anything.
-async fn read_handoff(stream: &mut UnixStream) -> Result<Option<Handoff>, String> {
-    let mut pre = [0u8; PREAMBLE_LEN];
-    let first = stream.read(&mut pre).await.map_err(|e| e.to_string())?;
-    if first == 0 {
-        return Ok(None);
+/// Why the warm connection closed, in words (quinn's own text for an application close is
+/// "closed by peer: 0").
+fn closed_how(reason: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match reason {
+        E::ApplicationClosed(c) => close_meaning(c.error_code.into_inner()),
+        E::TimedOut => {
+            "no packet from the receiver within the idle timeout (it may be down, or the link cut)"
+                .into()
+        }
+        E::Reset => "the receiver no longer knew it (restarted?)".into(),
+        E::LocallyClosed => "closed by this daemon".into(),
+        E::ConnectionClosed(c) => format!("the receiver's QUIC stack closed it ({c})"),
+        other => other.to_string(),
     }
-    stream
-        .read_exact(&mut pre[first..])
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = decode_handoff_preamble(&pre).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    Handoff::decode_body(&body)
-        .map(Some)
-        .map_err(|e| e.to_string())
 }
 
 /// `.ready` WAL files in `archive_status`, in the archiver's order.

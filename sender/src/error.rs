@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use walship_common::proto::outgoing::EncodeError;
 use walship_common::proto::{FrameError, Refusal};
 use walship_common::sys::config::ConfigError;
 use walship_common::sys::tls::TlsError;
@@ -30,6 +31,12 @@ pub enum SenderError {
     },
     #[error("{} is {size} bytes, larger than any WAL file", path.display())]
     TooLarge { path: PathBuf, size: u64 },
+    #[error("{}: {source} (PostgreSQL will retry)", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: EncodeError,
+    },
     #[error("cannot resolve receiver address {addr}: {reason}; check `receiver` in {}", config.display())]
     Resolve {
         addr: String,
@@ -42,6 +49,16 @@ pub enum SenderError {
         port: String,
         timeout: Duration,
     },
+    #[error("cannot open a UDP socket on {bind} to reach the receiver: {source}; check that this user may open UDP sockets here (firewall or seccomp rules, `ulimit -n`) (PostgreSQL will retry)")]
+    UdpBind {
+        bind: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`server_name` {name:?} in {} is not a DNS name or an IP address; set it to a name the receiver's certificate was made for (walship-receiver certs --server-name)", config.display())]
+    BadServerName { name: String, config: PathBuf },
+    #[error("cannot start a connection to receiver {addr}: {detail} (PostgreSQL will retry)")]
+    Connect { addr: String, detail: String },
     #[error("TLS with receiver {addr} failed: {detail}")]
     Handshake { addr: String, detail: String },
     #[error(
@@ -87,6 +104,18 @@ pub enum SenderError {
     /// The daemon's own verdict, already one line.
     #[error("{0}")]
     Daemon(String),
-    #[error("internal: {0}")]
-    Internal(String),
+    #[error("cannot start the async runtime: {source}; the host may be short of threads or memory (`ulimit -u`, free memory) (PostgreSQL will retry)")]
+    Runtime {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task of ours panicked or was cancelled: a bug, not the operator's doing.
+    #[error("the {what} task failed ({detail}); this is a bug in walship-sender, please report it (PostgreSQL will retry)")]
+    TaskFailed { what: &'static str, detail: String },
 }

@@ -12,7 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use walship_common::proto::handoff::{read_frame, Handoff, HandoffReply, ReadFrameError};
+use walship_common::proto::handoff::{Handoff, HandoffReply, HANDOFF};
+use walship_common::sys::frame_io::{read_frame_blocking, ReadError};
 
 /// Why the daemon could not be used; `push` then connects to the receiver itself.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +100,9 @@ pub fn ask(
         .and_then(|()| stream.set_write_timeout(Some(wait)))
         .and_then(|()| stream.write_all(&request.encode()))
         .map_err(|e| no_answer(e.to_string()))?;
-    let body = read_frame(&mut stream).map_err(|e| match e {
-        ReadFrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+    let body = read_frame_blocking(&mut stream, HANDOFF).map_err(|e| match e {
+        ReadError::Ended => no_answer("it closed the connection without a verdict".into()),
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             no_answer("it closed the connection without a verdict".into())
         }
         e => no_answer(e.to_string()),

@@ -78,7 +78,7 @@ fn run_push(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| SenderError::Internal(e.to_string()))?;
+        .map_err(|source| SenderError::Runtime { source })?;
     runtime.block_on(push::push(&settings, path, name))
 }
 

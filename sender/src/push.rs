@@ -1,7 +1,8 @@
 //! `walship-sender push PATH NAME`: PostgreSQL's archive_command. Sends one file on one QUIC
-//! stream, read once (hash, compress and send in one pipeline, the SHA-256 as a trailer), and
-//! succeeds only on the receiver's "stored" or "already had" reply, which it sends after
-//! verifying the SHA-256 and fsyncing: transport acknowledgements prove nothing.
+//! stream, read once (hash, compress and send in one pipeline laid out by [`Outgoing`], the
+//! digest as a trailer), and succeeds only on the receiver's "stored" or "already had" reply,
+//! which it sends after verifying the digest and fsyncing: transport acknowledgements prove
+//! nothing. The daemon ships through the same [`transfer`].
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -13,11 +14,12 @@ use std::time::Duration;
 use quinn::VarInt;
 use tokio::time::timeout;
 use walship_common::proto::digest::Hasher;
-use walship_common::proto::frame::{
-    decode_preamble, MAX_FILE_BYTES, MAX_REPLY_BYTES, PREAMBLE_LEN,
+use walship_common::proto::frame::{CLOSE_DONE, MAX_FILE_BYTES, REPLY};
+use walship_common::proto::{
+    Encoding, FrameError, Outgoing, Refusal, Reply, Request, PROTOCOL_VERSION,
 };
-use walship_common::proto::{BodyEncoder, Encoding, Reply, Request};
 use walship_common::sys::config::SenderSettings;
+use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::sys::tls;
 use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
 use walship_common::{handshake, WalFileName};
@@ -50,7 +52,7 @@ pub async fn push(
     let result = timeout(settings.timeout, async {
         let conn = target.connect().await?;
         let result = transfer(settings, &conn, path, request, &progress).await;
-        conn.close(VarInt::from_u32(0), b"done");
+        conn.close(VarInt::from_u32(CLOSE_DONE), b"done");
         result
     })
     .await
@@ -134,7 +136,10 @@ pub async fn prepare_blocking(
     let (path, name) = (path.to_path_buf(), name.to_string());
     tokio::task::spawn_blocking(move || prepare(&path, &name, encoding))
         .await
-        .map_err(|e| SenderError::Internal(e.to_string()))?
+        .map_err(|e| SenderError::TaskFailed {
+            what: "file check",
+            detail: e.to_string(),
+        })?
 }
 
 /// The receiver as a place to connect to: its address, and a client endpoint with our
@@ -145,6 +150,7 @@ pub struct Target {
     receiver: String,
     server_name: String,
     connect_timeout: Duration,
+    config_path: std::path::PathBuf,
 }
 
 impl Target {
@@ -158,6 +164,7 @@ impl Target {
             receiver: settings.receiver.clone(),
             server_name: settings.server_name.clone(),
             connect_timeout: settings.connect_timeout,
+            config_path: settings.config_path.clone(),
         })
     }
 
@@ -167,7 +174,16 @@ impl Target {
         let connecting = self
             .endpoint
             .connect(addr, &self.server_name)
-            .map_err(|e| SenderError::Internal(format!("connect to {addr}: {e}")))?;
+            .map_err(|e| match e {
+                quinn::ConnectError::InvalidServerName(_) => SenderError::BadServerName {
+                    name: self.server_name.clone(),
+                    config: self.config_path.clone(),
+                },
+                e => SenderError::Connect {
+                    addr: self.receiver.clone(),
+                    detail: e.to_string(),
+                },
+            })?;
         let conn = match timeout(self.connect_timeout, connecting).await {
             Err(_) | Ok(Err(quinn::ConnectionError::TimedOut)) => {
                 return Err(SenderError::ReceiverUnreachable {
@@ -227,7 +243,6 @@ pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, S
     Ok(Request {
         name: parsed.to_string(),
         size,
-        digest: None,
         encoding,
     })
 }
@@ -260,10 +275,14 @@ fn client_endpoint(
     }
     .parse()
     .expect("literal address");
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|e| SenderError::Internal(format!("bind a UDP socket: {e}")))?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| SenderError::Internal(e.to_string()))?;
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| SenderError::UdpBind { bind, source })?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| {
+        SenderError::Tls(tls::TlsError::Setup {
+            path: settings.cert.clone(),
+            message: format!("not usable for QUIC (TLS 1.3): {e}"),
+        })
+    })?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     // Idle timeout no longer than the connect timeout: a silent receiver fails the push fast.
@@ -291,35 +310,54 @@ pub async fn transfer(
     progress: &Progress,
 ) -> Result<Pushed, SenderError> {
     let name = request.name.clone();
-    let receiver = settings.receiver.clone();
-    let lost = |detail: String| SenderError::ConnectionLost {
-        addr: receiver.clone(),
-        name: name.clone(),
-        detail,
+    let fail = Failures {
+        receiver: &settings.receiver,
+        server_name: &settings.server_name,
+        name: &name,
     };
-    // In TLS 1.3 the server judges our certificate after we think the handshake is done: a
-    // rejection shows up as the connection closing on the first stream operation.
-    let conn_err = |e: quinn::ConnectionError| match tls_failure(&e) {
-        Some(_) => handshake_error(&receiver, &settings.server_name, e),
-        None => lost(e.to_string()),
-    };
+    let outgoing = Outgoing::new(request, settings.compression_level).map_err(|source| {
+        SenderError::Encode {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     progress.set(STAGE_NO_STREAM);
-    let (mut tx, mut rx) = conn.open_bi().await.map_err(conn_err)?;
+    let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| fail.conn(e))?;
     progress.set(STAGE_SENDING);
-    let write_err = |e: quinn::WriteError| match e {
-        quinn::WriteError::ConnectionLost(c) => conn_err(c),
-        e => lost(e.to_string()),
-    };
-    tx.write_all(&request.encode()).await.map_err(write_err)?;
+    tx.write_all(&outgoing.header())
+        .await
+        .map_err(|e| fail.write(e))?;
+    let stopped_early = send_content(&mut tx, outgoing, path, progress, &fail).await?;
+    if !stopped_early {
+        let _ = tx.finish();
+    }
+    tracing::debug!("all bytes written");
+    progress.set(STAGE_REPLY);
+    match read_verdict(&mut rx, &fail).await? {
+        Reply::Stored => Ok(Pushed::Stored),
+        Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
+        Reply::Refused(refusal) => Err(SenderError::Refused {
+            name: name.clone(),
+            refusal,
+        }),
+    }
+}
 
-    // Read and compress on a blocking thread while this task sends: the two overlap, and the
-    // bounded channel keeps memory to a few chunks whatever the file size.
-    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+/// Read and compress on a blocking thread while this task sends: the two overlap, and the
+/// bounded channel keeps memory to a few chunks whatever the file size. True when the receiver
+/// stopped reading before the end (it has answered already: refused, or had it).
+async fn send_content(
+    tx: &mut quinn::SendStream,
+    outgoing: Outgoing,
+    path: &Path,
+    progress: &Progress,
+    fail: &Failures<'_>,
+) -> Result<bool, SenderError> {
+    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Result<Vec<u8>, SenderError>>(4);
     let producer = {
-        let (path, size) = (path.to_path_buf(), request.size);
-        let (encoding, level) = (request.encoding, settings.compression_level);
+        let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = produce(&path, size, encoding, level, &chunks_tx) {
+            if let Err(e) = produce(&path, outgoing, &chunks_tx) {
                 let _ = chunks_tx.blocking_send(Err(e));
             }
         })
@@ -327,58 +365,115 @@ pub async fn transfer(
     let mut stopped_early = false;
     let mut wire = 0u64;
     while let Some(chunk) = chunks.recv().await {
-        let chunk = chunk.map_err(|source| SenderError::ReadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let chunk = chunk?;
         match tx.write_all(&chunk).await {
             Ok(()) => {
                 wire += chunk.len() as u64;
                 progress.sent.store(wire, Ordering::Relaxed);
             }
-            // The receiver stopped reading: it has answered already (refused or had it).
             Err(quinn::WriteError::Stopped(_)) => {
                 stopped_early = true;
                 break;
             }
-            Err(e) => return Err(write_err(e)),
+            Err(e) => return Err(fail.write(e)),
         }
     }
     drop(chunks);
     let _ = producer.await;
-    tracing::debug!(wire, plain = request.size, "content sent");
-    if !stopped_early {
-        let _ = tx.finish();
-    }
-    tracing::debug!("all bytes written");
-    progress.set(STAGE_REPLY);
+    tracing::debug!(wire, "content sent");
+    Ok(stopped_early)
+}
 
-    let reply = read_reply(&mut rx).await.map_err(|e| match e {
-        ReplyError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c))) => {
-            conn_err(c)
+/// The receiver's one reply frame.
+async fn read_verdict(
+    rx: &mut quinn::RecvStream,
+    fail: &Failures<'_>,
+) -> Result<Reply, SenderError> {
+    let body = read_frame(rx, REPLY, None).await.map_err(|e| match e {
+        // The receiver speaks another version: it answered in its own (a receiver of this
+        // release or later would have answered in ours), see proto::frame.
+        ReadError::Frame(FrameError::Version { theirs, .. }) => SenderError::Refused {
+            name: fail.name.to_string(),
+            refusal: Refusal::UnsupportedVersion {
+                receiver: theirs,
+                sender: PROTOCOL_VERSION,
+            },
+        },
+        ReadError::Frame(f) => SenderError::BadReply(f, fail.receiver.to_string()),
+        ReadError::Io(e) => match connection_lost(&e) {
+            Some(c) => fail.conn(c),
+            None => fail.lost(format!("reading the reply: {e}")),
+        },
+        e @ (ReadError::Ended | ReadError::Deadline) => {
+            fail.lost(format!("the receiver's reply stream {e}"))
         }
-        ReplyError::Read(e) => lost(e.to_string()),
-        ReplyError::Frame(f) => SenderError::BadReply(f, receiver.clone()),
     })?;
-    match reply {
-        Reply::Stored => Ok(Pushed::Stored),
-        Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
-        Reply::Refused(refusal) => Err(SenderError::Refused { name, refusal }),
+    Reply::decode_body(&body).map_err(|f| SenderError::BadReply(f, fail.receiver.to_string()))
+}
+
+/// How a transfer's stream failures are reported: which receiver, which file.
+struct Failures<'a> {
+    receiver: &'a str,
+    server_name: &'a str,
+    name: &'a str,
+}
+
+impl Failures<'_> {
+    fn lost(&self, detail: String) -> SenderError {
+        SenderError::ConnectionLost {
+            addr: self.receiver.to_string(),
+            name: self.name.to_string(),
+            detail,
+        }
+    }
+
+    /// In TLS 1.3 the server judges our certificate after we think the handshake is done: a
+    /// rejection shows up as the connection closing on the first stream operation.
+    fn conn(&self, e: quinn::ConnectionError) -> SenderError {
+        match tls_failure(&e) {
+            Some(_) => handshake_error(self.receiver, self.server_name, e),
+            None => self.lost(e.to_string()),
+        }
+    }
+
+    fn write(&self, e: quinn::WriteError) -> SenderError {
+        match e {
+            quinn::WriteError::ConnectionLost(c) => self.conn(c),
+            e => self.lost(e.to_string()),
+        }
     }
 }
 
-/// Read `size` bytes of `path` once: hash, encode, and hand wire chunks to the sender task,
-/// then the digest trailer (blocking). Hashing runs on its own thread beside compression, so a
-/// 16 MiB segment costs the slower of the two, not their sum.
+/// The connection error under a failed stream read, if the connection is what failed.
+fn connection_lost(e: &std::io::Error) -> Option<quinn::ConnectionError> {
+    match e.get_ref()?.downcast_ref::<quinn::ReadError>()? {
+        quinn::ReadError::ConnectionLost(c) => Some(c.clone()),
+        _ => None,
+    }
+}
+
+/// Read `path` once through `outgoing`: hash, encode, and hand wire chunks to the sender task,
+/// then the end of the encoding and the digest trailer (blocking). Hashing runs on its own
+/// thread beside compression, so a 16 MiB segment costs the slower of the two, not their sum.
 fn produce(
     path: &Path,
-    size: u64,
-    encoding: Encoding,
-    level: i32,
-    out: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
-) -> std::io::Result<()> {
-    let mut file = std::fs::File::open(path)?.take(size);
-    let mut encoder = BodyEncoder::new(encoding, level, size)?;
+    mut outgoing: Outgoing,
+    out: &tokio::sync::mpsc::Sender<Result<Vec<u8>, SenderError>>,
+) -> Result<(), SenderError> {
+    let read_err = |source| SenderError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let encode_err = |source| SenderError::Encode {
+        path: path.to_path_buf(),
+        source,
+    };
+    let hashing = |detail: &str| SenderError::TaskFailed {
+        what: "hashing",
+        detail: detail.to_string(),
+    };
+    let size = outgoing.request().size;
+    let mut file = std::fs::File::open(path).map_err(read_err)?.take(size);
     // A few chunks in flight bound the memory: CHUNK x (hasher queue 2 + 2 in hand), plus the
     // wire queue to the sender task.
     let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(2);
@@ -390,35 +485,24 @@ fn produce(
             }
             hasher.finalize()
         });
-        let mut total = 0u64;
         loop {
             let mut buf = vec![0u8; CHUNK];
-            let n = read_full(&mut file, &mut buf)?;
+            let n = read_full(&mut file, &mut buf).map_err(read_err)?;
             let mut wire = Vec::new();
             if n == 0 {
-                if total != size {
-                    // PostgreSQL never shortens a finished segment; someone else did.
-                    return Err(std::io::Error::other(format!(
-                        "the file shrank from {size} to {total} bytes while it was read"
-                    )));
-                }
                 drop(to_hasher);
-                encoder.finish(&mut wire)?;
-                let digest = hasher
-                    .join()
-                    .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
-                wire.extend_from_slice(&digest);
+                let digest = hasher.join().map_err(|_| hashing("the thread panicked"))?;
+                outgoing.finish(digest, &mut wire).map_err(encode_err)?;
                 // If the sender task has stopped, the receiver answered early: nothing to do.
                 let _ = out.blocking_send(Ok(wire));
                 return Ok(());
             }
-            total += n as u64;
             buf.truncate(n);
             let chunk = Arc::new(buf);
             to_hasher
                 .send(chunk.clone())
-                .map_err(|_| std::io::Error::other("the hashing thread stopped"))?;
-            encoder.encode(&chunk, &mut wire)?;
+                .map_err(|_| hashing("the thread stopped"))?;
+            outgoing.encode(&chunk, &mut wire).map_err(encode_err)?;
             if !wire.is_empty() && out.blocking_send(Ok(wire)).is_err() {
                 return Ok(()); // the sender task stopped: the receiver answered early
             }
@@ -438,20 +522,6 @@ fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-enum ReplyError {
-    Read(quinn::ReadExactError),
-    Frame(walship_common::proto::FrameError),
-}
-
-async fn read_reply(rx: &mut quinn::RecvStream) -> Result<Reply, ReplyError> {
-    let mut pre = [0u8; PREAMBLE_LEN];
-    rx.read_exact(&mut pre).await.map_err(ReplyError::Read)?;
-    let len = decode_preamble(&pre, MAX_REPLY_BYTES).map_err(ReplyError::Frame)?;
-    let mut body = vec![0u8; len];
-    rx.read_exact(&mut body).await.map_err(ReplyError::Read)?;
-    Reply::decode_body(&body).map_err(ReplyError::Frame)
 }
 
 /// Turn a handshake-time failure into advice: which side refused which certificate, and the

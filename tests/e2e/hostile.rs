@@ -1,8 +1,9 @@
 //! Hostile peers, through a raw QUIC client speaking the walship protocol byte by byte: frames
-//! with a bad magic, another protocol version or an oversized length; requests whose size or
-//! digest lie; names with `/`, `..` or 100 characters; a segment stored under another segment's
-//! name; a connection holding 100 silent streams; and TLS peers with an expired certificate, no
-//! certificate, or a sender expecting another server name.
+//! with a bad magic, another protocol version (newer, or the previous one) or an oversized
+//! length; requests whose size or digest lie; names with `/`, `..` or 100 characters; a
+//! segment stored under another segment's name; a connection holding 100 silent streams; and
+//! TLS peers with an expired certificate, no certificate, or a sender expecting another server
+//! name.
 //!
 //! Each case asserts the receiver's exact refusal, that nothing is visible under the file's name
 //! (and no temp file is left), and that the receiver then still stores a correct push.
@@ -15,7 +16,8 @@ use walship_common::proto::frame::MAX_HEADER_BYTES;
 use walship_common::proto::{Refusal, Reply, Request, PROTOCOL_VERSION};
 use walship_tests::process::{wait_for, OsUser};
 use walship_tests::raw::{
-    client_tls_without_cert, honest_request, preamble, request_with_version, RawClient, StreamEnd,
+    client_tls_without_cert, honest_request, preamble, request_with_version, with_trailer,
+    RawClient, StreamEnd, REPLY_TIMEOUT,
 };
 use walship_tests::walship::{
     archive_names, assert_pushed, assert_refused, push, receiver_config, sender_for,
@@ -207,7 +209,7 @@ const HOSTILE_WARNINGS: [&str; 6] = [
     "malformed request",
     "protocol version",
     "sender announced",
-    "received content has sha-256",
+    "received content has",
     "is not a wal file name",
     "is not a valid wal segment",
 ];
@@ -218,7 +220,6 @@ fn bad_frames() {
     let mut rig = Rig::start("hostile_frames", "2s");
     let raw = rig.raw();
     let seg = &d.home[0];
-    let req = honest_request(&seg.name, &seg.bytes);
 
     // Not our magic at all: an HTTP request sent to the walship port.
     let r = refusal(
@@ -230,19 +231,7 @@ fn bad_frames() {
         "{r:?}"
     );
 
-    // Our magic, the next protocol version, followed by a well-formed request and the content.
-    let next = PROTOCOL_VERSION + 1;
-    let mut v2 = request_with_version(&req, next);
-    v2.extend_from_slice(&seg.bytes[..4096]);
-    let r = refusal(raw.exchange(&v2), "next version");
-    assert_eq!(
-        r,
-        Refusal::UnsupportedVersion {
-            receiver: PROTOCOL_VERSION,
-            sender: next
-        }
-    );
-    assert_nothing_under(rig.archive(), &seg.name);
+    other_versions_are_told_to_upgrade(&raw, &rig, seg);
 
     // A header length over the limit: refused from the preamble alone, without waiting for
     // (or allocating) the body. The stream stays open, so a reply proves the receiver did not
@@ -286,6 +275,46 @@ fn bad_frames() {
     rig.stop_and_check(&HOSTILE_WARNINGS);
 }
 
+/// A sender of the next protocol version gets the typed refusal; one of the previous version
+/// (3) gets it in its own version, as the one free-text refusal every release since protocol 1
+/// prints, and is told which side to upgrade. Nothing is stored either way.
+fn other_versions_are_told_to_upgrade(raw: &RawClient, rig: &Rig, seg: &Segment) {
+    let req = honest_request(&seg.name, &seg.bytes);
+    // Our magic, the next protocol version, followed by a well-formed request and the content.
+    let next = PROTOCOL_VERSION + 1;
+    let mut v2 = request_with_version(&req, next);
+    v2.extend_from_slice(&seg.bytes[..4096]);
+    let r = refusal(raw.exchange(&v2), "next version");
+    assert_eq!(
+        r,
+        Refusal::UnsupportedVersion {
+            receiver: PROTOCOL_VERSION,
+            sender: next
+        }
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // The previous protocol.
+    let mut s = raw.open().expect("open stream");
+    let _ = s.write(&request_with_version(&req, 3));
+    s.finish();
+    let (version, end) = s.versioned_reply(REPLY_TIMEOUT);
+    assert_eq!(
+        version,
+        Some(3),
+        "the refusal is not framed in the sender's version"
+    );
+    let r = refusal(end, "previous version");
+    assert!(
+        matches!(&r, Refusal::Malformed { reason }
+            if reason.contains("upgrade walship-sender on the primary")
+                && reason.contains("protocol version 3")
+                && reason.contains(&format!("protocol version {PROTOCOL_VERSION}"))),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+}
+
 #[test]
 fn hostile_compressed_streams() {
     use walship_common::proto::{BodyEncoder, Encoding};
@@ -303,8 +332,13 @@ fn hostile_compressed_streams() {
     let mut req = honest_request(&seg.name, &seg.bytes);
     req.encoding = Encoding::Zstd;
 
+    let trailed = |wire: &[u8]| with_trailer(wire, &seg.bytes);
+
     // Garbage where a zstd frame should be.
-    let r = refusal(raw.upload(&req, &[0x5a; 4096]), "garbage zstd");
+    let r = refusal(
+        raw.upload_wire(&req, &trailed(&[0x5a; 4096])),
+        "garbage zstd",
+    );
     assert!(
         matches!(&r, Refusal::Malformed { reason } if reason.contains("compressed stream")),
         "{r:?}"
@@ -313,7 +347,10 @@ fn hostile_compressed_streams() {
 
     // A frame cut short.
     let wire = zstd(&seg.bytes);
-    let r = refusal(raw.upload(&req, &wire[..wire.len() / 2]), "truncated zstd");
+    let r = refusal(
+        raw.upload_wire(&req, &trailed(&wire[..wire.len() / 2])),
+        "truncated zstd",
+    );
     assert!(
         matches!(r, Refusal::Malformed { .. } | Refusal::SizeMismatch { .. }),
         "{r:?}"
@@ -324,7 +361,10 @@ fn hostile_compressed_streams() {
     // soon as the plain bytes pass the announcement, never written beyond it.
     let mut bomb_plain = seg.bytes.clone();
     bomb_plain.extend(std::iter::repeat_n(0u8, 64 << 20));
-    let r = refusal(raw.upload(&req, &zstd(&bomb_plain)), "zstd bomb");
+    let r = refusal(
+        raw.upload_wire(&req, &trailed(&zstd(&bomb_plain))),
+        "zstd bomb",
+    );
     assert!(
         matches!(&r, Refusal::SizeMismatch { announced, .. } if *announced == seg.bytes.len() as u64),
         "{r:?}"
@@ -333,7 +373,10 @@ fn hostile_compressed_streams() {
 
     // The honest compressed upload is stored byte-identical.
     assert!(
-        matches!(raw.upload(&req, &wire), StreamEnd::Reply(Reply::Stored)),
+        matches!(
+            raw.upload_wire(&req, &trailed(&wire)),
+            StreamEnd::Reply(Reply::Stored)
+        ),
         "honest zstd upload"
     );
     assert_eq!(
@@ -376,36 +419,25 @@ fn lying_sizes_and_digests() {
     );
     assert_nothing_under(rig.archive(), &seg.name);
 
-    // The right bytes, announced with another digest.
-    let mut wrong = req.clone();
-    if let Some(d) = wrong.digest.as_mut() {
-        d[0] ^= 0xff;
-    }
-    let r = refusal(raw.upload(&wrong, &seg.bytes), "wrong digest");
+    // The right bytes, with another digest in the trailer.
+    let real = walship_common::proto::digest::digest(&seg.bytes);
+    let mut wrong = real;
+    wrong[0] ^= 0xff;
+    let mut with_wrong = seg.bytes.clone();
+    with_wrong.extend_from_slice(&wrong);
+    let r = refusal(raw.upload_wire(&req, &with_wrong), "wrong digest");
     assert_eq!(
         r,
         Refusal::ChecksumMismatch {
             name: seg.name.clone(),
-            expected: hex::encode(wrong.digest.expect("header digest")),
-            actual: hex::encode(req.digest.expect("header digest")),
+            expected: hex::encode(wrong),
+            actual: hex::encode(real),
         }
     );
     assert_nothing_under(rig.archive(), &seg.name);
 
-    // Protocol 2's trailer digest: wrong, or missing (the stream ends with the content).
-    let mut trailer_req = req.clone();
-    trailer_req.digest = None;
-    let mut with_trailer = seg.bytes.clone();
-    let mut bad_digest = req.digest.expect("header digest");
-    bad_digest[31] ^= 0x01;
-    with_trailer.extend_from_slice(&bad_digest);
-    let r = refusal(raw.upload(&trailer_req, &with_trailer), "wrong trailer");
-    assert!(
-        matches!(&r, Refusal::ChecksumMismatch { name, .. } if *name == seg.name),
-        "{r:?}"
-    );
-    assert_nothing_under(rig.archive(), &seg.name);
-    let r = refusal(raw.upload(&trailer_req, &seg.bytes), "no trailer");
+    // No trailer: the stream ends with the content, whose last 32 bytes are taken for one.
+    let r = refusal(raw.upload_wire(&req, &seg.bytes), "no trailer");
     assert!(
         matches!(&r, Refusal::SizeMismatch { name, .. } if *name == seg.name),
         "{r:?}"
@@ -415,7 +447,10 @@ fn lying_sizes_and_digests() {
     // The announced digest, content damaged after the page header.
     let mut damaged = seg.bytes.clone();
     damaged[5_000_000] ^= 0x01;
-    let r = refusal(raw.upload(&req, &damaged), "damaged content");
+    let r = refusal(
+        raw.upload_wire(&req, &with_trailer(&damaged, &seg.bytes)),
+        "damaged content",
+    );
     assert!(
         matches!(&r, Refusal::ChecksumMismatch { name, .. } if *name == seg.name),
         "{r:?}"
@@ -448,7 +483,6 @@ fn bad_names_and_misnamed_segment() {
         let req = Request {
             name: name.clone(),
             size: seg.bytes.len() as u64,
-            digest: Some(walship_common::proto::digest::digest(&seg.bytes)),
             encoding: walship_common::proto::Encoding::Plain,
         };
         let r = refusal(raw.upload(&req, &seg.bytes), name);

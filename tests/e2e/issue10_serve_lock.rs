@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use walship_common::proto::Reply;
 use walship_tests::process::wait_for;
-use walship_tests::raw::{honest_request, REPLY_TIMEOUT};
+use walship_tests::raw::{honest_request, with_trailer, REPLY_TIMEOUT};
 use walship_tests::walship::receiver_config;
 use walship_tests::{donors, CertSet, Output, Scenario};
 
@@ -83,8 +83,8 @@ fn item9_second_serve_exits_and_keeps_the_first_ones_upload() {
 
     // The first upload completes and is stored.
     stream
-        .write(&seg.bytes[half..])
-        .expect("write the rest of the segment");
+        .write(&with_trailer(&seg.bytes[half..], &seg.bytes))
+        .expect("write the rest of the segment and its digest");
     stream.finish();
     assert_eq!(stream.reply(REPLY_TIMEOUT).reply(), Reply::Stored);
     assert_stored(&archive, seg);

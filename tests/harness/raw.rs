@@ -4,8 +4,10 @@
 //!
 //! The protocol (common/src/proto/frame.rs): ALPN `walship/1`, one bidirectional stream per file;
 //! the client writes a frame (10-byte preamble `WSHP`, u16 BE version, u32 BE body length, then a
-//! bincode body) holding a [`Request`], then exactly `size` content bytes, then finishes its side;
-//! the receiver answers one [`Reply`] frame.
+//! bincode body) holding a [`Request`], then the content (`size` plain bytes, in the request's
+//! encoding), then the 32-byte digest of the plain bytes, then finishes its side; the receiver
+//! answers one [`Reply`] frame. The client reads replies of any version, as a sender of that
+//! version would (the layout of a refusal is the same since protocol 1).
 //!
 //! The client owns a small multi-threaded tokio runtime, so the connection keeps being driven
 //! (acknowledgements, keep-alives, flow control) while the test thread sleeps or polls files.
@@ -19,7 +21,8 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use tokio::runtime::{Handle, Runtime};
-use walship_common::proto::frame::{decode_preamble, MAX_REPLY_BYTES, PREAMBLE_LEN};
+use walship_common::proto::digest::digest;
+use walship_common::proto::frame::{MAGIC, MAX_REPLY_BYTES, PREAMBLE_LEN};
 use walship_common::proto::{Reply, Request, ALPN};
 
 use crate::certs::{CertSet, SERVER_NAME};
@@ -134,10 +137,17 @@ impl RawClient {
         s.reply(REPLY_TIMEOUT)
     }
 
-    /// Send `request`'s frame followed by `content` (which may disagree with it), then finish.
+    /// Send `request`'s frame, `content` as plain bytes (which may disagree with the request)
+    /// and its honest digest trailer, then finish.
     pub fn upload(&self, request: &Request, content: &[u8]) -> StreamEnd {
+        self.upload_wire(request, &with_trailer(content, content))
+    }
+
+    /// Send `request`'s frame followed by exactly `wire` (content and trailer as the test
+    /// makes them), then finish.
+    pub fn upload_wire(&self, request: &Request, wire: &[u8]) -> StreamEnd {
         let mut bytes = request.encode();
-        bytes.extend_from_slice(content);
+        bytes.extend_from_slice(wire);
         self.exchange(&bytes)
     }
 
@@ -196,12 +206,17 @@ impl RawStream {
 
     /// Wait up to `within` for the reply frame.
     pub fn reply(&mut self, within: Duration) -> StreamEnd {
+        self.versioned_reply(within).1
+    }
+
+    /// Wait up to `within` for the reply frame; also the protocol version its preamble carries.
+    pub fn versioned_reply(&mut self, within: Duration) -> (Option<u16>, StreamEnd) {
         let recv = &mut self.recv;
         match self
             .rt
-            .block_on(async { tokio::time::timeout(within, read_reply(recv)).await })
+            .block_on(async { tokio::time::timeout(within, read_versioned_reply(recv)).await })
         {
-            Err(_) => StreamEnd::NoAnswer(within),
+            Err(_) => (None, StreamEnd::NoAnswer(within)),
             Ok(end) => end,
         }
     }
@@ -209,20 +224,33 @@ impl RawStream {
 
 /// Read one reply frame from `recv`.
 pub async fn read_reply(recv: &mut RecvStream) -> StreamEnd {
+    read_versioned_reply(recv).await.1
+}
+
+/// Read one reply frame of any protocol version from `recv`: the version in its preamble, and
+/// the reply (decoded as this release's `Reply`, whose refusals encode as in every version).
+pub async fn read_versioned_reply(recv: &mut RecvStream) -> (Option<u16>, StreamEnd) {
     let mut pre = [0u8; PREAMBLE_LEN];
     if let Err(e) = recv.read_exact(&mut pre).await {
-        return StreamEnd::Ended(e.to_string());
+        return (None, StreamEnd::Ended(e.to_string()));
     }
-    let len = match decode_preamble(&pre, MAX_REPLY_BYTES) {
-        Ok(len) => len,
-        Err(e) => panic!("the receiver sent a malformed reply preamble: {e}"),
-    };
+    assert_eq!(
+        pre[..4],
+        MAGIC,
+        "the receiver sent a reply with a bad magic: {pre:02x?}"
+    );
+    let version = u16::from_be_bytes([pre[4], pre[5]]);
+    let len = u32::from_be_bytes([pre[6], pre[7], pre[8], pre[9]]) as usize;
+    assert!(
+        len <= MAX_REPLY_BYTES,
+        "the receiver sent a reply of {len} bytes"
+    );
     let mut body = vec![0u8; len];
     if let Err(e) = recv.read_exact(&mut body).await {
-        return StreamEnd::Ended(format!("reply body: {e}"));
+        return (Some(version), StreamEnd::Ended(format!("reply body: {e}")));
     }
     match Reply::decode_body(&body) {
-        Ok(r) => StreamEnd::Reply(r),
+        Ok(r) => (Some(version), StreamEnd::Reply(r)),
         Err(e) => panic!("the receiver sent an undecodable reply: {e}"),
     }
 }
@@ -265,12 +293,18 @@ pub fn request_with_version(request: &Request, version: u16) -> Vec<u8> {
     bytes
 }
 
-/// The request walship-sender would send for `content` under `name`.
+/// The request walship-sender would send for `content` under `name` (plain encoding).
 pub fn honest_request(name: &str, content: &[u8]) -> Request {
     Request {
         name: name.to_string(),
         size: content.len() as u64,
-        digest: Some(walship_common::proto::digest::digest(content)),
         encoding: walship_common::proto::Encoding::Plain,
     }
+}
+
+/// `wire` followed by the digest trailer of `plain`.
+pub fn with_trailer(wire: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut out = wire.to_vec();
+    out.extend_from_slice(&digest(plain));
+    out
 }

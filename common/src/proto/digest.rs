@@ -7,6 +7,10 @@
 
 use std::fmt;
 
+/// The digest's name as operators read it in refusals and logs: every text that names the
+/// digest takes it from here, so a change of algorithm cannot leave a stale name behind.
+pub const ALGORITHM: &str = "BLAKE3";
+
 /// Bytes in a digest (also the length of the trailer that carries it).
 pub const DIGEST_LEN: usize = 32;
 

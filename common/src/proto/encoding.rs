@@ -9,8 +9,6 @@
 use serde::{Deserialize, Serialize};
 use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
-use crate::proto::frame::Refusal;
-
 /// log2 of the zstd window: 2 MiB. WAL repeats within a few pages, so a larger window buys
 /// little ratio for memory multiplied by every parallel transfer.
 pub const WINDOW_LOG: u32 = 21;
@@ -35,6 +33,22 @@ pub fn max_wire_bytes(encoding: Encoding, size: u64) -> u64 {
     }
 }
 
+/// Why wire bytes could not be decoded. The receiver refuses the upload as malformed with this
+/// text (see [`crate::proto::incoming`]); the decoder itself knows nothing of refusals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The zstd library could not set up a decoder (out of memory).
+    #[error("zstd decoder: {0}")]
+    Setup(String),
+    /// Not a zstd frame, or a damaged one, or one asking for a window above [`WINDOW_LOG`].
+    #[error("compressed stream: {0}")]
+    Corrupt(String),
+    #[error("compressed stream: data after the end of the zstd frame")]
+    TrailingData,
+    #[error("compressed stream: ends in the middle of the zstd frame")]
+    Truncated,
+}
+
 /// Turns wire bytes into plain bytes, chunk by chunk.
 pub struct BodyDecoder {
     zstd: Option<ZstdState>,
@@ -46,21 +60,16 @@ struct ZstdState {
     frame_done: bool,
 }
 
-fn malformed(what: &str, e: impl std::fmt::Display) -> Refusal {
-    Refusal::Malformed {
-        reason: format!("{what}: {e}"),
-    }
-}
-
 impl BodyDecoder {
-    pub fn new(encoding: Encoding) -> Result<Self, Refusal> {
+    pub fn new(encoding: Encoding) -> Result<Self, DecodeError> {
+        let setup = |e: std::io::Error| DecodeError::Setup(e.to_string());
         let zstd = match encoding {
             Encoding::Plain => None,
             Encoding::Zstd => {
-                let mut decoder = Decoder::new().map_err(|e| malformed("zstd decoder", e))?;
+                let mut decoder = Decoder::new().map_err(setup)?;
                 decoder
                     .set_parameter(DParameter::WindowLogMax(WINDOW_LOG))
-                    .map_err(|e| malformed("zstd decoder", e))?;
+                    .map_err(setup)?;
                 Some(ZstdState {
                     decoder,
                     out: vec![0u8; OUT_CHUNK],
@@ -71,28 +80,26 @@ impl BodyDecoder {
         Ok(BodyDecoder { zstd })
     }
 
-    /// Decode `input`, handing the plain bytes to `sink` in pieces of at most 256 KiB.
-    pub fn decode(
+    /// Decode `input`, handing the plain bytes to `sink` in pieces of at most 256 KiB. The
+    /// sink's error type is the caller's; decoding errors are turned into it.
+    pub fn decode<E: From<DecodeError>>(
         &mut self,
         input: &[u8],
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
-    ) -> Result<(), Refusal> {
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let Some(z) = &mut self.zstd else {
             return sink(input);
         };
         let mut inb = InBuffer::around(input);
         loop {
             if z.frame_done && inb.pos() < input.len() {
-                return Err(malformed(
-                    "compressed stream",
-                    "data after the end of the zstd frame",
-                ));
+                return Err(DecodeError::TrailingData.into());
             }
             let mut outb = OutBuffer::around(&mut z.out[..]);
             let hint = z
                 .decoder
                 .run(&mut inb, &mut outb)
-                .map_err(|e| malformed("compressed stream", e))?;
+                .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
             let produced = outb.pos();
             if produced > 0 {
                 sink(&z.out[..produced])?;
@@ -109,12 +116,9 @@ impl BodyDecoder {
     }
 
     /// After the last input: the compressed frame must be complete.
-    pub fn finish(&self) -> Result<(), Refusal> {
+    pub fn finish(&self) -> Result<(), DecodeError> {
         match &self.zstd {
-            Some(z) if !z.frame_done => Err(malformed(
-                "compressed stream",
-                "ends in the middle of the zstd frame",
-            )),
+            Some(z) if !z.frame_done => Err(DecodeError::Truncated),
             _ => Ok(()),
         }
     }
@@ -198,11 +202,11 @@ mod tests {
         out
     }
 
-    fn decode_all(enc: Encoding, wire: &[u8], chunk: usize) -> Result<Vec<u8>, Refusal> {
+    fn decode_all(enc: Encoding, wire: &[u8], chunk: usize) -> Result<Vec<u8>, DecodeError> {
         let mut d = BodyDecoder::new(enc)?;
         let mut plain = Vec::new();
         for c in wire.chunks(chunk.max(1)) {
-            d.decode(c, &mut |p| {
+            d.decode(c, &mut |p| -> Result<(), DecodeError> {
                 plain.extend_from_slice(p);
                 Ok(())
             })?;

@@ -1,24 +1,52 @@
 //! Frames: a fixed 10-byte preamble (magic `WSHP`, protocol version, body length; big-endian)
 //! followed by a bincode-2 body. The preamble is outside bincode so that a peer speaking another
 //! protocol version is recognised and told so, instead of failing to decode.
+//!
+//! Version negotiation. A receiver reading a request whose preamble carries another version
+//! does not read the body: it answers [`Refusal::UnsupportedVersion`] (see [`Reply::encode`]),
+//! framed in the *sender's* version so that the sender's own preamble check passes, and worded
+//! for that sender: a sender of protocol 1 to 3 gets it as [`Refusal::Malformed`] with the whole
+//! advice as its reason, because its own text for `UnsupportedVersion` only says "install the
+//! same release". That works because `Reply::Refused` (variant 2), `UnsupportedVersion`
+//! (variant 7, two u16) and `Malformed` (variant 8, one string) have had the same encoding
+//! since protocol 1; they must keep it (pinned by a test). A sender reading a reply whose
+//! preamble carries another version knows the receiver speaks that version (a receiver of this
+//! release or later would have framed the answer in the sender's own version) and explains it
+//! with [`Refusal::UnsupportedVersion`] without decoding the body.
 
 use serde::{Deserialize, Serialize};
 
-/// ALPN protocol id; a peer that does not offer it fails the TLS handshake.
+use crate::proto::digest::ALGORITHM as DIGEST;
+use crate::proto::encoding::Encoding;
+
+/// ALPN protocol id; a peer that does not offer it fails the TLS handshake. It names the
+/// framing (a versioned preamble, then bincode), not the protocol version: every release since
+/// protocol 1 offers `walship/1`, so releases of different protocol versions still connect and
+/// tell each other which one to upgrade, in the preamble.
 pub const ALPN: &[u8] = b"walship/1";
 /// Version carried in every preamble.
 /// Version 2: the digest may follow the content as a trailer (`Request::digest` is `None`).
 /// Version 3: the digest is BLAKE3 instead of SHA-256 (see [`crate::proto::digest`]).
 /// Version 4: `Refusal::ForeignCluster` no longer carries the archive's system identifier;
-/// refusals for history, backup and partial files checked by content.
+/// refusals for history, backup and partial files checked by content; the digest is always the
+/// trailer (`Request` has no digest field); a request of another version is answered in the
+/// sender's version with advice on which side to upgrade.
 pub const PROTOCOL_VERSION: u16 = 4;
+/// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
+/// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
+const LAST_UNDIRECTED_VERSION: u16 = 3;
+/// This release, for texts that tell an operator what to install.
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
+/// What `--version` prints after the program's name: the release and the protocol it speaks,
+/// so that an operator comparing the two hosts sees at once whether they can talk.
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 4)");
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"WSHP";
 /// magic (4) + version (2) + body length (4).
 pub const PREAMBLE_LEN: usize = 10;
-/// Largest header body accepted. A request is a WAL name (at most 64 bytes), a size and a
-/// 32-byte digest: about 100 bytes. 4 KiB leaves room for later fields while a hostile peer
-/// cannot make the receiver allocate more than this before it is authenticated by content.
+/// Largest header body accepted. A request is a WAL name (at most 64 bytes), a size and an
+/// encoding: under 100 bytes. 4 KiB leaves room for later fields while a hostile peer cannot
+/// make the receiver allocate more than this before it is authenticated by content.
 pub const MAX_HEADER_BYTES: usize = 4096;
 /// Largest reply body accepted (reasons carry a few paths and numbers).
 pub const MAX_REPLY_BYTES: usize = 16 * 1024;
@@ -27,20 +55,61 @@ pub const TRAILER_LEN: usize = crate::proto::digest::DIGEST_LEN;
 /// Largest file accepted: PostgreSQL's largest WAL segment size (`--wal-segsize=1024`).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
+/// Application close codes on a walship connection (QUIC CONNECTION_CLOSE).
+/// The sender is done with the connection (or the connection was dropped).
+pub const CLOSE_DONE: u32 = 0;
+/// The receiver is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 1;
+/// The receiver closed an idle connection because another one waited for a sending slot.
+pub const CLOSE_EVICTED: u32 = 2;
+
+/// What the receiver closing a connection with `code` means, in words for the sender's log.
+pub fn close_meaning(code: u64) -> String {
+    match code {
+        0 => "the receiver closed it".into(),
+        1 => "the receiver is shutting down".into(),
+        2 => "the receiver closed it as idle because another sender waited for a sending slot (max_connections)".into(),
+        other => format!("the receiver closed it with code {other}"),
+    }
+}
+
+/// Which frames a reader expects: their magic and the largest body it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameKind {
+    pub magic: [u8; 4],
+    pub max: usize,
+}
+
+/// A [`Request`] frame, as the receiver reads it.
+pub const REQUEST: FrameKind = FrameKind {
+    magic: MAGIC,
+    max: MAX_HEADER_BYTES,
+};
+/// A [`Reply`] frame, as the sender reads it.
+pub const REPLY: FrameKind = FrameKind {
+    magic: MAGIC,
+    max: MAX_REPLY_BYTES,
+};
+
+impl FrameKind {
+    /// Check a preamble: magic, then version (so that a peer of another version is told so
+    /// whatever its lengths), then length; returns the body length.
+    pub fn decode_preamble(&self, pre: &[u8; PREAMBLE_LEN]) -> Result<usize, FrameError> {
+        decode_preamble_with(self.magic, pre, self.max)
+    }
+}
+
 /// What the sender announces before the bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// The WAL file name (`%f`), checked again by the receiver.
     pub name: String,
-    /// Exact number of content bytes that follow.
+    /// Exact number of plain content bytes. The wire bytes follow in `encoding`, then the
+    /// digest ([`crate::proto::digest`]) of the plain bytes as the last [`TRAILER_LEN`] bytes of
+    /// the stream, so the sender can read, hash, compress and send in one pass.
     pub size: u64,
-    /// Digest ([`crate::proto::digest`]) of the content (the plain bytes, whatever the encoding). `None`: the digest is
-    /// the last [`TRAILER_LEN`] bytes of the stream, after the content, so the sender can
-    /// read, hash, compress and send in one pass. `Some` lets the receiver answer "already
-    /// had" before the content arrives.
-    pub digest: Option<crate::proto::digest::Digest>,
     /// How the content travels.
-    pub encoding: crate::proto::encoding::Encoding,
+    pub encoding: Encoding,
 }
 
 /// The receiver's one answer per stream.
@@ -66,7 +135,7 @@ pub enum Refusal {
     ForeignCluster { name: String, segment: u64 },
     #[error("{name} is already archived with different content; the stored copy was kept. Two primaries may be archiving to the same receiver, or this primary was restored from an old backup: investigate before removing anything")]
     ConflictingContent { name: String },
-    #[error("{name}: received content has SHA-256 {actual}, the sender announced {expected}; the file changed while it was read or was damaged in transit (PostgreSQL will retry)")]
+    #[error("{name}: received content has {DIGEST} digest {actual}, the sender announced {expected}; the file changed while it was read or was damaged in transit (PostgreSQL will retry)")]
     ChecksumMismatch {
         name: String,
         expected: String,
@@ -82,7 +151,9 @@ pub enum Refusal {
     TooLarge { name: String, size: u64, max: u64 },
     #[error("{name} is not a valid WAL segment: {reason}")]
     BadSegment { name: String, reason: String },
-    #[error("receiver speaks protocol version {receiver}, sender speaks {sender}: install the same walship release on both sides")]
+    /// The two ends speak different protocol versions; the text says which side to upgrade.
+    /// Its encoding must never change (see the module doc).
+    #[error("{}", version_advice(*receiver, *sender))]
     UnsupportedVersion { receiver: u16, sender: u16 },
     #[error("malformed request: {reason}")]
     Malformed { reason: String },
@@ -122,7 +193,9 @@ pub enum Refusal {
 pub enum FrameError {
     #[error("peer is not speaking the walship protocol (bad magic {0:02x?})")]
     BadMagic([u8; 4]),
-    #[error("peer speaks walship protocol version {theirs}, we speak {ours}: install the same walship release on both sides")]
+    /// On the wire both ends turn this into [`Refusal::UnsupportedVersion`]; its own text is
+    /// what the local hand-off between `push` and the daemon reports.
+    #[error("peer speaks walship protocol version {theirs}, this program {ours}: run the same walship release on both ends (after an upgrade, restart walship-sender daemon)")]
     Version { ours: u16, theirs: u16 },
     #[error("frame of {len} bytes exceeds the limit of {max}")]
     TooLong { len: usize, max: usize },
@@ -143,14 +216,34 @@ fn encode<T: Serialize>(body: &T) -> Vec<u8> {
 /// A frame with the given magic: the wire protocol uses [`MAGIC`], the local hand-off between
 /// `push` and the daemon its own, so neither can be mistaken for the other.
 pub(crate) fn encode_with<T: Serialize>(magic: [u8; 4], body: &T) -> Vec<u8> {
+    encode_versioned(magic, PROTOCOL_VERSION, body)
+}
+
+fn encode_versioned<T: Serialize>(magic: [u8; 4], version: u16, body: &T) -> Vec<u8> {
     let payload = bincode::serde::encode_to_vec(body, config())
         .expect("serialising a plain struct into a Vec cannot fail");
     let mut out = Vec::with_capacity(PREAMBLE_LEN + payload.len());
     out.extend_from_slice(&magic);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&payload);
     out
+}
+
+/// The text of [`Refusal::UnsupportedVersion`]: which side is older and what to install.
+fn version_advice(receiver: u16, sender: u16) -> String {
+    let both = format!(
+        "walship-sender speaks protocol version {sender}, walship-receiver protocol version {receiver}"
+    );
+    match sender.cmp(&receiver) {
+        std::cmp::Ordering::Less => format!(
+            "{both}: upgrade walship-sender on the primary to the receiver's release (`walship-receiver --version` prints it) (PostgreSQL will retry)"
+        ),
+        std::cmp::Ordering::Greater => format!(
+            "{both}: upgrade walship-receiver on the standby to the sender's release (`walship-sender --version` prints it) (PostgreSQL will retry)"
+        ),
+        std::cmp::Ordering::Equal => format!("{both}: no upgrade should be needed"),
+    }
 }
 
 /// Check a preamble; returns the body length, bounded by `max`.
@@ -197,17 +290,31 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         encode(self)
     }
-    /// Decode a request body (after [`decode_preamble`] with [`MAX_HEADER_BYTES`]).
+    /// Decode a request body (after [`REQUEST`]'s preamble check).
     pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
         decode_body(body)
     }
 }
 
 impl Reply {
+    /// The reply frame. A version refusal is framed in the sender's version, so that the sender
+    /// can read it, and a sender of protocol 1 to 3 gets its advice as a malformed-request
+    /// reason, the one free text it can print (see the module doc).
     pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+        let Reply::Refused(r @ Refusal::UnsupportedVersion { sender, .. }) = self else {
+            return encode(self);
+        };
+        if *sender > LAST_UNDIRECTED_VERSION {
+            return encode_versioned(MAGIC, *sender, self);
+        }
+        let reason = format!("{r}; walship-receiver here is walship {RELEASE}");
+        encode_versioned(
+            MAGIC,
+            *sender,
+            &Reply::Refused(Refusal::Malformed { reason }),
+        )
     }
-    /// Decode a reply body (after [`decode_preamble`] with [`MAX_REPLY_BYTES`]).
+    /// Decode a reply body (after [`REPLY`]'s preamble check).
     pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
         decode_body(body)
     }
@@ -240,8 +347,7 @@ mod tests {
         Request {
             name: "000000010000000000000001".into(),
             size: 16 << 20,
-            digest: Some([7; 32]),
-            encoding: crate::proto::encoding::Encoding::Zstd,
+            encoding: Encoding::Zstd,
         }
     }
 
@@ -328,5 +434,260 @@ mod tests {
         let mut body = vec![253u8];
         body.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(Request::decode_body(&body).is_err());
+    }
+
+    #[test]
+    fn the_version_line_names_the_protocol_spoken() {
+        assert_eq!(
+            VERSION_LINE,
+            format!("{RELEASE} (protocol {PROTOCOL_VERSION})")
+        );
+    }
+
+    /// What a sender of protocol 1 to 3 decodes from a version refusal: its preamble check
+    /// passes (same version), and the body is `Reply::Refused(Refusal::Malformed { reason })`
+    /// in the encoding those releases share with this one: variant 2, variant 8, a string.
+    #[test]
+    fn an_old_sender_reads_the_version_refusal_as_one_clear_line() {
+        let bytes = Reply::Refused(Refusal::UnsupportedVersion {
+            receiver: PROTOCOL_VERSION,
+            sender: 3,
+        })
+        .encode();
+        assert_eq!(&bytes[..4], b"WSHP");
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 3);
+        let body = &bytes[PREAMBLE_LEN..];
+        assert_eq!(&body[..2], &[2, 8], "Reply::Refused, Refusal::Malformed");
+        let Reply::Refused(Refusal::Malformed { reason }) = Reply::decode_body(body).unwrap()
+        else {
+            panic!("not a malformed-request refusal")
+        };
+        for needle in [
+            "protocol version 3",
+            "protocol version 4",
+            "upgrade walship-sender on the primary",
+            RELEASE,
+        ] {
+            assert!(reason.contains(needle), "{needle:?} missing: {reason}");
+        }
+        assert!(!reason.contains('\n'), "{reason}");
+    }
+
+    /// A newer sender (protocol 5 and later) gets the typed refusal in its own version, and the
+    /// encoding of `UnsupportedVersion` is the one it was in protocol 1: variants 2 and 7, two
+    /// u16 (varint).
+    #[test]
+    fn a_newer_sender_gets_the_typed_refusal_in_its_own_version() {
+        let refusal = Refusal::UnsupportedVersion {
+            receiver: PROTOCOL_VERSION,
+            sender: 5,
+        };
+        let bytes = Reply::Refused(refusal.clone()).encode();
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 5);
+        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 4, 5]);
+        let text = refusal.to_string();
+        assert!(
+            text.contains("upgrade walship-receiver on the standby"),
+            "{text}"
+        );
+        let older = Refusal::UnsupportedVersion {
+            receiver: 5,
+            sender: PROTOCOL_VERSION,
+        };
+        assert!(older
+            .to_string()
+            .contains("upgrade walship-sender on the primary"));
+        // Every other reply is framed in our own version.
+        let bytes = Reply::Stored.encode();
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), PROTOCOL_VERSION);
+    }
+
+    /// Each refusal's text names what it is about: the file, the facts the sender needs and the
+    /// digest algorithm by its one constant, so that a change cannot leave a stale name behind.
+    #[test]
+    fn every_refusal_names_the_file_and_its_facts() {
+        let mut table = content_refusals();
+        table.extend(other_refusals());
+        check_refusal_texts(&table);
+    }
+
+    /// A refusal and the texts its message must contain.
+    type Row = (Refusal, Vec<&'static str>);
+    const N: &str = "000000010000000000000003";
+
+    /// Refusals about a file's name, size and content.
+    fn content_refusals() -> Vec<Row> {
+        let s = || N.to_string();
+        vec![
+            (
+                Refusal::BadName {
+                    name: "a/b".into(),
+                    reason: "has /".into(),
+                },
+                vec!["a/b", "has /"],
+            ),
+            (
+                Refusal::ForeignCluster {
+                    name: s(),
+                    segment: 7301,
+                },
+                vec![N, "7301"],
+            ),
+            (
+                Refusal::ConflictingContent { name: s() },
+                vec![N, "different content"],
+            ),
+            (
+                Refusal::ChecksumMismatch {
+                    name: s(),
+                    expected: "ab12".into(),
+                    actual: "cd34".into(),
+                },
+                vec![N, "ab12", "cd34", crate::proto::digest::ALGORITHM],
+            ),
+            (
+                Refusal::SizeMismatch {
+                    name: s(),
+                    announced: 16,
+                    received: 9,
+                },
+                vec![N, "16", "9"],
+            ),
+            (
+                Refusal::TooLarge {
+                    name: s(),
+                    size: 2048,
+                    max: 1024,
+                },
+                vec![N, "2048", "1024"],
+            ),
+            (
+                Refusal::BadSegment {
+                    name: s(),
+                    reason: "page address".into(),
+                },
+                vec![N, "page address"],
+            ),
+            (
+                Refusal::UnsupportedVersion {
+                    receiver: 4,
+                    sender: 3,
+                },
+                vec!["3", "4", "upgrade"],
+            ),
+        ]
+    }
+
+    /// Refusals about the request, the archive, the fence and the pace.
+    fn other_refusals() -> Vec<Row> {
+        let s = || N.to_string();
+        vec![
+            (
+                Refusal::Malformed {
+                    reason: "bad magic".into(),
+                },
+                vec!["bad magic"],
+            ),
+            (
+                Refusal::DiskFull {
+                    name: s(),
+                    detail: "ENOSPC".into(),
+                },
+                vec![N, "ENOSPC", "archive_dir"],
+            ),
+            (
+                Refusal::StorageFailed {
+                    name: s(),
+                    detail: "EIO".into(),
+                },
+                vec![N, "EIO", "log"],
+            ),
+            (
+                Refusal::Fenced {
+                    name: s(),
+                    timeline: 1,
+                    promoted_at_lsn: "0/3000028".into(),
+                    new_timeline: Some(2),
+                },
+                vec![N, "timeline 1", "0/3000028", "timeline 2"],
+            ),
+            (Refusal::ShuttingDown, vec!["shutting down", "retry"]),
+            (
+                Refusal::BadHistory {
+                    name: "00000002.history".into(),
+                    reason: "r1".into(),
+                },
+                vec!["00000002.history", "r1"],
+            ),
+            (
+                Refusal::HistoryConflict {
+                    name: "00000002.history".into(),
+                    reason: "r2".into(),
+                },
+                vec!["00000002.history", "r2"],
+            ),
+            (
+                Refusal::BadBackup {
+                    name: "x.backup".into(),
+                    reason: "r3".into(),
+                },
+                vec!["x.backup", "r3"],
+            ),
+            (
+                Refusal::PromotionInProgress { name: s() },
+                vec![N, "promote", "retry"],
+            ),
+            (
+                Refusal::TooSlow {
+                    name: s(),
+                    announced: 100,
+                    received: 7,
+                    elapsed_secs: 31,
+                    min_rate: 65536,
+                    grace_secs: 30,
+                },
+                vec![N, "100", " 7 ", "31s", "65536", "30s", "min_upload_rate"],
+            ),
+        ]
+    }
+
+    fn check_refusal_texts(table: &[Row]) {
+        for (refusal, needles) in table {
+            let text = refusal.to_string();
+            for needle in needles {
+                assert!(
+                    text.contains(needle),
+                    "{needle:?} missing from {refusal:?}: {text}"
+                );
+            }
+            assert!(!text.contains('\n'), "{text}");
+            // No digest but ours is ever named.
+            for other in ["SHA-256", "SHA256", "sha-256", "BLAKE3", "blake3"] {
+                if other != crate::proto::digest::ALGORITHM {
+                    assert!(!text.contains(other), "{other} in {text}");
+                }
+            }
+        }
+        // Every variant has a row: a new variant fails to compile in `variant_count` until it
+        // is counted there, and then this count until it has a row.
+        let mut seen: Vec<std::mem::Discriminant<Refusal>> = table
+            .iter()
+            .map(|(r, _)| std::mem::discriminant(r))
+            .collect();
+        seen.dedup();
+        assert_eq!(seen.len(), variant_count(&table[0].0));
+    }
+
+    /// The number of `Refusal` variants (the match has no wildcard on purpose).
+    fn variant_count(r: &Refusal) -> usize {
+        use Refusal::*;
+        match r {
+            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 18,
+            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 18,
+            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 18,
+            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 18,
+            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 18,
+            PromotionInProgress { .. } | TooSlow { .. } => 18,
+        }
     }
 }

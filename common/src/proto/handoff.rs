@@ -7,12 +7,17 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::frame::{decode_body, decode_preamble_with, encode_with, FrameError, PREAMBLE_LEN};
+use super::frame::{decode_body, encode_with, FrameError, FrameKind};
 
 /// First bytes of every hand-off frame.
 pub const HANDOFF_MAGIC: [u8; 4] = *b"WSLH";
 /// Largest hand-off body accepted: a path (PATH_MAX is 4096) and a WAL name, or a reply line.
 pub const MAX_HANDOFF_BYTES: usize = 8 * 1024;
+/// Hand-off frames, both ways (read with [`crate::sys::frame_io`]).
+pub const HANDOFF: FrameKind = FrameKind {
+    magic: HANDOFF_MAGIC,
+    max: MAX_HANDOFF_BYTES,
+};
 
 /// `push` asks the daemon to make `path` durable on the receiver as `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,33 +60,15 @@ impl HandoffReply {
     }
 }
 
-/// Check a hand-off preamble; returns the body length.
-pub fn decode_handoff_preamble(pre: &[u8; PREAMBLE_LEN]) -> Result<usize, FrameError> {
-    decode_preamble_with(HANDOFF_MAGIC, pre, MAX_HANDOFF_BYTES)
-}
-
-/// Read one hand-off frame body from a blocking reader (used by `push`).
-pub fn read_frame(r: &mut impl std::io::Read) -> Result<Vec<u8>, ReadFrameError> {
-    let mut pre = [0u8; PREAMBLE_LEN];
-    r.read_exact(&mut pre).map_err(ReadFrameError::Io)?;
-    let len = decode_handoff_preamble(&pre).map_err(ReadFrameError::Frame)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(ReadFrameError::Io)?;
-    Ok(body)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadFrameError {
-    #[error("{0}")]
-    Io(std::io::Error),
-    #[error("{0}")]
-    Frame(FrameError),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::{decode_preamble, MAX_HEADER_BYTES};
+    use crate::proto::frame::{FrameError, PREAMBLE_LEN, REQUEST};
+    use crate::sys::frame_io::{read_frame_blocking, ReadError};
+
+    fn read_frame(r: &mut &[u8]) -> Result<Vec<u8>, ReadError> {
+        read_frame_blocking(r, HANDOFF)
+    }
 
     #[test]
     fn round_trips() {
@@ -119,13 +106,13 @@ mod tests {
         let bytes = h.encode();
         let pre: &[u8; PREAMBLE_LEN] = bytes[..PREAMBLE_LEN].try_into().unwrap();
         assert!(matches!(
-            decode_preamble(pre, MAX_HEADER_BYTES),
+            REQUEST.decode_preamble(pre),
             Err(FrameError::BadMagic(_))
         ));
         let wire = crate::proto::Reply::Stored.encode();
         assert!(matches!(
             read_frame(&mut &wire[..]),
-            Err(ReadFrameError::Frame(FrameError::BadMagic(_)))
+            Err(ReadError::Frame(FrameError::BadMagic(_)))
         ));
     }
 
@@ -136,12 +123,13 @@ mod tests {
         bytes.extend_from_slice(&((MAX_HANDOFF_BYTES + 1) as u32).to_be_bytes());
         assert!(matches!(
             read_frame(&mut &bytes[..]),
-            Err(ReadFrameError::Frame(FrameError::TooLong { .. }))
+            Err(ReadError::Frame(FrameError::TooLong { .. }))
         ));
         let good = HandoffReply::Stored.encode();
         assert!(matches!(
             read_frame(&mut &good[..good.len() - 1]),
-            Err(ReadFrameError::Io(_))
+            Err(ReadError::Io(_))
         ));
+        assert!(matches!(read_frame(&mut &[][..]), Err(ReadError::Ended)));
     }
 }

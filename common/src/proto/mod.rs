@@ -2,21 +2,33 @@
 //!
 //! One QUIC connection (ALPN [`frame::ALPN`]) carries one bidirectional stream per file. On each
 //! stream the sender writes a [`frame::Request`] header, then the file content (`size` plain
-//! bytes, encoded as the header says), then, when the header carries no digest, the digest
-//! ([`digest`], BLAKE3) as a 32-byte trailer, then finishes its side; the receiver answers with one [`frame::Reply`] and finishes
-//! its side. The reply is sent only after the file is verified and durable, so the sender trusts
-//! it, never transport acknowledgements.
+//! bytes, encoded as the header says), then the digest ([`digest`], BLAKE3) of the plain bytes
+//! as a 32-byte trailer, then finishes its side; the receiver answers with one [`frame::Reply`]
+//! and finishes its side. The reply is sent only after the file is verified and durable, so
+//! the sender trusts it, never transport acknowledgements. A peer of another protocol version
+//! is told which side to upgrade (see [`frame`]).
 //!
-//! [`handoff`] is the local hand-off between `push` and the sender daemon (Unix socket).
+//! Layers, each using only those above it:
+//! - [`digest`], [`encoding`]: the content digest, and zstd or plain bytes (its own
+//!   [`encoding::DecodeError`]);
+//! - [`frame`]: preamble, request, reply and refusals, version negotiation;
+//! - [`upload`]: the checks of one file's plain bytes (name, header, cluster, history, fence);
+//! - [`incoming`] (receiver) and [`outgoing`] (sender): the whole stream, wire bytes to a
+//!   verified file and back;
+//! - [`handoff`]: the local hand-off between `push` and the sender daemon (Unix socket).
 //!
-//! [`upload::Upload`] is the receiver's pure state machine for one stream.
+//! Reading frames from a socket is IO: [`crate::sys::frame_io`].
 
 pub mod digest;
 pub mod encoding;
 pub mod frame;
 pub mod handoff;
+pub mod incoming;
+pub mod outgoing;
 pub mod upload;
 
-pub use encoding::{BodyDecoder, BodyEncoder, Encoding};
+pub use encoding::{BodyDecoder, BodyEncoder, DecodeError, Encoding};
 pub use frame::{FrameError, Refusal, Reply, Request, ALPN, PROTOCOL_VERSION};
+pub use incoming::Incoming;
+pub use outgoing::Outgoing;
 pub use upload::{ArchiveFacts, Upload, Verified};

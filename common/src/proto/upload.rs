@@ -1,7 +1,8 @@
-//! The receiver's pure state machine for one incoming file: given the request header and the
-//! facts about the archive, decide as early as possible whether the bytes may be stored, track
-//! length and digest as chunks arrive, and give a verdict at the end. No I/O here: the driver
-//! writes the chunks to a temp file and publishes it only with a [`Verified`] in hand.
+//! The receiver's pure checks of one incoming file's plain bytes: given the request header and
+//! the facts about the archive, decide as early as possible whether the bytes may be stored,
+//! track length and digest as chunks arrive, and give a verdict at the end against the digest
+//! trailer. [`crate::proto::incoming::Incoming`] feeds it the decoded bytes; the driver writes
+//! them to a temp file and publishes it only with a [`Verified`] in hand.
 //!
 //! Segments and partials are judged by their page header as it arrives. History and backup
 //! history files are small text files: they are buffered whole (at most
@@ -64,8 +65,6 @@ impl Verified {
 pub struct Upload {
     name: WalFileName,
     announced: u64,
-    /// From the header, or set from the trailer before [`Upload::finish`].
-    expected: Option<Digest>,
     received: u64,
     hasher: Hasher,
     /// First bytes, kept until the long page header can be decoded.
@@ -137,7 +136,6 @@ impl Upload {
         Ok(Upload {
             name,
             announced: request.size,
-            expected: request.digest,
             received: 0,
             hasher: Hasher::new(),
             head: Vec::with_capacity(LONG_PAGE_HEADER_LEN),
@@ -152,11 +150,6 @@ impl Upload {
 
     pub fn name(&self) -> &WalFileName {
         &self.name
-    }
-
-    /// Announced size in bytes.
-    pub fn size(&self) -> u64 {
-        self.announced
     }
 
     /// Account for the next chunk. Refuses as soon as the content is known to be unacceptable
@@ -186,22 +179,11 @@ impl Upload {
         Ok(())
     }
 
-    /// Whether the digest comes as a trailer after the content.
-    pub fn expects_trailer(&self) -> bool {
-        self.expected.is_none()
-    }
-
-    /// The digest read from the trailer (when the header carried none).
-    pub fn set_trailer(&mut self, digest: Digest) {
-        if self.expected.is_none() {
-            self.expected = Some(digest);
-        }
-    }
-
-    /// The verdict once the sender has finished its side.
-    pub fn finish(self) -> Result<Verified, Refusal> {
+    /// The verdict once the sender has finished its side. `trailer`: the digest that ended the
+    /// stream, `None` when the stream was shorter than a trailer.
+    pub fn finish(self, trailer: Option<Digest>) -> Result<Verified, Refusal> {
         let name = self.name.to_string();
-        let Some(expected) = self.expected else {
+        let Some(expected) = trailer else {
             return Err(Refusal::SizeMismatch {
                 name,
                 announced: self.announced + crate::proto::frame::TRAILER_LEN as u64,
@@ -310,49 +292,6 @@ impl Upload {
     }
 }
 
-/// Splits a stream into its content and the [`TRAILER_LEN`](crate::proto::frame::TRAILER_LEN)
-/// bytes at its very end, without knowing where the end is until the stream finishes: the last
-/// bytes seen are held back until more arrive.
-#[derive(Debug, Default)]
-pub struct TrailerSplit {
-    enabled: bool,
-    held: Vec<u8>,
-}
-
-impl TrailerSplit {
-    /// `enabled`: the stream ends with a trailer (else everything is content).
-    pub fn new(enabled: bool) -> Self {
-        TrailerSplit {
-            enabled,
-            held: Vec::new(),
-        }
-    }
-
-    /// The content in `chunk` and the bytes held back before it, in order: first the returned
-    /// vector (at most a trailer's length), then the returned slice of `chunk`.
-    pub fn split<'a>(&mut self, chunk: &'a [u8]) -> (Vec<u8>, &'a [u8]) {
-        const N: usize = crate::proto::frame::TRAILER_LEN;
-        if !self.enabled {
-            return (Vec::new(), chunk);
-        }
-        if chunk.len() >= N {
-            let (content, tail) = chunk.split_at(chunk.len() - N);
-            let released = std::mem::replace(&mut self.held, tail.to_vec());
-            (released, content)
-        } else {
-            let mut all = std::mem::take(&mut self.held);
-            all.extend_from_slice(chunk);
-            self.held = all.split_off(all.len().saturating_sub(N));
-            (all, &[])
-        }
-    }
-
-    /// The trailer, once the stream ended: `None` when it was shorter than a trailer.
-    pub fn trailer(self) -> Option<[u8; 32]> {
-        self.held.try_into().ok()
-    }
-}
-
 /// Refuse `name` when the fence closes its timeline.
 pub fn check_fence(fence: &Fence, name: &WalFileName) -> Result<(), Refusal> {
     if fence.admits(name) {
@@ -446,17 +385,17 @@ mod tests {
         Request {
             name: name.into(),
             size: body.len() as u64,
-            digest: Some(digest(body)),
             encoding: crate::proto::Encoding::Plain,
         }
     }
 
+    /// Feed `chunks` and finish with their honest digest as the trailer.
     fn run(req: &Request, facts: &ArchiveFacts, chunks: &[&[u8]]) -> Result<Verified, Refusal> {
         let mut up = Upload::begin(req, facts)?;
         for c in chunks {
             up.feed(c)?;
         }
-        up.finish()
+        up.finish(Some(digest(&chunks.concat())))
     }
 
     #[test]
@@ -472,7 +411,7 @@ mod tests {
             up.feed(c).unwrap();
         }
         up.feed(&body[70..]).unwrap();
-        let v = up.finish().unwrap();
+        let v = up.finish(Some(digest(&body))).unwrap();
         assert_eq!(v.system_id, Some(SystemId(42)));
         assert_eq!(v.size, SEG);
     }
@@ -512,8 +451,10 @@ mod tests {
         ));
         let mut tampered = body.clone();
         tampered[5000] ^= 0xff;
+        let mut up = Upload::begin(&req, &facts).unwrap();
+        up.feed(&tampered).unwrap();
         assert!(matches!(
-            run(&req, &facts, &[&tampered]),
+            up.finish(Some(digest(&body))),
             Err(Refusal::ChecksumMismatch { .. })
         ));
         assert!(run(&req, &facts, &[&body]).is_ok());
@@ -545,7 +486,6 @@ mod tests {
             let req = Request {
                 name: bad.into(),
                 size: 1,
-                digest: Some([0; 32]),
                 encoding: crate::proto::Encoding::Plain,
             };
             assert!(
@@ -559,7 +499,6 @@ mod tests {
         let req = Request {
             name: "00000002.history".into(),
             size: MAX_FILE_BYTES + 1,
-            digest: Some([0; 32]),
             encoding: crate::proto::Encoding::Plain,
         };
         assert!(matches!(
@@ -768,46 +707,27 @@ START TIMELINE: 1\nSTOP TIMELINE: 1\n";
     }
 
     #[test]
-    fn trailer_split_finds_the_last_bytes_whatever_the_chunking() {
-        let stream: Vec<u8> = (0..200u8).collect();
-        for size in [1, 5, 31, 32, 33, 64, 199, 200] {
-            let mut split = TrailerSplit::new(true);
-            let mut content = Vec::new();
-            for chunk in stream.chunks(size) {
-                let (held, part) = split.split(chunk);
-                content.extend_from_slice(&held);
-                content.extend_from_slice(part);
-            }
-            assert_eq!(content, &stream[..168], "chunk size {size}");
-            assert_eq!(split.trailer().unwrap().to_vec(), &stream[168..]);
-        }
-        let mut short = TrailerSplit::new(true);
-        let _ = short.split(&[1, 2, 3]);
-        assert_eq!(short.trailer(), None);
-        let mut off = TrailerSplit::new(false);
-        assert_eq!(off.split(&stream).1, &stream[..]);
-    }
-
-    #[test]
     fn trailer_digest_is_checked_and_required() {
         let (name, body) = segment(1, 42);
-        let mut req = request(&name, &body);
-        req.digest = None;
+        let req = request(&name, &body);
         let facts = ArchiveFacts::default();
         let mut up = Upload::begin(&req, &facts).unwrap();
-        assert!(up.expects_trailer());
         up.feed(&body).unwrap();
-        up.set_trailer(digest(&body));
-        assert_eq!(up.finish().unwrap().digest, digest(&body));
+        assert_eq!(
+            up.finish(Some(digest(&body))).unwrap().digest,
+            digest(&body)
+        );
 
         let mut up = Upload::begin(&req, &facts).unwrap();
         up.feed(&body).unwrap();
-        up.set_trailer([9; 32]);
-        assert!(matches!(up.finish(), Err(Refusal::ChecksumMismatch { .. })));
+        assert!(matches!(
+            up.finish(Some([9; 32])),
+            Err(Refusal::ChecksumMismatch { .. })
+        ));
 
         // The stream ended before a trailer: never stored.
         let mut up = Upload::begin(&req, &facts).unwrap();
         up.feed(&body).unwrap();
-        assert!(matches!(up.finish(), Err(Refusal::SizeMismatch { .. })));
+        assert!(matches!(up.finish(None), Err(Refusal::SizeMismatch { .. })));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod durable;
+pub mod frame_io;
 pub mod pg_control;
 pub mod tls;
 

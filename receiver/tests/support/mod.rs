@@ -323,7 +323,6 @@ impl RawClient {
         let request = Request {
             name: name.to_string(),
             size,
-            digest: None,
             encoding: walship_common::proto::Encoding::Plain,
         };
         tx.write_all(&request.encode()).await.expect("send header");
