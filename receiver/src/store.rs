@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use tracing::{info, warn};
-use walship_common::proto::digest::{Digest, Hasher};
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
 use walship_common::state::newest_segment;
 use walship_common::sys::config::ReceiverSettings;
@@ -148,41 +147,6 @@ impl Archive {
     /// A temp file for an incoming `name`.
     pub fn temp(&self, name: &str) -> Result<TempFile, DurableError> {
         TempFile::create(&self.dir, name, FILE_MODE)
-    }
-
-    /// When `name` is stored already: whether its content has this size and digest; an
-    /// identical file is fsynced (with the directory) before the answer, since a racing upload
-    /// may have linked it without finishing its own fsyncs. Blocking (reads the file). A link,
-    /// a FIFO or anything but a regular file under the name is an error: never followed, never
-    /// waited on.
-    pub fn compare_existing(
-        &self,
-        name: &str,
-        size: u64,
-        digest: &Digest,
-    ) -> io::Result<Option<bool>> {
-        let Some(mut file) =
-            durable::open_regular(&self.dir.join(name)).map_err(io::Error::other)?
-        else {
-            return Ok(None);
-        };
-        if file.metadata()?.len() != size {
-            return Ok(Some(false));
-        }
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            match file.read(&mut buf)? {
-                0 => break,
-                n => hasher.update(&buf[..n]),
-            }
-        }
-        let identical = hasher.finalize() == *digest;
-        if identical {
-            file.sync_all()?;
-            durable::sync_dir(&self.dir).map_err(io::Error::other)?;
-        }
-        Ok(Some(identical))
     }
 
     /// Make a verified upload durable and visible (blocking). Pins the archive to the upload's

@@ -26,6 +26,9 @@ use walship_common::{handshake, WalFileName};
 
 use crate::error::SenderError;
 
+/// Longest interval between keep-alive packets on a connection to the receiver.
+const KEEP_ALIVE_MAX: Duration = Duration::from_millis(500);
+
 /// How long to let the connection close go out before exiting.
 const CLOSE_FLUSH: Duration = Duration::from_millis(2);
 /// Read size when hashing and sending.
@@ -290,7 +293,12 @@ fn client_endpoint(
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(idle).expect("bounded by config"),
     ));
-    transport.keep_alive_interval(Some(idle / 3));
+    // Keep-alives also keep a push that waits for one of the receiver's upload slots from
+    // being dropped as idle: QUIC's idle timeout is the smaller of both sides', and the
+    // receiver's `idle_timeout` (at least 1 ms, 30 s by default) is unknown here. Every
+    // 500 ms (or a third of ours) is a few bytes, and a receiver's idle_timeout shorter than
+    // that would drop any sender between two segments anyway.
+    transport.keep_alive_interval(Some((idle / 3).min(KEEP_ALIVE_MAX)));
     // Unacknowledged bytes buffered per connection: 8 MiB covers 100 Mbit/s at 600 ms RTT or
     // 1 Gbit/s at 60 ms, and bounds the daemon's memory however many streams it runs.
     transport.send_window(8 << 20);
