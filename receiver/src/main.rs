@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => {
-            init_tracing("info");
+            walship_common::sys::logging::init("info");
             match serve_main(cli.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             // restore_command runs once per WAL file: no logging set-up unless asked for
             // (RUST_LOG); its errors go to stderr directly.
             if std::env::var_os("RUST_LOG").is_some() {
-                init_tracing("warn");
+                walship_common::sys::logging::init("warn");
             }
             let result = settings(cli.config).and_then(|s| restore::restore(&s, &name, &path));
             match result {
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             timeout,
             no_wait_replay,
         } => {
-            init_tracing("warn");
+            walship_common::sys::logging::init("warn");
             let opts = promote::Options {
                 timeout: std::time::Duration::from_secs(timeout),
                 no_wait_replay,
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Status { json } => {
-            init_tracing("warn");
+            walship_common::sys::logging::init("warn");
             let result = settings(cli.config)
                 .and_then(|s| runtime().and_then(|rt| rt.block_on(status::gather(&s))));
             match result {
@@ -85,12 +85,12 @@ fn main() -> ExitCode {
         Command::Cleanup { dry_run, restart } => {
             // Run by PostgreSQL after each restartpoint: its own lines only, unless RUST_LOG asks.
             if std::env::var_os("RUST_LOG").is_some() {
-                init_tracing("warn");
+                walship_common::sys::logging::init("warn");
             }
             ExitCode::from(cleanup::command(cli.config.as_deref(), &restart, dry_run))
         }
         Command::Certs { dir, server_name } => {
-            init_tracing("warn");
+            walship_common::sys::logging::init("warn");
             match certs::certs(&dir, &server_name) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&ReceiverError::Tls(e)),
@@ -154,14 +154,4 @@ async fn wait_for_signal() {
         _ = int.recv() => "SIGINT",
     };
     tracing::info!("received {which}");
-}
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
 }

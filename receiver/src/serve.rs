@@ -278,7 +278,7 @@ async fn connection(
         Ok(c) => c,
         Err(e) => {
             let text = e.to_string();
-            if let Some(failure) = tls_failure(&e) {
+            if let Some(failure) = walship_common::sys::quic::tls_failure(&e) {
                 // A certificate problem on one side or the other: a person must look.
                 let advice = failure.advice(handshake::Side::Receiver, "");
                 error!("rejected connection: {advice} ({text})");
@@ -468,23 +468,6 @@ impl Drop for Busy {
         if a.0 == 0 {
             a.1 = Instant::now();
         }
-    }
-}
-
-/// The TLS alert a failed handshake ended with (QUIC "crypto error" codes 0x100-0x1ff:
-/// certificate refused, no certificate, ALPN mismatch), and who sent it: our TLS stack refusing
-/// the client (`TransportError`) or the client refusing us (`ConnectionClosed`). `None` when the
-/// peer simply left.
-fn tls_failure(e: &quinn::ConnectionError) -> Option<handshake::HandshakeFailure> {
-    match e {
-        quinn::ConnectionError::TransportError(t) => {
-            handshake::HandshakeFailure::from_quic_code(handshake::Origin::Local, u64::from(t.code))
-        }
-        quinn::ConnectionError::ConnectionClosed(c) => handshake::HandshakeFailure::from_quic_code(
-            handshake::Origin::Peer,
-            u64::from(c.error_code),
-        ),
-        _ => None,
     }
 }
 

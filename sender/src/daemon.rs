@@ -322,7 +322,7 @@ impl Daemon {
                     // In TLS 1.3 the receiver judges our certificate after we consider the
                     // handshake done: its refusal arrives as the connection closing. Say so,
                     // with the advice, and back off rather than reconnect at once.
-                    if push::tls_failure(&reason).is_some() {
+                    if walship_common::sys::quic::tls_failure(&reason).is_some() {
                         let settings = &self.settings;
                         let e = push::handshake_error(
                             &settings.receiver,

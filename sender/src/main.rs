@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Daemon => {
-            init_tracing("info");
+            walship_common::sys::logging::init("info");
             let result = config::require(cli.config.as_deref())
                 .map_err(SenderError::from)
                 .and_then(|path| Ok(SenderSettings::load(path)?))
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Push { path, name } => {
-            init_tracing("warn");
+            walship_common::sys::logging::init("warn");
             push_exit(run_push(cli.config, &path, &name), &name)
         }
     }
@@ -80,14 +80,4 @@ fn run_push(
         .build()
         .map_err(|source| SenderError::Runtime { source })?;
     runtime.block_on(push::push(&settings, path, name))
-}
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
 }

@@ -438,7 +438,7 @@ impl Failures<'_> {
     /// In TLS 1.3 the server judges our certificate after we think the handshake is done: a
     /// rejection shows up as the connection closing on the first stream operation.
     fn conn(&self, e: quinn::ConnectionError) -> SenderError {
-        match tls_failure(&e) {
+        match walship_common::sys::quic::tls_failure(&e) {
             Some(_) => handshake_error(self.receiver, self.server_name, e),
             None => self.lost(e.to_string()),
         }
@@ -536,7 +536,7 @@ fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// setting to check. Classified by who closed and with which TLS alert, not by the error text.
 pub fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError) -> SenderError {
     let text = e.to_string();
-    let detail = match tls_failure(&e) {
+    let detail = match walship_common::sys::quic::tls_failure(&e) {
         Some(failure) => format!(
             "{} ({text})",
             failure.advice(handshake::Side::Sender, server_name)
@@ -546,20 +546,5 @@ pub fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError)
     SenderError::Handshake {
         addr: addr.to_string(),
         detail,
-    }
-}
-
-/// The TLS alert that ended a connection, and whether we raised it (our TLS stack refused the
-/// receiver: quinn's `TransportError`) or the receiver sent it (`ConnectionClosed`).
-pub fn tls_failure(e: &quinn::ConnectionError) -> Option<handshake::HandshakeFailure> {
-    match e {
-        quinn::ConnectionError::TransportError(t) => {
-            handshake::HandshakeFailure::from_quic_code(handshake::Origin::Local, u64::from(t.code))
-        }
-        quinn::ConnectionError::ConnectionClosed(c) => handshake::HandshakeFailure::from_quic_code(
-            handshake::Origin::Peer,
-            u64::from(c.error_code),
-        ),
-        _ => None,
     }
 }

@@ -6,7 +6,9 @@
 pub mod config;
 pub mod durable;
 pub mod frame_io;
+pub mod logging;
 pub mod pg_control;
+pub mod quic;
 pub mod tls;
 
 use crate::lookahead::FileIdentity;
