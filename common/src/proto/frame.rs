@@ -161,7 +161,7 @@ pub enum Refusal {
     DiskFull { name: String, detail: String },
     #[error("receiver could not store {name}: {detail}; see the receiver's log")]
     StorageFailed { name: String, detail: String },
-    #[error("{name} is on timeline {timeline}, which is closed: the standby was promoted at LSN {promoted_at_lsn}{}. This primary is fenced; stop it and rebuild it as a standby of the new primary", new_timeline.map(|t| format!(" and now runs timeline {t}")).unwrap_or_default())]
+    #[error("{name} is on timeline {timeline}, which is closed: the standby was promoted{}{}. This primary is fenced; stop it and rebuild it as a standby of the new primary", promoted_at(promoted_at_lsn), new_timeline.map(|t| format!(" and now runs timeline {t}")).unwrap_or_default())]
     Fenced {
         name: String,
         timeline: u32,
@@ -187,6 +187,16 @@ pub enum Refusal {
         min_rate: u64,
         grace_secs: u64,
     },
+}
+
+/// Where the standby was promoted, for the fenced refusal: an LSN, or, while `promote` runs and
+/// does not know it yet, that the promotion is in progress.
+fn promoted_at(lsn: &str) -> String {
+    if lsn.parse::<crate::Lsn>().is_ok() {
+        format!(" at LSN {lsn}")
+    } else {
+        " (the promotion is still in progress)".to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -689,5 +699,25 @@ mod tests {
             BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 18,
             PromotionInProgress { .. } | TooSlow { .. } => 18,
         }
+    }
+
+    #[test]
+    fn a_fenced_refusal_says_where_or_that_the_promotion_is_still_running() {
+        let fenced = |lsn: &str| {
+            Refusal::Fenced {
+                name: "000000010000000000000009".into(),
+                timeline: 1,
+                promoted_at_lsn: lsn.into(),
+                new_timeline: None,
+            }
+            .to_string()
+        };
+        assert!(fenced("0/5000028").contains("promoted at LSN 0/5000028."));
+        let running = fenced("promotion in progress");
+        assert!(
+            running.contains("promoted (the promotion is still in progress)."),
+            "{running}"
+        );
+        assert!(!running.contains("LSN promotion"), "{running}");
     }
 }
