@@ -2,6 +2,7 @@
 //! and the packaging generator (`packaging/`) renders man pages and shell completions from it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -39,9 +40,11 @@ pub enum Command {
     /// Manual failover: wait until the standby replayed everything archived, fence the old
     /// timeline, promote the standby and report the promotion LSN and new timeline.
     Promote {
-        /// Seconds to wait for replay before giving up without promoting.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// How long to wait for replay before giving up without promoting: "5m", "90s", "1h 30m"
+        /// (a number alone means seconds).
+        #[arg(long, value_name = "DURATION", default_value = "5m",
+              value_parser = walship_common::human::parse_duration)]
+        timeout: Duration,
         /// Promote now, without waiting for the standby to replay what is archived.
         #[arg(long)]
         no_wait_replay: bool,
@@ -57,10 +60,16 @@ pub enum Command {
         #[arg(value_name = "%r")]
         restart: String,
     },
-    /// Show what the archive holds, whether it is fenced, and the standby's replay position.
+    /// Show what the archive holds, whether it is fenced, and the standby's replay position;
+    /// exit 0 only when healthy, 1 naming each problem (serve not running, the standby
+    /// unreachable, the newest segment older than --max-age).
     Status {
         /// Machine-readable output (stable fields, documented in the README).
         #[arg(long)]
         json: bool,
+        /// A problem when the newest stored segment arrived longer ago than this: "10m", "1h"
+        /// (a number alone means seconds).
+        #[arg(long, value_name = "DURATION", value_parser = walship_common::human::parse_duration)]
+        max_age: Option<Duration>,
     },
 }

@@ -5,6 +5,7 @@
 //! - `restore`: 0 copied, 1 not in the archive (nothing on stderr), 2 any other error.
 //! - `cleanup`: 0 done (also with nothing to remove), 2 `%r` is not a WAL file name (nothing
 //!   removed), 1 any other failure.
+//! - `status`: 0 healthy, 1 a problem (each named) or the status could not be gathered.
 //! - other commands: 0 success, 1 failure.
 
 use std::path::PathBuf;
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
         } => {
             walship_common::sys::logging::init("warn");
             let opts = promote::Options {
-                timeout: std::time::Duration::from_secs(timeout),
+                timeout,
                 no_wait_replay,
             };
             let result = settings(cli.config)
@@ -63,21 +64,21 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Status { json } => {
+        Command::Status { json, max_age } => {
             walship_common::sys::logging::init("warn");
             let result = settings(cli.config)
-                .and_then(|s| runtime().and_then(|rt| rt.block_on(status::gather(&s))));
+                .and_then(|s| runtime().and_then(|rt| rt.block_on(status::gather(&s, max_age))));
             match result {
-                Ok(st) if json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&st).expect("plain data serialises")
-                    );
-                    ExitCode::SUCCESS
-                }
                 Ok(st) => {
-                    status::print_human(&st);
-                    ExitCode::SUCCESS
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&st).expect("plain data serialises")
+                        );
+                    } else {
+                        status::print_human(&st);
+                    }
+                    ExitCode::from(if st.healthy { 0 } else { 1 })
                 }
                 Err(e) => fail(&e),
             }

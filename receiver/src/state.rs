@@ -180,6 +180,11 @@ pub struct ArchiveLock {
     _file: fs::File,
 }
 
+/// How long `serve` retries the archive lock before it reports it held: `status` probes it
+/// with a shared lock held for microseconds ([`serve_running`]), which must not make a
+/// `serve` starting at that moment give up.
+const ARCHIVE_LOCK_RETRY: Duration = Duration::from_millis(250);
+
 impl ArchiveLock {
     /// Take the lock (the file created 0640 if missing, never through a symlink) with an
     /// exclusive, non-blocking flock, and write our pid in it. Held: the pid found there.
@@ -196,23 +201,69 @@ impl ArchiveLock {
             Mode::from_raw_mode(LOCK_FILE_MODE),
         )
         .map_err(|e| err(e.into()))?;
-        if let Err(e) = flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-            if e == rustix::io::Errno::WOULDBLOCK {
-                let mut pid = String::new();
-                let _ = fs::File::from(fd).read_to_string(&mut pid);
-                let pid = pid.trim();
-                return Err(ReceiverError::ArchiveInUse {
-                    path: dir.to_path_buf(),
-                    pid: if pid.is_empty() { "unknown" } else { pid }.to_string(),
-                });
+        let deadline = Instant::now() + ARCHIVE_LOCK_RETRY;
+        loop {
+            match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(ReceiverError::ArchiveInUse {
+                        path: dir.to_path_buf(),
+                        pid: holder_pid(fs::File::from(fd)),
+                    });
+                }
+                Err(e) => return Err(err(e.into())),
             }
-            return Err(err(e.into()));
         }
         let mut file = fs::File::from(fd);
         file.set_len(0).map_err(err)?;
         file.write_all(format!("{}\n", std::process::id()).as_bytes())
             .map_err(err)?;
         Ok(ArchiveLock { _file: file })
+    }
+}
+
+/// Whether a `serve` runs on `dir`: the pid it wrote in [`LOCK_FILE`] ("unknown" if the file
+/// is still empty) when the lock is held, `None` when nobody holds it or the file does not
+/// exist. Probed with a non-blocking shared flock, released at once (a `serve` starting in
+/// that instant retries, see [`ArchiveLock::take`]); the file is opened read-only and never
+/// through a link, since `status` may run as another user than `serve`.
+pub fn serve_running(dir: &Path) -> Result<Option<String>, ReceiverError> {
+    use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
+    let path = dir.join(LOCK_FILE);
+    let err = |source: io::Error| ReceiverError::ArchiveDir {
+        path: path.clone(),
+        source,
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match open(&path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(err(e.into())),
+    };
+    let file = fs::File::from(fd);
+    if !file.metadata().map_err(err)?.file_type().is_file() {
+        return Err(err(io::Error::other(
+            "not a regular file; remove it (serve recreates it)",
+        )));
+    }
+    match flock(&file, FlockOperation::NonBlockingLockShared) {
+        // Nobody holds it; closing the file releases our probe.
+        Ok(()) => Ok(None),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(Some(holder_pid(file))),
+        Err(e) => Err(err(e.into())),
+    }
+}
+
+/// The pid a `serve` wrote in the lock file, "unknown" when it is empty or unreadable.
+fn holder_pid(mut file: fs::File) -> String {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    match pid.trim() {
+        "" => "unknown".to_string(),
+        pid => pid.chars().take(20).collect(),
     }
 }
 
@@ -586,5 +637,26 @@ mod tests {
         );
         drop(held);
         drop(ArchiveLock::take(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn serve_running_reads_the_lock_without_taking_it_from_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        // No lock file yet: no serve ever ran.
+        assert_eq!(serve_running(dir.path()).unwrap(), None);
+        let held = ArchiveLock::take(dir.path()).unwrap();
+        let pid = std::process::id().to_string();
+        assert_eq!(serve_running(dir.path()).unwrap(), Some(pid));
+        drop(held);
+        // The file stays behind, unlocked: not running; and the probe left no lock behind.
+        assert_eq!(serve_running(dir.path()).unwrap(), None);
+        drop(ArchiveLock::take(dir.path()).unwrap());
+        // A link under the name is refused, never followed.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        let target = other.path().join("elsewhere");
+        std::fs::write(&target, "1\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(serve_running(dir.path()).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! `walship-receiver status [--json]`: what the archive holds, whether it is fenced, and what
-//! the standby says. The JSON form is a stable interface for monitoring (documented in the
+//! `walship-receiver status [--json] [--max-age DURATION]`: what the archive holds, whether it
+//! is fenced, what the standby says, and whether all is healthy: each problem found is named
+//! (see [`problems`]) and makes the command exit 1. The JSON form is a stable interface for monitoring (documented in the
 //! README): fields are only ever added. The human form shows sizes, ages and times as a person
 //! reads them ([`crate::human`]).
 
@@ -37,6 +38,13 @@ pub struct Status {
     pub restore: RestoreStatus,
     /// Absent when no conninfo is configured.
     pub standby: Option<StandbyStatus>,
+    /// The pid of the `serve` holding archive_dir's lock (as it wrote it; "unknown" if not
+    /// yet), null when none runs.
+    pub serve_pid: Option<String>,
+    /// No problem found: what the exit status says (0 healthy, 1 not).
+    pub healthy: bool,
+    /// Each problem found, one line each, with what to do.
+    pub problems: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -70,8 +78,14 @@ pub struct StandbyStatus {
     pub error: Option<String>,
 }
 
-pub async fn gather(settings: &ReceiverSettings) -> Result<Status, ReceiverError> {
+/// Gather the status of the archive and the standby, and judge it (`max_age`: the newest
+/// segment may not be older). An error only when the archive itself cannot be read.
+pub async fn gather(
+    settings: &ReceiverSettings,
+    max_age: Option<Duration>,
+) -> Result<Status, ReceiverError> {
     let dir = settings.archive_dir.as_path();
+    let serve = state::serve_running(dir);
     let files = store::list(dir)?;
     let newest = store::newest_arrival(&files);
     let fence = state::read_fence(dir)?;
@@ -109,7 +123,68 @@ pub async fn gather(settings: &ReceiverSettings) -> Result<Status, ReceiverError
             last_missed_at,
         },
         standby,
-    })
+        serve_pid: serve.as_ref().ok().cloned().flatten(),
+        healthy: true,
+        problems: Vec::new(),
+    }
+    .judged(serve.err().as_ref(), max_age))
+}
+
+impl Status {
+    /// With [`problems`] filled in, and `healthy` when there are none.
+    fn judged(mut self, serve_error: Option<&ReceiverError>, max_age: Option<Duration>) -> Self {
+        self.problems = problems(&self, serve_error, max_age);
+        self.healthy = self.problems.is_empty();
+        self
+    }
+}
+
+/// The problems in `st`, one line each saying what is wrong and what to do: `serve` not running
+/// on archive_dir (or no way to tell: `serve_error`), the standby unreachable through conninfo,
+/// the newest segment older than `max_age` (or none at all). A fenced archive is not a problem
+/// by itself: it is what `promote` leaves behind on purpose.
+pub fn problems(
+    st: &Status,
+    serve_error: Option<&ReceiverError>,
+    max_age: Option<Duration>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    match serve_error {
+        Some(e) => out.push(format!(
+            "cannot tell whether walship-receiver serve is running: {e} (run status as the \
+             user of serve, or in its group)"
+        )),
+        None if st.serve_pid.is_none() => out.push(
+            "walship-receiver serve is not running on this archive_dir (start it: systemctl \
+             start walship-receiver)"
+                .to_string(),
+        ),
+        None => {}
+    }
+    if let Some(sb) = st.standby.as_ref().filter(|sb| !sb.reachable) {
+        out.push(format!(
+            "the standby is unreachable through conninfo: {} (start it, or correct conninfo)",
+            sb.error.as_deref().unwrap_or("no answer")
+        ));
+    }
+    // Here goes the gap the pg_wal valve records (issue 11 item 2), once there is one.
+    if let Some(max) = max_age {
+        match (&st.newest_segment, st.newest_segment_age_seconds) {
+            (Some(name), Some(age)) if age > max => out.push(format!(
+                "the newest segment {name} arrived {} ago, longer than --max-age {} (is the \
+                 primary archiving? see its log for walship-sender push)",
+                human::duration(age),
+                human::duration(max)
+            )),
+            (Some(_), _) => {}
+            (None, _) => out.push(format!(
+                "no segment stored yet, and --max-age {} asks for one (is the primary \
+                 archiving? see its log for walship-sender push)",
+                human::duration(max)
+            )),
+        }
+    }
+    out
 }
 
 async fn standby_status(conninfo: &str) -> StandbyStatus {
@@ -152,7 +227,11 @@ async fn standby_status(conninfo: &str) -> StandbyStatus {
 /// fenced:           no
 /// restore:          last served 00000001000000000000000C (2024-05-01T12:00:04Z), last missed ...
 /// standby:          in recovery, replay LSN 0/C000060
+/// serve:            running, pid 4242
+/// health:           ok
 /// ```
+///
+/// or, instead of `health: ok`, one `PROBLEM: ...` line per problem.
 pub fn print_human(s: &Status) {
     println!("archive_dir:      {}", s.archive_dir);
     match s.cluster_system_identifier {
@@ -199,6 +278,16 @@ pub fn print_human(s: &Status) {
         event(&s.restore.last_missed, s.restore.last_missed_at)
     );
     println!("standby:          {}", standby_line(s.standby.as_ref()));
+    match &s.serve_pid {
+        Some(pid) => println!("serve:            running, pid {pid}"),
+        None => println!("serve:            not running"),
+    }
+    if s.healthy {
+        println!("health:           ok");
+    }
+    for problem in &s.problems {
+        println!("PROBLEM: {problem}");
+    }
 }
 
 fn standby_line(standby: Option<&StandbyStatus>) -> String {
@@ -259,10 +348,9 @@ fn seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error>
 mod tests {
     use super::*;
 
-    #[test]
-    fn json_keeps_its_documented_shape() {
+    fn sample() -> Status {
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_564_803_250);
-        let st = Status {
+        Status {
             archive_dir: "/a".into(),
             cluster_system_identifier: Some(SystemId(7_372_041_215_042_384_562)),
             files: 2,
@@ -290,7 +378,15 @@ mod tests {
                 replay_lsn: Some(Lsn(0x3000060)),
                 error: None,
             }),
-        };
+            serve_pid: Some("4242".into()),
+            healthy: true,
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn json_keeps_its_documented_shape() {
+        let st = sample();
         let json = serde_json::to_value(&st).unwrap();
         let expected = serde_json::json!({
             "archive_dir": "/a",
@@ -319,8 +415,71 @@ mod tests {
                 "in_recovery": true,
                 "replay_lsn": "0/3000060",
                 "error": null
-            }
+            },
+            "serve_pid": "4242",
+            "healthy": true,
+            "problems": []
         });
         assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn a_running_serve_and_a_reachable_standby_are_healthy_even_fenced() {
+        let st = sample().judged(None, Some(Duration::from_secs(60)));
+        assert!(st.healthy && st.fenced, "{:?}", st.problems);
+        assert!(st.problems.is_empty());
+    }
+
+    #[test]
+    fn each_problem_is_named_with_what_to_do() {
+        let mut st = sample();
+        st.serve_pid = None;
+        st.standby = Some(StandbyStatus {
+            reachable: false,
+            accepts_queries: false,
+            in_recovery: None,
+            replay_lsn: None,
+            error: Some("connection refused".into()),
+        });
+        st.newest_segment_age_seconds = Some(Duration::from_secs(11 * 60));
+        let st = st.judged(None, Some(Duration::from_secs(600)));
+        assert!(!st.healthy);
+        assert_eq!(
+            st.problems,
+            [
+                "walship-receiver serve is not running on this archive_dir (start it: \
+                 systemctl start walship-receiver)",
+                "the standby is unreachable through conninfo: connection refused (start it, \
+                 or correct conninfo)",
+                "the newest segment 000000010000000000000003 arrived 11m ago, longer than \
+                 --max-age 10m (is the primary archiving? see its log for walship-sender push)",
+            ]
+        );
+    }
+
+    #[test]
+    fn max_age_wants_a_segment_and_no_standby_is_no_problem() {
+        let mut st = sample();
+        st.standby = None;
+        st.newest_segment = None;
+        st.newest_segment_age_seconds = None;
+        assert!(st.judged(None, None).healthy);
+        let mut st = sample();
+        st.newest_segment = None;
+        st.newest_segment_age_seconds = None;
+        let st = st.judged(None, Some(Duration::from_secs(60)));
+        assert_eq!(st.problems.len(), 1, "{:?}", st.problems);
+        assert!(st.problems[0].starts_with("no segment stored yet, and --max-age 1m"));
+        let err = ReceiverError::ArchiveDir {
+            path: "/a/walship.lock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let st = sample().judged(Some(&err), None);
+        assert!(!st.healthy);
+        assert!(
+            st.problems[0].starts_with("cannot tell whether walship-receiver serve is running"),
+            "{:?}",
+            st.problems
+        );
     }
 }

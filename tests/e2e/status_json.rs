@@ -1,6 +1,7 @@
 //! `walship-receiver status --json` on a running pair: every documented field, with values
-//! checked against the archive and the standby; with an unreachable standby it still exits 0
-//! and says so; without conninfo `standby` is null.
+//! checked against the archive and the standby; with an unreachable standby it still reports
+//! everything and says so (exiting 1 since issue 11: an unreachable standby is a problem);
+//! without conninfo `standby` is null.
 
 use std::fs;
 
@@ -70,7 +71,8 @@ fn status_json() {
     assert_eq!(standby["replay_lsn"], replay_lsn.as_str(), "{st:#}");
     assert!(standby["error"].is_null(), "{st:#}");
 
-    // The standby unreachable (nothing listens on the port): still exit 0, and it says so.
+    // The standby unreachable (nothing listens on the port): it says so, and (issue 11 item 4)
+    // exits 1.
     let dead = p.config_variant(
         "receiver-dead",
         Some(&format!(
@@ -78,7 +80,10 @@ fn status_json() {
             free_tcp_port()
         )),
     );
-    let down = status_of(&sc, &dead);
+    let out = run_receiver(&sc, &dead, "status", &["--json"]);
+    out.assert_code(1);
+    let down: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json printed invalid JSON ({e})\n{out}"));
     assert_eq!(down["standby"]["reachable"], false, "{down:#}");
     assert_eq!(down["standby"]["accepts_queries"], false, "{down:#}");
     assert!(down["standby"]["in_recovery"].is_null(), "{down:#}");
@@ -98,7 +103,7 @@ fn status_json() {
         assert_eq!(down[field], st[field], "{field} differs\n{down:#}");
     }
     let human = run_receiver(&sc, &dead, "status", &[]);
-    human.assert_code(0);
+    human.assert_code(1);
     assert!(human.stdout.contains("unreachable"), "\n{human}");
 
     // No conninfo: the archive's part only.

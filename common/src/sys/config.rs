@@ -35,9 +35,8 @@ pub const DEFAULT_LOOKAHEAD: usize = 4;
 pub const MAX_LOOKAHEAD: usize = 8;
 /// Default QUIC idle timeout: a peer silent this long is gone.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Shortest duration any key accepts: below a millisecond QUIC rounds an idle timeout to zero,
-/// which means "no timeout", the opposite of what was asked for.
-pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// Durations are parsed (and bounded) as on the command line: see [`crate::human`].
+pub use crate::human::{parse_duration, MAX_DURATION, MIN_DURATION};
 /// Default for `max_uploads`: uploads decoding and writing at once, across all connections.
 /// Each holds a zstd window (~2.7 MiB), so this bounds decoding memory; two cores decode faster
 /// than 8 senders send.
@@ -559,17 +558,11 @@ impl Source {
 
     /// `retain_for`: a duration, or zero in any unit (`0`, `"0"`, `"0s"`, the default) for none.
     fn retain_for(&self, value: &Option<Scalar>) -> Result<Duration, ConfigError> {
-        let Some(v) = value else {
-            return Ok(Duration::ZERO);
-        };
-        let bare = v.bare();
-        let t = bare.trim();
-        let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
-        if num.trim().parse::<f64>() == Ok(0.0) && ["", "ms", "s", "m", "min", "h"].contains(&unit)
-        {
-            return Ok(Duration::ZERO);
+        match value {
+            Some(v) => crate::human::parse_duration_or_zero(&v.bare())
+                .map_err(|r| self.invalid("retain_for", v.literal(), r)),
+            None => Ok(Duration::ZERO),
         }
-        self.duration("retain_for", value, Duration::ZERO)
     }
 
     fn count(
@@ -630,32 +623,6 @@ fn parse_message(message: &str, key: Option<&str>) -> String {
         Some(key) => format!("{key}: {plain}; correct this line"),
         None => format!("{plain}; correct this line"),
     }
-}
-
-/// Parse `"500ms"`, `"10s"`, `"2m"`, `"1h"`, or a bare number of seconds (`"3"`, or `3` as
-/// written in TOML, see [`Scalar`]). The reason in an error does not repeat the value: the
-/// caller shows it next to its key.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&t[..i], t[i..].trim()),
-        None => (t, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| {
-        "expected a duration like \"10s\", \"500ms\" or \"2m\" (a number alone means seconds)"
-            .to_string()
-    })?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs < MIN_DURATION.as_secs_f64() || secs > 86_400.0 * 7.0 {
-        return Err("out of range: at least 1ms, at most a week".to_string());
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parse a size: a TOML integer of bytes, or a string like `"256KiB"`, `"1MiB"`, `"65536"`
@@ -719,22 +686,6 @@ fn show_size(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("0s").is_err());
-        // Under a millisecond QUIC would round an idle timeout to "none": refused.
-        let err = parse_duration("0.0001ms").unwrap_err();
-        assert!(err.contains("at least 1ms"), "{err}");
-        assert!(parse_duration("0.5ms").is_err());
-        assert_eq!(parse_duration("1ms").unwrap(), MIN_DURATION);
-    }
 
     #[test]
     fn sizes() {
@@ -813,6 +764,9 @@ mod tests {
             ("\"90m\"", Duration::from_secs(5400)),
             ("\"0\"", Duration::ZERO),
             ("\"0s\"", Duration::ZERO),
+            ("\"0d\"", Duration::ZERO),
+            ("\"30d\"", Duration::from_secs(30 * 86_400)),
+            ("\"1w 2d\"", Duration::from_secs(9 * 86_400)),
         ] {
             std::fs::write(&path, format!("{base}retain_for = {value}\n")).unwrap();
             assert_eq!(
@@ -821,7 +775,13 @@ mod tests {
                 "{value}"
             );
         }
-        for value in ["\"forever\"", "\"0 parsecs\"", "\"-1h\""] {
+        for value in [
+            "\"forever\"",
+            "\"0 parsecs\"",
+            "\"-1h\"",
+            "\"400d\"",
+            "\"0.1ms\"",
+        ] {
             std::fs::write(&path, format!("{base}retain_for = {value}\n")).unwrap();
             let err = ReceiverSettings::load(&path).unwrap_err().to_string();
             assert!(err.contains("retain_for"), "{value}: {err}");
