@@ -26,6 +26,7 @@ mod issue10_serve_lock;
 mod issue10_slots;
 mod issue10_tls_advice;
 mod issue11_cleanup;
+mod issue11_metrics;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;
