@@ -19,6 +19,7 @@
 //!   negotiation) and the pipeline between the wire and a verified file: `Incoming` on the
 //!   receiver, `Outgoing` on the sender.
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
+//! - [`http`]: the metrics endpoint's requests and responses, on bytes (`GET /metrics` only).
 //! - [`retention`]: which archived files a standby no longer needs (`cleanup %r`, the rule of
 //!   `pg_archivecleanup`, plus `retain_for`).
 //!
@@ -28,9 +29,12 @@
 //! - [`sys::config`]: TOML config files to resolved settings.
 //! - [`sys::tls`]: rustls configurations for mutual TLS from certificate and key files.
 //! - [`sys::pg_control`]: reading `global/pg_control` from a data directory.
+//! - [`sys::metrics_http`]: the bounded plain-HTTP metrics endpoint; [`sys::notify`]: systemd
+//!   readiness.
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
 pub mod handshake;
+pub mod http;
 pub mod human;
 pub mod lookahead;
 pub mod lsn;

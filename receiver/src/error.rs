@@ -20,6 +20,12 @@ pub enum ReceiverError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen for metrics on TCP {addr}: {source}; is the port taken, or is `metrics_listen` wrong?")]
+    MetricsBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("archive_dir {}: {source}", path.display())]
     ArchiveDir {
         path: PathBuf,

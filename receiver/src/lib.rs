@@ -4,8 +4,9 @@
 //! Floors, top down; a module uses only the floors below it, never one beside it:
 //! 1. entry points, one per subcommand: [`serve`], [`restore`], [`promote`], [`status`],
 //!    [`certs`], [`cleanup`]. None calls another.
-//! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment) and
-//!    [`standby`] (talking to the standby PostgreSQL);
+//! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment),
+//!    [`standby`] (talking to the standby PostgreSQL) and [`metrics`] (`serve`'s metrics and
+//!    their rendering for the `metrics_listen` endpoint);
 //! 3. [`state`] (the archive's state files: pin, fence and its lock, restore records,
 //!    `serve`'s lock), [`error`] (the crate's one error enum) and [`cli`] (the clap
 //!    definitions of the command line, also read by the man page and completion generator);
@@ -16,6 +17,7 @@ pub mod certs;
 pub mod cleanup;
 pub mod cli;
 pub mod error;
+pub mod metrics;
 pub mod promote;
 pub mod restore;
 pub mod serve;

@@ -20,9 +20,11 @@ use walship_common::proto::{
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::durable::{is_disk_full, TempFile};
 use walship_common::sys::frame_io::{read_frame, ReadError};
+use walship_common::sys::metrics_http;
 use walship_common::sys::tls;
 
 use crate::error::ReceiverError;
+use crate::metrics;
 use crate::store::{storage_refusal, Archive};
 
 // Memory. The receiver's memory is bounded whatever the number of senders, connections and
@@ -115,6 +117,7 @@ pub async fn run_with(
 ) -> Result<(), ReceiverError> {
     let archive = Arc::new(Archive::open(&settings)?);
     let (endpoint, local) = endpoint(&settings)?;
+    let scrapes = metrics_endpoint(&settings, &archive).await?;
     info!(
         archive_dir = %archive.dir().display(),
         max_uploads = settings.max_uploads,
@@ -124,6 +127,7 @@ pub async fn run_with(
         "listening on {local}"
     );
     let _ = ready.send(local);
+    walship_common::sys::notify::ready();
 
     let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(MAX_OPEN_CONNECTIONS));
@@ -174,8 +178,38 @@ pub async fn run_with(
         );
     }
 
+    walship_common::sys::notify::stopping();
     drain(tracker, endpoint).await;
+    if let Some(task) = scrapes {
+        task.abort();
+    }
     Ok(())
+}
+
+/// With `metrics_listen`: the metrics endpoint, bound and serving (see [`metrics`]).
+async fn metrics_endpoint(
+    settings: &ReceiverSettings,
+    archive: &Archive,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ReceiverError> {
+    let Some(addr) = settings.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = metrics_http::bind(addr)
+        .await
+        .map_err(|source| ReceiverError::MetricsBind { addr, source })?;
+    let dir = archive.dir().to_path_buf();
+    let newest = tokio::task::spawn_blocking(move || {
+        crate::store::list(&dir)
+            .ok()
+            .and_then(|files| crate::store::newest_arrival(&files).map(|(_, at)| at))
+    })
+    .await
+    .ok()
+    .flatten();
+    let render = metrics::renderer(archive.dir(), newest);
+    let bound = metrics_http::local(&listener).unwrap_or(addr);
+    info!("metrics on http://{bound}/metrics");
+    Ok(Some(tokio::spawn(metrics_http::serve(listener, render))))
 }
 
 /// The QUIC endpoint, bound, with this receiver's certificate and transport limits; and the
@@ -293,6 +327,7 @@ async fn connection(
     // Who wrote: every line of this connection and its files names the client certificate.
     tracing::Span::current().record("client", peer_subject(&conn).as_str());
     info!("connection accepted");
+    let _open = metrics::connection();
     let idle = shared.idle;
     // Stream credit only with a sending slot: until then the sender waits to open a stream.
     let Some(_sending) = sending_slot(&conn, &shared, &shutdown).await else {
@@ -487,7 +522,7 @@ async fn stream(
     let started = Instant::now();
     let span = tracing::Span::current();
     let idle = shared.idle;
-    let outcome = receive(&mut recv, conn_uploads, shared).await;
+    let outcome = receive(&mut recv, conn_uploads, shared, started).await;
     let reply = match outcome {
         Outcome::Gone(why) => {
             span.record("outcome", "abandoned");
@@ -503,10 +538,12 @@ async fn stream(
             info!(ms, "stored");
         }
         Reply::AlreadyHad => {
+            metrics::already_had();
             span.record("outcome", "already_had");
             info!(ms, "already stored with identical content");
         }
         Reply::Refused(r) => {
+            metrics::refused(r);
             span.record("outcome", "refused");
             match r {
                 // The archive's own cluster is for the operator only, never for the sender.
@@ -531,8 +568,13 @@ async fn stream(
 }
 
 /// Read, check, decode, write and commit one file: the request, then wire bytes through
-/// [`Incoming`] into a temp file, then the durable commit.
-async fn receive(recv: &mut RecvStream, conn_uploads: &Arc<Semaphore>, shared: &Shared) -> Outcome {
+/// [`Incoming`] into a temp file, then the durable commit (counted from `started`).
+async fn receive(
+    recv: &mut RecvStream,
+    conn_uploads: &Arc<Semaphore>,
+    shared: &Shared,
+    started: Instant,
+) -> Outcome {
     let archive = &shared.archive;
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let request = match read_request(recv, shared.idle).await {
@@ -550,7 +592,10 @@ async fn receive(recv: &mut RecvStream, conn_uploads: &Arc<Semaphore>, shared: &
 
     // An upload slot before any per-upload memory (decoder, buffer) or temp file. Waiting here
     // costs no more than the stream's window, held by QUIC; the sender waits on flow control.
-    let permit = upload_slot(conn_uploads, &shared.uploads, &shared.limits).await;
+    let permit = (
+        upload_slot(conn_uploads, &shared.uploads, &shared.limits).await,
+        metrics::upload(),
+    );
     // From here the upload holds a slot others may need: it must keep up `min_upload_rate`.
     let mut pace = Pace::new(shared.idle, shared.limits.min_upload_rate);
     let tmp = match archive.temp(&name) {
@@ -569,8 +614,14 @@ async fn receive(recv: &mut RecvStream, conn_uploads: &Arc<Semaphore>, shared: &
         Err(r) => return refuse(r),
     };
     let archive = archive.clone();
+    let size = verified.size;
     match tokio::task::spawn_blocking(move || archive.commit(tmp, &verified)).await {
-        Ok(reply) => Outcome::Reply(reply),
+        Ok(reply) => {
+            if reply == Reply::Stored {
+                metrics::stored(size, started.elapsed());
+            }
+            Outcome::Reply(reply)
+        }
         Err(e) => refuse(Refusal::StorageFailed {
             name,
             detail: e.to_string(),

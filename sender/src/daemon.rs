@@ -23,6 +23,7 @@ use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::WalFileName;
 
 use crate::error::SenderError;
+use crate::metrics;
 use crate::push::{self, Pushed, Target};
 
 /// How often `archive_status` is listed. PostgreSQL creates `.ready` and then signals its
@@ -67,6 +68,7 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
     runtime.block_on(async move {
         let listener = bind(&socket)?;
         let target = Target::new(&settings).await?;
+        let scrapes = metrics_endpoint(&settings).await?;
         let daemon = Arc::new(Daemon {
             target,
             settings,
@@ -90,11 +92,16 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
             receiver = %daemon.settings.receiver,
             "listening"
         );
+        walship_common::sys::notify::ready();
         let result = daemon
             .clone()
             .accept(&listener.listener, listener.uid)
             .await;
+        walship_common::sys::notify::stopping();
         listener.remove();
+        if let Some(task) = scrapes {
+            task.abort();
+        }
         warm.abort();
         if let Some(conn) = daemon.conn.lock().await.take() {
             conn.close(VarInt::from_u32(CLOSE_DONE), b"daemon stopping");
@@ -174,6 +181,7 @@ impl Daemon {
         };
         let started = Instant::now();
         let reply = self.handle(&request).await;
+        metrics::handoff(reply == HandoffReply::ShippedAhead);
         tracing::debug!(name = %request.name, ?reply, elapsed = ?started.elapsed(), "push answered");
         // If push has gone (killed, timed out) there is nobody to tell.
         let _ = stream.write_all(&reply.encode()).await;
@@ -273,8 +281,11 @@ impl Daemon {
             .acquire()
             .await
             .expect("the transfer semaphore is never closed");
+        let _active = metrics::upload();
+        let started = Instant::now();
         let settings = &self.settings;
         let request = push::prepare_blocking(path, name, settings.compression).await?;
+        let size = request.size;
         let attempt = |conn: quinn::Connection| {
             let request = request.clone();
             async move {
@@ -288,7 +299,7 @@ impl Daemon {
             }
         };
         let conn = self.connection().await?;
-        match attempt(conn.clone()).await {
+        let result = match attempt(conn.clone()).await {
             Err(SenderError::ConnectionLost { .. } | SenderError::Handshake { .. })
                 if conn.close_reason().is_some() =>
             {
@@ -296,7 +307,14 @@ impl Daemon {
                 attempt(self.connection().await?).await
             }
             other => other,
+        };
+        match &result {
+            Ok(Pushed::Stored) => metrics::shipped(size, started.elapsed()),
+            Ok(Pushed::AlreadyHad) => metrics::already_had(),
+            Ok(Pushed::ShippedAhead) => {}
+            Err(_) => metrics::failed(),
         }
+        result
     }
 
     /// The warm connection, or a new one if it closed.
@@ -318,7 +336,9 @@ impl Daemon {
         loop {
             match self.connection().await {
                 Ok(conn) => {
+                    metrics::connected(true);
                     let reason = conn.closed().await;
+                    metrics::connected(false);
                     // In TLS 1.3 the receiver judges our certificate after we consider the
                     // handshake done: its refusal arrives as the connection closing. Say so,
                     // with the advice, and back off rather than reconnect at once.
@@ -384,6 +404,7 @@ impl Daemon {
             let start = {
                 let mut book = self.book();
                 book.retain_ready(&ready);
+                metrics::ready_segments(ready.len());
                 book.plan(&ready, self.settings.lookahead, Instant::now())
             };
             for name in start {
@@ -404,6 +425,27 @@ impl Daemon {
             }
         }
     }
+}
+
+/// With `metrics_listen`: the metrics endpoint, bound and serving (see [`metrics`]).
+async fn metrics_endpoint(
+    settings: &SenderSettings,
+) -> Result<Option<tokio::task::JoinHandle<()>>, SenderError> {
+    use walship_common::sys::metrics_http;
+    let Some(addr) = settings.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = metrics_http::bind(addr).await.map_err(|e| {
+        SenderError::Setup(format!(
+            "cannot listen for metrics on TCP {addr}: {e}; is the port taken, or is `metrics_listen` wrong?"
+        ))
+    })?;
+    let bound = metrics_http::local(&listener).unwrap_or(addr);
+    tracing::info!("metrics on http://{bound}/metrics");
+    Ok(Some(tokio::spawn(metrics_http::serve(
+        listener,
+        metrics::renderer(),
+    ))))
 }
 
 async fn identity(path: &Path) -> Result<FileIdentity, SenderError> {

@@ -26,6 +26,7 @@ mod issue10_serve_lock;
 mod issue10_slots;
 mod issue10_tls_advice;
 mod issue11_cleanup;
+mod issue11_metrics;
 mod issue11_status_health;
 mod key_permissions;
 mod leftovers_cleaned;

@@ -174,6 +174,7 @@ pub struct ReceiverFile {
     pub stream_window: Option<Scalar>,
     pub min_upload_rate: Option<Scalar>,
     pub retain_for: Option<Scalar>,
+    pub metrics_listen: Option<String>,
 }
 
 /// A duration or a size as written in TOML: a number, or a string with or without a unit
@@ -248,6 +249,7 @@ pub struct SenderFile {
     pub socket: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
     pub lookahead: Option<usize>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +275,8 @@ pub struct ReceiverSettings {
     pub min_upload_rate: u64,
     /// `cleanup` keeps files stored less than this long ago (`retain_for`; zero: off).
     pub retain_for: Duration,
+    /// The plain-HTTP Prometheus endpoint of `serve` (`metrics_listen`; none: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +301,8 @@ pub struct SenderSettings {
     pub pgdata: Option<PathBuf>,
     /// Most segments the daemon ships ahead at once (`lookahead`; 0 turns look-ahead off).
     pub lookahead: usize,
+    /// The plain-HTTP Prometheus endpoint of the daemon (`metrics_listen`; none: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ReceiverSettings {
@@ -358,6 +364,7 @@ impl ReceiverSettings {
                 true,
             )?,
             retain_for: src.retain_for(&file.retain_for)?,
+            metrics_listen: src.metrics_listen(file.metrics_listen)?,
         })
     }
 
@@ -427,6 +434,7 @@ impl SenderSettings {
             socket: file.socket.map(|p| base.join(p)),
             pgdata: file.pgdata.map(|p| base.join(p)),
             lookahead,
+            metrics_listen: src.metrics_listen(file.metrics_listen)?,
             compression,
             compression_level,
             config_path: path.to_path_buf(),
@@ -509,6 +517,21 @@ impl Source {
     }
 
     /// `key = value` cannot be used, for `reason`; points at the value in the file.
+    /// `metrics_listen`, an address and port, when set.
+    fn metrics_listen(&self, value: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+        value
+            .map(|v| {
+                v.parse().map_err(|e| {
+                    self.invalid(
+                        "metrics_listen",
+                        format!("{v:?}"),
+                        format!("{e}; expected an address and port like \"127.0.0.1:9847\""),
+                    )
+                })
+            })
+            .transpose()
+    }
+
     fn invalid(&self, key: &'static str, value: String, reason: impl Into<String>) -> ConfigError {
         let span = self
             .entries()
@@ -747,6 +770,39 @@ mod tests {
                 "{line}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_takes_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        let base = "listen = \"127.0.0.1:7443\"\narchive_dir = \"a\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(ReceiverSettings::load(&path).unwrap().metrics_listen, None);
+        std::fs::write(
+            &path,
+            format!("{base}metrics_listen = \"127.0.0.1:9847\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            ReceiverSettings::load(&path).unwrap().metrics_listen,
+            Some("127.0.0.1:9847".parse().unwrap())
+        );
+        std::fs::write(&path, format!("{base}metrics_listen = \"localhost\"\n")).unwrap();
+        let err = ReceiverSettings::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics_listen") && err.contains("127.0.0.1:9847"),
+            "{err}"
+        );
+
+        let path = dir.path().join("sender.toml");
+        let base =
+            "receiver = \"h:7443\"\nserver_name = \"h\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n";
+        std::fs::write(&path, format!("{base}metrics_listen = \"[::1]:9848\"\n")).unwrap();
+        assert_eq!(
+            SenderSettings::load(&path).unwrap().metrics_listen,
+            Some("[::1]:9848".parse().unwrap())
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub mod config;
 pub mod durable;
 pub mod frame_io;
 pub mod logging;
+pub mod metrics_http;
+pub mod notify;
 pub mod pg_control;
 pub mod quic;
 pub mod tls;

@@ -1,0 +1,157 @@
+//! The daemon's metrics (sender.toml `metrics_listen`): every metric is defined here, in one
+//! process-wide registry; the daemon calls the event functions below where things happen (an
+//! atomic increment or a gauge set each), and the endpoint renders the registry on a scrape.
+//!
+//! `push` run by PostgreSQL without a daemon is a process per segment and keeps no metrics:
+//! what it ships shows in the receiver's.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use walship_common::sys::metrics_http::{encode, unix_secs, Active, Render};
+
+struct Metrics {
+    registry: Registry,
+    shipped_files: Counter,
+    shipped_bytes: Counter,
+    already_had: Counter,
+    failures: Counter,
+    transfer_seconds: Histogram,
+    last_shipped: Gauge,
+    handoffs: Counter,
+    lookahead_hits: Counter,
+    uploads: Gauge,
+    connected: Gauge,
+    ready: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            shipped_files: Counter::default(),
+            shipped_bytes: Counter::default(),
+            already_had: Counter::default(),
+            failures: Counter::default(),
+            // 10 ms to ~80 s, as the receiver's.
+            transfer_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            last_shipped: Gauge::default(),
+            handoffs: Counter::default(),
+            lookahead_hits: Counter::default(),
+            uploads: Gauge::default(),
+            connected: Gauge::default(),
+            ready: Gauge::default(),
+        };
+        // The registry holds clones: they share their atomics with the fields above.
+        let r = &mut m.registry;
+        r.register(
+            "walship_shipped_files",
+            "Files the receiver stored from this daemon (hand-offs and look-ahead).",
+            m.shipped_files.clone(),
+        );
+        r.register(
+            "walship_shipped_bytes",
+            "Bytes of the files shipped and stored (plain size, not the wire's).",
+            m.shipped_bytes.clone(),
+        );
+        r.register(
+            "walship_already_had_files",
+            "Files the receiver answered \"already stored with identical content\".",
+            m.already_had.clone(),
+        );
+        r.register(
+            "walship_ship_failures",
+            "Shipping attempts that failed (refused, timed out, connection lost).",
+            m.failures.clone(),
+        );
+        r.register(
+            "walship_transfer_duration_seconds",
+            "Time to ship one file until the receiver acknowledged it stored.",
+            m.transfer_seconds.clone(),
+        );
+        r.register(
+            "walship_last_shipped_timestamp_seconds",
+            "When the receiver last stored a file from this daemon (Unix time; 0: not yet).",
+            m.last_shipped.clone(),
+        );
+        r.register(
+            "walship_handoffs",
+            "push calls answered on the daemon socket (any answer).",
+            m.handoffs.clone(),
+        );
+        r.register(
+            "walship_lookahead_hits",
+            "push calls answered from look-ahead: the segment was already shipped.",
+            m.lookahead_hits.clone(),
+        );
+        r.register(
+            "walship_active_uploads",
+            "Transfers to the receiver in progress.",
+            m.uploads.clone(),
+        );
+        r.register(
+            "walship_receiver_connected",
+            "1 while the warm connection to the receiver is open, else 0.",
+            m.connected.clone(),
+        );
+        r.register(
+            "walship_ready_segments",
+            "Segments waiting in pg_wal/archive_status (.ready) at the last look (look-ahead only).",
+            m.ready.clone(),
+        );
+        m
+    }
+}
+
+/// The endpoint's renderer.
+pub fn renderer() -> Render {
+    Arc::new(|| encode(&METRICS.registry))
+}
+
+/// The receiver stored a file of `bytes` plain bytes, shipped in `took`.
+pub fn shipped(bytes: u64, took: Duration) {
+    let m = &*METRICS;
+    m.shipped_files.inc();
+    m.shipped_bytes.inc_by(bytes);
+    m.transfer_seconds.observe(took.as_secs_f64());
+    m.last_shipped.set(unix_secs(SystemTime::now()));
+}
+
+/// The receiver already had the file.
+pub fn already_had() {
+    METRICS.already_had.inc();
+}
+
+/// A shipping attempt failed.
+pub fn failed() {
+    METRICS.failures.inc();
+}
+
+/// A `push` was answered on the socket; `ahead`: from look-ahead's acknowledgement.
+pub fn handoff(ahead: bool) {
+    METRICS.handoffs.inc();
+    if ahead {
+        METRICS.lookahead_hits.inc();
+    }
+}
+
+/// Whether the warm connection is open.
+pub fn connected(open: bool) {
+    METRICS.connected.set(i64::from(open));
+}
+
+/// `.ready` segments seen at the last listing.
+pub fn ready_segments(n: usize) {
+    METRICS.ready.set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+/// A transfer is in progress until the returned guard drops.
+pub fn upload() -> Active {
+    Active::new(&METRICS.uploads)
+}
