@@ -3,7 +3,7 @@
 //!
 //! Floors, top down; a module uses only the floors below it, never one beside it:
 //! 1. entry points, one per subcommand: [`serve`], [`restore`], [`promote`], [`status`],
-//!    [`certs`], [`cleanup`]. None calls another.
+//!    [`certs`], [`cleanup`], [`check`]. None calls another.
 //! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment) and
 //!    [`standby`] (talking to the standby PostgreSQL);
 //! 3. [`state`] (the archive's state files: pin, fence and its lock, restore records,
@@ -13,6 +13,7 @@
 //!    and its IO under `sys` (the durable-write helper, config, TLS files).
 
 pub mod certs;
+pub mod check;
 pub mod cleanup;
 pub mod cli;
 pub mod error;

@@ -249,6 +249,7 @@ pub struct SenderFile {
     pub socket: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
     pub lookahead: Option<usize>,
+    pub conninfo: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +299,8 @@ pub struct SenderSettings {
     pub pgdata: Option<PathBuf>,
     /// Most segments the daemon ships ahead at once (`lookahead`; 0 turns look-ahead off).
     pub lookahead: usize,
+    /// How `check` reaches the primary (`conninfo`, libpq syntax).
+    pub conninfo: Option<String>,
 }
 
 impl ReceiverSettings {
@@ -428,6 +431,7 @@ impl SenderSettings {
             socket: file.socket.map(|p| base.join(p)),
             pgdata: file.pgdata.map(|p| base.join(p)),
             lookahead,
+            conninfo: file.conninfo,
             compression,
             compression_level,
             config_path: path.to_path_buf(),
