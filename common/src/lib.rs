@@ -13,6 +13,8 @@
 //!   bytes, CRC checked.
 //! - [`human`]: sizes, durations and times as operators read them (`16.0 MiB`, `5m 3s`,
 //!   RFC 3339 to the second).
+//! - [`check`]: the judgements of `check` on both sides (certificate expiry, does a
+//!   PostgreSQL command run this program with this config, has a segment been archived).
 //! - [`handshake`]: why a TLS handshake failed (who closed, which alert) and the advice that
 //!   names the side and setting at fault.
 //! - [`proto`]: the wire protocol (versioned request header, reply, size limits, ALPN, version
@@ -26,6 +28,8 @@
 //! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
 //! - [`sys::durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir)
 //!   and link-free, non-blocking opens of files in archive_dir.
+//! - [`sys::check`]: the file side of `check` (certificates and key as of now, a PostgreSQL
+//!   command's paths resolved).
 //! - [`sys::config`]: TOML config files to resolved settings.
 //! - [`sys::tls`]: rustls configurations for mutual TLS from certificate and key files.
 //! - [`sys::pg_control`]: reading `global/pg_control` from a data directory.
@@ -33,6 +37,7 @@
 //!   readiness.
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
+pub mod check;
 pub mod handshake;
 pub mod http;
 pub mod human;

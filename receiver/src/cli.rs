@@ -60,6 +60,11 @@ pub enum Command {
         #[arg(value_name = "%r")]
         restart: String,
     },
+    /// Check this host's side of the pair now, one line per check (ok, WARN, FAIL with the
+    /// fix): config, key, certificates (WARN within 30 days of expiry), archive_dir writable,
+    /// serve running, and with conninfo/pgdata the standby in recovery, its restore_command and
+    /// its cluster against the archive's pin. Exit 0 when nothing failed, 1 otherwise.
+    Check,
     /// Show what the archive holds, whether it is fenced, and the standby's replay position;
     /// exit 0 only when healthy, 1 naming each problem (serve not running, the standby
     /// unreachable, the newest segment older than --max-age).

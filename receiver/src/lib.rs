@@ -3,7 +3,7 @@
 //!
 //! Floors, top down; a module uses only the floors below it, never one beside it:
 //! 1. entry points, one per subcommand: [`serve`], [`restore`], [`promote`], [`status`],
-//!    [`certs`], [`cleanup`]. None calls another.
+//!    [`certs`], [`cleanup`], [`check`]. None calls another.
 //! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment),
 //!    [`standby`] (talking to the standby PostgreSQL) and [`metrics`] (`serve`'s metrics and
 //!    their rendering for the `metrics_listen` endpoint);
@@ -14,6 +14,7 @@
 //!    and its IO under `sys` (the durable-write helper, config, TLS files).
 
 pub mod certs;
+pub mod check;
 pub mod cleanup;
 pub mod cli;
 pub mod error;

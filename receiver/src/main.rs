@@ -6,6 +6,7 @@
 //! - `cleanup`: 0 done (also with nothing to remove), 2 `%r` is not a WAL file name (nothing
 //!   removed), 1 any other failure.
 //! - `status`: 0 healthy, 1 a problem (each named) or the status could not be gathered.
+//! - `check`: 0 no check failed (warnings allowed), 1 otherwise.
 //! - other commands: 0 success, 1 failure.
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use walship_common::sys::config::{self, ReceiverSettings};
 
 use walship_receiver::cli::{Cli, Command};
 use walship_receiver::error::ReceiverError;
-use walship_receiver::{certs, cleanup, promote, restore, serve, status};
+use walship_receiver::{certs, check, cleanup, promote, restore, serve, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -89,6 +90,10 @@ fn main() -> ExitCode {
                 walship_common::sys::logging::init("warn");
             }
             ExitCode::from(cleanup::command(cli.config.as_deref(), &restart, dry_run))
+        }
+        Command::Check => {
+            walship_common::sys::logging::init("warn");
+            ExitCode::from(check::command(cli.config.as_deref()))
         }
         Command::Certs { dir, server_name } => {
             walship_common::sys::logging::init("warn");

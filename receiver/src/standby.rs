@@ -205,12 +205,5 @@ async fn data_directory(client: &Client) -> Option<PathBuf> {
 
 /// An error with its causes on one line ("error connecting to server: Connection refused").
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    walship_common::sys::check::chain(e)
 }

@@ -30,4 +30,14 @@ pub enum Command {
     /// Unix socket `socket`, and with `pgdata` ship `.ready` segments ahead (`lookahead`).
     /// Foreground; SIGTERM or SIGINT stops it (exit 0).
     Daemon,
+    /// Check this primary's side of the pair now, one line per check (ok, WARN, FAIL with the
+    /// fix): config, key, certificates (WARN within 30 days of expiry), the receiver over mutual
+    /// TLS, and with `conninfo` wal_level, archive_mode, archive_command and a WAL switch
+    /// archived end to end. Exit 0 when nothing failed, 1 otherwise.
+    Check {
+        /// Longest wait for the switched segment to be archived ("60s", "2m"; a number alone
+        /// means seconds).
+        #[arg(long, default_value = "60s", value_parser = walship_common::sys::config::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }

@@ -1,7 +1,8 @@
 //! walship-sender: the primary side of walship; `push` is PostgreSQL's archive_command.
 //!
 //! Exit codes: `push` 0 when the receiver stored the file or already had identical content,
-//! 1 for anything else (PostgreSQL retries). Never above 125.
+//! 1 for anything else (PostgreSQL retries); `check` 0 when no check failed (warnings allowed),
+//! 1 otherwise. Never above 125.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use walship_common::sys::config::{self, SenderSettings};
 
 use walship_sender::cli::{Cli, Command};
 use walship_sender::error::SenderError;
-use walship_sender::{daemon, handoff, push};
+use walship_sender::{check, daemon, handoff, push};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,6 +32,10 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Check { timeout } => {
+            walship_common::sys::logging::init("warn");
+            ExitCode::from(check::command(cli.config.as_deref(), timeout))
         }
         Command::Push { path, name } => {
             walship_common::sys::logging::init("warn");

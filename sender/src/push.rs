@@ -30,7 +30,7 @@ use crate::error::SenderError;
 const KEEP_ALIVE_MAX: Duration = Duration::from_millis(500);
 
 /// How long to let the connection close go out before exiting.
-const CLOSE_FLUSH: Duration = Duration::from_millis(2);
+pub(crate) const CLOSE_FLUSH: Duration = Duration::from_millis(2);
 /// Read size when hashing and sending.
 const CHUNK: usize = 256 << 10;
 
@@ -453,7 +453,7 @@ impl Failures<'_> {
 }
 
 /// The connection error under a failed stream read, if the connection is what failed.
-fn connection_lost(e: &std::io::Error) -> Option<quinn::ConnectionError> {
+pub(crate) fn connection_lost(e: &std::io::Error) -> Option<quinn::ConnectionError> {
     match e.get_ref()?.downcast_ref::<quinn::ReadError>()? {
         quinn::ReadError::ConnectionLost(c) => Some(c.clone()),
         _ => None,

@@ -25,6 +25,7 @@ mod issue10_restore;
 mod issue10_serve_lock;
 mod issue10_slots;
 mod issue10_tls_advice;
+mod issue11_check;
 mod issue11_cleanup;
 mod issue11_metrics;
 mod issue11_status_health;

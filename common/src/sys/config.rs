@@ -250,6 +250,7 @@ pub struct SenderFile {
     pub pgdata: Option<PathBuf>,
     pub lookahead: Option<usize>,
     pub metrics_listen: Option<String>,
+    pub conninfo: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +304,8 @@ pub struct SenderSettings {
     pub lookahead: usize,
     /// The plain-HTTP Prometheus endpoint of the daemon (`metrics_listen`; none: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// How `check` reaches the primary (`conninfo`, libpq syntax).
+    pub conninfo: Option<String>,
 }
 
 impl ReceiverSettings {
@@ -435,6 +438,7 @@ impl SenderSettings {
             pgdata: file.pgdata.map(|p| base.join(p)),
             lookahead,
             metrics_listen: src.metrics_listen(file.metrics_listen)?,
+            conninfo: file.conninfo,
             compression,
             compression_level,
             config_path: path.to_path_buf(),

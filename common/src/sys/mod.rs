@@ -3,6 +3,7 @@
 //! on values only (enforced by `tests/pure_core.rs`); these modules read and write, then hand
 //! bytes to it.
 
+pub mod check;
 pub mod config;
 pub mod durable;
 pub mod frame_io;

@@ -8,10 +8,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 
+use crate::check::Validity;
 use crate::proto::ALPN;
 use crate::sys::durable::DurableError;
 
@@ -183,4 +185,32 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::Clien
         })?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// The validity period of every certificate in a PEM file (for `check`).
+pub fn validity(what: &'static str, path: &Path) -> Result<Vec<Validity>, TlsError> {
+    let at = |secs: i64| {
+        let since = std::time::Duration::from_secs(secs.unsigned_abs());
+        if secs >= 0 {
+            SystemTime::UNIX_EPOCH + since
+        } else {
+            SystemTime::UNIX_EPOCH - since
+        }
+    };
+    load_certs(what, path)?
+        .iter()
+        .map(|der| {
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Setup {
+                    path: path.to_path_buf(),
+                    message: format!("unreadable certificate: {e}"),
+                })?;
+            let period = cert.validity();
+            Ok(Validity {
+                subject: cert.subject().to_string(),
+                not_before: at(period.not_before.timestamp()),
+                not_after: at(period.not_after.timestamp()),
+            })
+        })
+        .collect()
 }
