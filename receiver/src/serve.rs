@@ -118,6 +118,8 @@ pub async fn run_with(
     let archive = Arc::new(Archive::open(&settings)?);
     let (endpoint, local) = endpoint(&settings)?;
     let scrapes = metrics_endpoint(&settings, &archive).await?;
+    let reloads =
+        hangups().map(|h| tokio::spawn(reload_on_hangup(h, endpoint.clone(), settings.clone())));
     info!(
         archive_dir = %archive.dir().display(),
         max_uploads = settings.max_uploads,
@@ -180,7 +182,7 @@ pub async fn run_with(
 
     walship_common::sys::notify::stopping();
     drain(tracker, endpoint).await;
-    if let Some(task) = scrapes {
+    for task in [scrapes, reloads].into_iter().flatten() {
         task.abort();
     }
     Ok(())
@@ -217,6 +219,19 @@ async fn metrics_endpoint(
 fn endpoint(
     settings: &ReceiverSettings,
 ) -> Result<(quinn::Endpoint, std::net::SocketAddr), ReceiverError> {
+    let server = server_config(settings)?;
+    let bind_err = |source| ReceiverError::Bind {
+        addr: settings.listen,
+        source,
+    };
+    let endpoint = quinn::Endpoint::server(server, settings.listen).map_err(bind_err)?;
+    let local = endpoint.local_addr().map_err(bind_err)?;
+    Ok((endpoint, local))
+}
+
+/// The QUIC server configuration: this receiver's certificate, key and client CA as the files
+/// hold them now, and its transport limits. Built at start and again on each SIGHUP.
+fn server_config(settings: &ReceiverSettings) -> Result<quinn::ServerConfig, ReceiverError> {
     let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| {
         ReceiverError::Tls(tls::TlsError::Setup {
@@ -233,13 +248,42 @@ fn endpoint(
         .max_incoming(MAX_WAITING_HANDSHAKES)
         .incoming_buffer_size(WAITING_HANDSHAKE_BYTES / 16)
         .incoming_buffer_size_total(WAITING_HANDSHAKE_BYTES);
-    let bind_err = |source| ReceiverError::Bind {
-        addr: settings.listen,
-        source,
-    };
-    let endpoint = quinn::Endpoint::server(server, settings.listen).map_err(bind_err)?;
-    let local = endpoint.local_addr().map_err(bind_err)?;
-    Ok((endpoint, local))
+    Ok(server)
+}
+
+/// SIGHUP, listened for from before "listening" is logged (its default action would end the
+/// process). None, said once, if the handler cannot be installed.
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map_err(|e| warn!("cannot listen for SIGHUP ({e}): certificates change only on restart"))
+        .ok()
+}
+
+/// On each SIGHUP, reload `cert`, `key` and `client_ca`: new connections get the new
+/// configuration, connections and uploads in flight keep theirs, the archive is not touched.
+/// A configuration that does not load leaves the previous one serving.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    endpoint: quinn::Endpoint,
+    settings: ReceiverSettings,
+) {
+    while hangups.recv().await.is_some() {
+        match server_config(&settings) {
+            Ok(config) => {
+                endpoint.set_server_config(Some(config));
+                info!(
+                    "SIGHUP: reloaded certificates from {}, {} and {}",
+                    settings.cert.display(),
+                    settings.key.display(),
+                    settings.client_ca.display()
+                );
+            }
+            Err(e) => error!(
+                "SIGHUP: certificates not reloaded, still serving the previous ones: {e}; fix it and send SIGHUP again"
+            ),
+        }
+    }
 }
 
 /// Shutdown: no new connections, in-flight uploads get SHUTDOWN_GRACE, then the endpoint

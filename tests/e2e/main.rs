@@ -28,6 +28,7 @@ mod issue10_tls_advice;
 mod issue11_check;
 mod issue11_cleanup;
 mod issue11_metrics;
+mod issue11_sighup;
 mod issue11_status_health;
 mod key_permissions;
 mod leftovers_cleaned;
