@@ -128,8 +128,11 @@ fn serve_main(config: Option<PathBuf>) -> Result<(), ReceiverError> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
+        // Installed before serve starts (and tells systemd it is ready), so a SIGTERM right
+        // after READY=1 shuts down cleanly instead of killing the process.
+        let signals = signals()?;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signal(signals).await;
             trigger.cancel();
         });
         serve::run(settings, shutdown).await
@@ -151,10 +154,18 @@ fn fixed_mmap_threshold() {
     }
 }
 
-async fn wait_for_signal() {
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+fn signals() -> Result<Signals, ReceiverError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let term = signal(SignalKind::terminate())
+        .map_err(|e| ReceiverError::Task(format!("install the SIGTERM handler: {e}")))?;
+    let int = signal(SignalKind::interrupt())
+        .map_err(|e| ReceiverError::Task(format!("install the SIGINT handler: {e}")))?;
+    Ok((term, int))
+}
+
+async fn wait_for_signal((mut term, mut int): Signals) {
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

@@ -92,10 +92,13 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
             receiver = %daemon.settings.receiver,
             "listening"
         );
+        // The handlers exist before systemd hears "ready": a SIGTERM right after it must stop
+        // the daemon cleanly, not kill it with the default action.
+        let stop = Stop::install()?;
         walship_common::sys::notify::ready();
         let result = daemon
             .clone()
-            .accept(&listener.listener, listener.uid)
+            .accept(&listener.listener, listener.uid, stop)
             .await;
         walship_common::sys::notify::stopping();
         listener.remove();
@@ -115,6 +118,28 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
     })
 }
 
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Stop, SenderError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| SenderError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Ok(Stop {
+            term: catch(SignalKind::terminate(), "SIGTERM")?,
+            int: catch(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+}
+
 struct Daemon {
     settings: SenderSettings,
     target: Target,
@@ -129,16 +154,16 @@ struct Daemon {
 
 impl Daemon {
     /// Accept `push` clients until SIGTERM or SIGINT.
-    async fn accept(self: Arc<Self>, listener: &UnixListener, uid: u32) -> Result<(), SenderError> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|source| SenderError::Signal {
-                signal: "SIGTERM",
-                source,
-            })?;
+    async fn accept(
+        self: Arc<Self>,
+        listener: &UnixListener,
+        uid: u32,
+        mut stop: Stop,
+    ) -> Result<(), SenderError> {
         loop {
             let stream = tokio::select! {
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = stop.term.recv() => break,
+                _ = stop.int.recv() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
