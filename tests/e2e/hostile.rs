@@ -605,18 +605,15 @@ fn tls_expired_client_cert() {
 
     // Client certificates signed by the receiver's own CA: one expired yesterday, one valid (the
     // control that shows the expired one fails for its dates, not for its issuer).
-    let ca_key = fs::read_to_string(rig.certs.dir.join("ca.key")).expect("read ca.key");
     let now = time::OffsetDateTime::now_utc();
-    let expired = issue_client_cert(
+    let expired = rig.certs.issue_client(
         &sc,
-        &ca_key,
         "client-expired",
         now - time::Duration::days(30),
         now - time::Duration::days(1),
     );
-    let valid = issue_client_cert(
+    let valid = rig.certs.issue_client(
         &sc,
-        &ca_key,
         "client-valid",
         now - time::Duration::days(1),
         now + time::Duration::days(30),
@@ -721,45 +718,4 @@ fn wait_logged(rx: &Receiver, needle: &str) {
     if found.is_none() {
         rx.assert_logged(needle);
     }
-}
-
-/// A client certificate valid from `not_before` to `not_after`, signed by the CA whose key is
-/// `ca_key` (the CA `walship-receiver certs` made: common name "walship CA"). Written as
-/// `<name>.pem` and `<name>.key` (0600, owned by postgres); returns their paths.
-fn issue_client_cert(
-    sc: &Scenario,
-    ca_key: &str,
-    name: &str,
-    not_before: time::OffsetDateTime,
-    not_after: time::OffsetDateTime,
-) -> (PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    // rcgen signs with the issuer's key and names the issuer by its distinguished name: the CA
-    // rebuilt from its key and name is, for signing, the CA that `certs` made.
-    let ca_key = KeyPair::from_pem(ca_key).expect("parse ca.key");
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "walship CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).expect("rebuild CA certificate");
-
-    let key = KeyPair::generate().expect("generate client key");
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "walship-sender");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("sign client certificate");
-    let pem = sc.path(&format!("{name}.pem"));
-    let key_path = sc.path(&format!("{name}.key"));
-    sc.write_at(&pem, cert.pem(), 0o644);
-    sc.write_at(&key_path, key.serialize_pem(), 0o600);
-    (pem, key_path)
 }

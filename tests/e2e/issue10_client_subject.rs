@@ -2,51 +2,25 @@
 //! refused on it, names the subject of the client certificate it came with, so an archive entry
 //! can be traced to a certificate.
 
-use std::fs;
-use std::path::PathBuf;
-
+use walship_tests::donors;
 use walship_tests::walship::{assert_pushed, assert_refused, push, sender_config};
-use walship_tests::{donors, Scenario};
 
 use crate::hostile::Rig;
-
-/// A client certificate with subject `CN=<cn>, O=<org>` signed by the set's CA (see
-/// `hostile::issue_client_cert`); returns the paths of its certificate and key.
-fn client_cert(sc: &Scenario, ca_key: &str, name: &str, cn: &str, org: &str) -> (PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::from_pem(ca_key).expect("parse ca.key");
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "walship CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).expect("rebuild CA certificate");
-    let key = KeyPair::generate().expect("generate client key");
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, org);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("sign client certificate");
-    let pem = sc.path(&format!("{name}.pem"));
-    let key_path = sc.path(&format!("{name}.key"));
-    sc.write_at(&pem, cert.pem(), 0o644);
-    sc.write_at(&key_path, key.serialize_pem(), 0o600);
-    (pem, key_path)
-}
 
 #[test]
 fn item14_log_names_the_client_certificate() {
     let d = donors();
     let mut rig = Rig::start("i10_who_wrote", "10s");
     let sc = rig.sc.clone();
-    let ca_key = fs::read_to_string(rig.certs.dir.join("ca.key")).expect("read ca.key");
-    let (cert, key) = client_cert(&sc, &ca_key, "db1", "db1.example.com", "Acme");
+    let now = time::OffsetDateTime::now_utc();
+    let (cert, key) = rig.certs.issue_client_as(
+        &sc,
+        "db1",
+        "db1.example.com",
+        Some("Acme"),
+        now - time::Duration::days(1),
+        now + time::Duration::days(30),
+    );
     let sender = sender_config(
         &sc,
         "sender-db1",

@@ -82,6 +82,19 @@ impl CertSet {
         not_before: time::OffsetDateTime,
         not_after: time::OffsetDateTime,
     ) -> (PathBuf, PathBuf) {
+        self.issue_client_as(sc, name, "walship-sender", None, not_before, not_after)
+    }
+
+    /// [`issue_client`](Self::issue_client) with the subject `CN=<cn>[, O=<org>]`.
+    pub fn issue_client_as(
+        &self,
+        sc: &Scenario,
+        name: &str,
+        cn: &str,
+        org: Option<&str>,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> (PathBuf, PathBuf) {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
             KeyUsagePurpose,
@@ -98,9 +111,12 @@ impl CertSet {
 
         let key = KeyPair::generate().expect("generate client key");
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "walship-sender");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(org) = org {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, org);
+        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = not_before;
         params.not_after = not_after;
