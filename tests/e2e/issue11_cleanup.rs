@@ -307,3 +307,50 @@ fn history_stays_across_timelines(p: &Pair) {
         "left before {r3}: {names:?}\n{out}"
     );
 }
+
+/// Hostile files under WAL names before `%r`: a symlink to a file outside the archive and a FIFO
+/// are left where they are (one line each), the link's target is untouched, cleanup does not
+/// block on the FIFO, and the regular segment before `%r` goes.
+#[test]
+fn issue11_cleanup_leaves_links_and_fifos() {
+    use walship_tests::walship::receiver_config;
+    use walship_tests::{CertSet, Scenario};
+    let sc = Scenario::new("i11_cleanup_links");
+    let certs = CertSet::create(&sc, "certs");
+    let setup = receiver_config(&sc, "receiver", &certs, None);
+    let dir = &setup.archive_dir;
+    let victim = sc.path("victim.conf");
+    sc.write_at(&victim, "keep me\n", 0o644);
+    sc.write_at(
+        &dir.join("000000010000000000000001"),
+        vec![0u8; 4096],
+        0o640,
+    );
+    std::os::unix::fs::symlink(&victim, dir.join("000000010000000000000002")).expect("symlink");
+    let fifo = dir.join("000000010000000000000003");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let out = run_receiver(&sc, &setup.config, "cleanup", &["000000010000000000000005"]);
+    out.assert_code(0);
+    let left: Vec<&str> = out
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("cleanup: left"))
+        .collect();
+    assert_eq!(left.len(), 2, "one line per link or FIFO\n{out}");
+    let names = archive_names(dir);
+    assert!(
+        !names.contains(&"000000010000000000000001".to_string()),
+        "{names:?}\n{out}"
+    );
+    for kept in ["000000010000000000000002", "000000010000000000000003"] {
+        assert!(
+            names.contains(&kept.to_string()),
+            "{kept} left\n{names:?}\n{out}"
+        );
+    }
+    assert_eq!(fs::read_to_string(&victim).expect("victim"), "keep me\n");
+}
