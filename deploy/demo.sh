@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # walship demo: a PostgreSQL 15 primary archives its WAL through walship-sender,
 # over QUIC with mutual TLS, to walship-receiver, which feeds a warm standby
-# through restore_command. Then the primary is killed and the standby promoted.
+# through restore_command. Then the primary is killed and the standby promoted,
+# and the way back: the old primary is rebuilt as the new primary's standby
+# (pg_rewind), fed through walship in the other direction, and a planned
+# switchover makes it the primary again.
 #
 #   bash deploy/demo.sh [--clean]
 #
@@ -94,6 +97,32 @@ RECEIVER_JOB=""
 RECEIVER_PID=""
 DAEMON_JOB=""
 DAEMON_PID=""
+RECEIVER_A_JOB=""
+RECEIVER_A_PID=""
+# The way back: a receiver on the old primary's host, fed by the new primary.
+RDIR_A=$WORK/receiver-a
+RCONF_A=$RDIR_A/receiver.toml
+ARCHIVE_A=$RDIR_A/archive
+SDIR_B=$WORK/sender-b
+SCONF_B=$SDIR_B/sender.toml
+
+# stop_receiver PID JOB WHAT: SIGTERM, SIGKILL after 10s, report the exit status.
+stop_receiver() {
+    local pid=$1 job=$2 what=$3 status
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            info "$what (pid $pid) ignored SIGTERM for 10s; sending SIGKILL"
+            kill -KILL "$pid"
+        fi
+    fi
+    if [ -n "$job" ]; then
+        wait "$job"; status=$?
+        info "stopped $what with SIGTERM: exit status $status (0 = clean shutdown)"
+    fi
+}
 
 cleanup() {
     local rc=$? status
@@ -113,18 +142,8 @@ cleanup() {
         wait "$DAEMON_JOB"; status=$?
         info "stopped walship-sender daemon with SIGTERM: exit status $status (0 = clean shutdown)"
     fi
-    if [ -n "$RECEIVER_PID" ] && kill -0 "$RECEIVER_PID" 2>/dev/null; then
-        kill -TERM "$RECEIVER_PID"
-        for _ in $(seq 1 100); do kill -0 "$RECEIVER_PID" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$RECEIVER_PID" 2>/dev/null; then
-            info "walship-receiver (pid $RECEIVER_PID) ignored SIGTERM for 10s; sending SIGKILL"
-            kill -KILL "$RECEIVER_PID"
-        fi
-    fi
-    if [ -n "$RECEIVER_JOB" ]; then
-        wait "$RECEIVER_JOB"; status=$?
-        info "stopped walship-receiver serve with SIGTERM: exit status $status (0 = clean shutdown)"
-    fi
+    stop_receiver "$RECEIVER_PID" "$RECEIVER_JOB" "walship-receiver serve"
+    stop_receiver "$RECEIVER_A_PID" "$RECEIVER_A_JOB" "walship-receiver serve (old primary's host)"
     cd /
     if [ "$CLEAN" -eq 1 ]; then
         rm -rf "$WORK"
@@ -200,6 +219,7 @@ free_port() {
 free_port PRIMARY_PORT
 free_port STANDBY_PORT
 free_port RECEIVER_PORT
+free_port RECEIVER_A_PORT
 
 # psql helpers: `sql PORT QUERY` prints unaligned values (a|b), `show PORT QUERY` a table.
 sql() {
@@ -257,6 +277,11 @@ max_wal_size = 1GB
 # switch segments at least every 3s while there is traffic, so WAL is seen
 # arriving during the load (in production: 60s or more, if at all)
 archive_timeout = '3s'
+# pg_rewind (the way back, step 13) needs hint-bit changes in the WAL, or data
+# checksums (initdb -k), and the old primary's own WAL back to the last
+# checkpoint before the fork: its crash recovery would otherwise recycle it
+wal_log_hints = on
+wal_keep_size = '512MB'
 EOF
 as_pg "$PGBIN/pg_ctl" -D "$PRIMARY" -l "$LOG/primary.log" -w start >/dev/null ||
     fail "the primary did not start"
@@ -276,8 +301,10 @@ hot_standby = on
 restore_command = '$RESTORE_COMMAND'
 # look for the next segment every second (default 5s)
 wal_retrieve_retry_interval = '1s'
-# the demo's promoted standby does not archive (it would need its own receiver)
-archive_mode = off
+# once promoted, it archives through walship to a receiver on the old
+# primary's host (the way back). Until archive_command is set there (step 12),
+# completed segments wait in pg_wal, marked .ready.
+archive_mode = on
 EOF
 as_pg touch "$STANDBY/standby.signal"
 info "standby.signal created; postgresql.conf:"
@@ -461,5 +488,127 @@ if "$BIN/walship-receiver" status --help >/dev/null 2>&1; then
     as_pg "$BIN/walship-receiver" --config "$RCONF" status 2>&1 | indent ||
         info "(walship-receiver status exited ${PIPESTATUS[0]})"
 fi
+
+# ---------------------------------------------------------------- 11. the way back
+
+T_BACK=$SECONDS
+banner "Way back: a receiver on the old primary's host (127.0.0.1:$RECEIVER_A_PORT), pinned by its data directory"
+info "In production: copy ca.pem and a server certificate for the old primary's host there, and a"
+info "client certificate to the new primary (this demo runs both on one host and reuses the pair's)."
+mkdir -p "$RDIR_A/certs" "$SDIR_B/certs" "$ARCHIVE_A"
+cp -p "$WORK/ca/ca.pem" "$WORK/ca/server.pem" "$WORK/ca/server.key" "$RDIR_A/certs/"
+cp -p "$WORK/ca/ca.pem" "$WORK/ca/client.pem" "$WORK/ca/client.key" "$SDIR_B/certs/"
+chmod 0700 "$ARCHIVE_A" "$RDIR_A/certs" "$SDIR_B/certs"
+cat >"$RCONF_A" <<EOF
+# walship-receiver on the old primary's host: it feeds the old primary, now a
+# standby of the promoted one.
+listen = "127.0.0.1:$RECEIVER_A_PORT"
+archive_dir = "archive"
+cert = "certs/server.pem"
+key = "certs/server.key"
+client_ca = "certs/ca.pem"
+pgdata = "$PRIMARY"
+conninfo = "host=$SOCK port=$PRIMARY_PORT user=postgres dbname=postgres"
+EOF
+cat >"$SCONF_B" <<EOF
+# walship-sender on the promoted standby's host: ships its WAL back.
+receiver = "127.0.0.1:$RECEIVER_A_PORT"
+server_name = "localhost"
+ca = "certs/ca.pem"
+cert = "certs/client.pem"
+key = "certs/client.key"
+connect_timeout = "10s"
+EOF
+if [ "$(id -u)" -eq 0 ]; then chown -R postgres:postgres "$RDIR_A" "$SDIR_B"; fi
+start_service receiver-a info "$BIN/walship-receiver" --config "$RCONF_A" serve
+RECEIVER_A_JOB=$STARTED_JOB RECEIVER_A_PID=$STARTED_PID
+
+banner "New primary: archive_command = walship-sender push to the old primary's host; pg_ctl reload"
+ARCHIVE_COMMAND_B="$BIN/walship-sender --config $SCONF_B push %p %f"
+cat >>"$STANDBY/postgresql.conf" <<EOF
+# the way back: ship to the receiver on the old primary's host
+archive_command = '$ARCHIVE_COMMAND_B'
+EOF
+as_pg "$PGBIN/pg_ctl" -D "$STANDBY" reload >/dev/null
+info "archive_command = '$ARCHIVE_COMMAND_B'"
+IFS='|' read -r B_SWITCH_LSN B_SEGMENT < <(sql "$STANDBY_PORT" 'SELECT lsn, pg_walfile_name(lsn) FROM pg_switch_wal() AS lsn')
+b_archived() {
+    [ "$(sql "$STANDBY_PORT" "SELECT coalesce(last_archived_wal >= '$B_SEGMENT', false) FROM pg_stat_archiver")" = t ]
+}
+wait_until 60 "$B_SEGMENT to be archived to the old primary's host" b_archived
+info "the timeline-2 history file and segments (and the old timeline's .partial) are now on the old primary's host:"
+(cd "$ARCHIVE_A" && ls -1 -- 0* | tail -n 4) | indent
+
+banner "Old primary: pg_rewind from the new primary (copies only what changed since the fork)"
+as_pg "$PGBIN/pg_rewind" --target-pgdata="$PRIMARY" \
+    --source-server="host=$SOCK port=$STANDBY_PORT user=postgres dbname=postgres" \
+    >"$LOG/pg_rewind.log" 2>&1 || fail "pg_rewind failed (see $LOG/pg_rewind.log)"
+grep -E 'servers diverged|Done' "$LOG/pg_rewind.log" | indent || true
+# pg_rewind copied the new primary's configuration files too: restore this host's settings
+# (later lines win) and make it a standby fed by its own walship-receiver.
+RESTORE_COMMAND_A="$BIN/walship-receiver --config $RCONF_A restore %f %p"
+cat >>"$PRIMARY/postgresql.conf" <<EOF
+
+# ---- the way back: the old primary is now a standby of the promoted one
+port = $PRIMARY_PORT
+hot_standby = on
+restore_command = '$RESTORE_COMMAND_A'
+wal_retrieve_retry_interval = '1s'
+# used again once it is promoted back (step 15): ship to the original receiver
+archive_command = '$ARCHIVE_COMMAND'
+EOF
+as_pg touch "$PRIMARY/standby.signal"
+info "standby.signal; restore_command = '$RESTORE_COMMAND_A'"
+# pg_rewind makes the old primary replay up to the new primary's position at the time of the
+# rewind before it is consistent (and accepts connections): ship that segment first (the
+# checkpoint puts a record past that position, so the switch has a segment to finish).
+sql "$STANDBY_PORT" 'CHECKPOINT' >/dev/null
+IFS='|' read -r B_SWITCH_LSN B_SEGMENT < <(sql "$STANDBY_PORT" 'SELECT lsn, pg_walfile_name(lsn) FROM pg_switch_wal() AS lsn')
+wait_until 60 "$B_SEGMENT to be archived to the old primary's host" b_archived
+as_pg "$PGBIN/pg_ctl" -D "$PRIMARY" -l "$LOG/primary.log" -w -t 120 start >/dev/null ||
+    fail "the old primary did not start as a standby"
+
+banner "Load on the new primary; the old primary follows through walship"
+as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$STANDBY_PORT" -U postgres -c 4 -j 2 -T 5 postgres >"$LOG/pgbench-b.log" 2>&1 ||
+    fail "pgbench on the new primary failed (see $LOG/pgbench-b.log)"
+grep -E '^tps' "$LOG/pgbench-b.log" | indent || true
+sql "$STANDBY_PORT" "INSERT INTO walship_demo VALUES (2, 'written on the new primary before the switch back')" >/dev/null
+# A planned switchover: stop writes, ship the last segment, wait until the old primary has
+# replayed it, then stop the new primary cleanly.
+IFS='|' read -r B_SWITCH_LSN B_SEGMENT < <(sql "$STANDBY_PORT" 'SELECT lsn, pg_walfile_name(lsn) FROM pg_switch_wal() AS lsn')
+wait_until 90 "$B_SEGMENT to be archived to the old primary's host" b_archived
+a_replayed() {
+    [ "$(sql "$PRIMARY_PORT" "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '$B_SWITCH_LSN') >= 0")" = t ]
+}
+wait_until 90 "the old primary to replay up to $B_SWITCH_LSN" a_replayed
+IFS='|' read -r B_COUNT B_SUM B_HISTORY B_DEMO < <(sql "$STANDBY_PORT" \
+    'SELECT (SELECT count(*) FROM pgbench_accounts), (SELECT sum(abalance) FROM pgbench_accounts), (SELECT count(*) FROM pgbench_history), (SELECT count(*) FROM walship_demo)')
+info "old primary, in recovery, has replayed the new primary's last segment:"
+show "$PRIMARY_PORT" 'SELECT pg_is_in_recovery() AS in_recovery, pg_last_wal_replay_lsn() AS replay_lsn,
+    (SELECT count(*) FROM walship_demo) AS demo_rows'
+
+banner "SWITCHOVER back: stop the new primary (fast), walship-receiver promote on the old primary's host"
+as_pg "$PGBIN/pg_ctl" -D "$STANDBY" -m fast -w stop >/dev/null || fail "the new primary did not stop"
+info "new primary stopped cleanly"
+as_pg "$BIN/walship-receiver" --config "$RCONF_A" promote --timeout 60 2>&1 | indent ||
+    fail "walship-receiver promote on the old primary's host exited ${PIPESTATUS[0]}"
+a_promoted() { [ "$(sql "$PRIMARY_PORT" 'SELECT pg_is_in_recovery()')" = f ]; }
+wait_until 60 "the old primary to leave recovery" a_promoted
+sql "$PRIMARY_PORT" 'CHECKPOINT' >/dev/null
+TIMELINE_A=$(sql "$PRIMARY_PORT" 'SELECT timeline_id FROM pg_control_checkpoint()')
+sql "$PRIMARY_PORT" "INSERT INTO walship_demo VALUES (3, 'written on the original primary after the way back')" >/dev/null
+IFS='|' read -r A_COUNT A_SUM A_HISTORY A_DEMO < <(sql "$PRIMARY_PORT" \
+    'SELECT (SELECT count(*) FROM pgbench_accounts), (SELECT sum(abalance) FROM pgbench_accounts), (SELECT count(*) FROM pgbench_history), (SELECT count(*) - 1 FROM walship_demo)')
+printf '       %-28s %14s %14s\n' "" "B (stopped)" "A (primary)" \
+    "pgbench_accounts count" "$B_COUNT" "$A_COUNT" \
+    "pgbench_accounts sum" "$B_SUM" "$A_SUM" \
+    "pgbench_history rows" "$B_HISTORY" "$A_HISTORY" \
+    "walship_demo rows" "$B_DEMO" "$A_DEMO"
+[ "$TIMELINE_A" = 3 ] || fail "expected timeline 3 after the switch back, found $TIMELINE_A"
+[ "$B_COUNT|$B_SUM|$B_HISTORY|$B_DEMO" = "$A_COUNT|$A_SUM|$A_HISTORY|$A_DEMO" ] ||
+    fail "data differs between the new primary and the old primary after the switch back"
+info "OK: the original primary is the primary again, writable, timeline $TIMELINE_A, data identical"
+info "way back (receiver, pg_rewind, catch-up under load, switchover) took $((SECONDS - T_BACK))s"
+info "the old host's archive fences timeline 2 now; the original receiver gets timeline 3 from here on."
 
 printf '\n==== Demo complete in %ss (not counting the build)\n' "$((SECONDS - T0))"
