@@ -40,6 +40,10 @@ pub struct PairOptions {
     pub archive: bool,
     /// `initdb --wal-segsize` in MiB; PostgreSQL's default (16) when `None`.
     pub wal_segsize_mb: Option<u32>,
+    /// Ready for the way back: the primary keeps what `pg_rewind` needs (`wal_log_hints`,
+    /// `wal_keep_size`), and the standby has `archive_mode = on` with no `archive_command`, so
+    /// that once promoted its segments wait as `.ready` until the scenario ships them back.
+    pub way_back: bool,
 }
 
 impl Default for PairOptions {
@@ -49,6 +53,7 @@ impl Default for PairOptions {
             archive_timeout: None,
             archive: true,
             wal_segsize_mb: None,
+            way_back: false,
         }
     }
 }
@@ -74,6 +79,10 @@ impl Pair {
         if let Some(t) = opts.archive_timeout {
             conf.push(format!("archive_timeout = '{t}'"));
         }
+        if opts.way_back {
+            conf.push("wal_log_hints = on".into());
+            conf.push("wal_keep_size = '512MB'".into());
+        }
         let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
         let segsize = opts.wal_segsize_mb.map(|mb| format!("--wal-segsize={mb}"));
         let initdb_args: Vec<&str> = segsize.iter().map(String::as_str).collect();
@@ -94,13 +103,19 @@ impl Pair {
             "hot_standby = {}",
             if opts.hot_standby { "on" } else { "off" }
         );
-        // The standby must not archive (it would need a receiver of its own); it retries a
-        // missing segment every 200 ms instead of every 5 s, so it follows the archive closely.
+        // The standby does not archive (it would need a receiver of its own) unless the
+        // scenario takes the way back; it retries a missing segment every 200 ms instead of
+        // every 5 s, so it follows the archive closely.
+        let archive_mode = if opts.way_back {
+            "archive_mode = on"
+        } else {
+            "archive_mode = off"
+        };
         let mut standby = primary.basebackup_standby(
             "standby",
             &[
                 &hot,
-                "archive_mode = off",
+                archive_mode,
                 "wal_retrieve_retry_interval = '200ms'",
                 &restore_command,
             ],
