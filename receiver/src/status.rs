@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 use walship_common::state::{RestoreEvent, PROMOTION_IN_PROGRESS};
+use walship_common::valve::GapRange;
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::{Lsn, SegmentName, SystemId, TimelineId, WalFileName};
 
@@ -41,6 +42,9 @@ pub struct Status {
     /// The pid of the `serve` holding archive_dir's lock (as it wrote it; "unknown" if not
     /// yet), null when none runs.
     pub serve_pid: Option<String>,
+    /// Segments the primary's pg_wal valve dropped (`walship.gaps`), as ranges; each one the
+    /// standby has not restored past is a problem.
+    pub gaps: Vec<GapRange>,
     /// No problem found: what the exit status says (0 healthy, 1 not).
     pub healthy: bool,
     /// Each problem found, one line each, with what to do.
@@ -98,6 +102,11 @@ pub async fn gather(
         Some(e) => (Some(e.name), Some(e.at)),
         None => (None, None),
     };
+    let (all_gaps, open_gaps) = state::gap_ranges(
+        dir,
+        store::segment_size(&files),
+        log.last_served.as_ref().map(|e| &e.name),
+    )?;
     let (last_served, last_served_at) = split(log.last_served);
     let (last_missed, last_missed_at) = split(log.last_missed);
     Ok(Status {
@@ -124,16 +133,25 @@ pub async fn gather(
         },
         standby,
         serve_pid: serve.as_ref().ok().cloned().flatten(),
+        gaps: all_gaps,
         healthy: true,
         problems: Vec::new(),
     }
-    .judged(serve.err().as_ref(), max_age))
+    .judged(serve.err().as_ref(), max_age, &open_gaps))
 }
 
 impl Status {
     /// With [`problems`] filled in, and `healthy` when there are none.
-    fn judged(mut self, serve_error: Option<&ReceiverError>, max_age: Option<Duration>) -> Self {
+    fn judged(
+        mut self,
+        serve_error: Option<&ReceiverError>,
+        max_age: Option<Duration>,
+        open_gaps: &[GapRange],
+    ) -> Self {
         self.problems = problems(&self, serve_error, max_age);
+        // A gap the standby has not restored past, plainly, first: nothing else is as grave.
+        let gaps = open_gaps.iter().map(|g| g.problem());
+        self.problems.splice(0..0, gaps);
         self.healthy = self.problems.is_empty();
         self
     }
@@ -167,7 +185,7 @@ pub fn problems(
             sb.error.as_deref().unwrap_or("no answer")
         ));
     }
-    // Here goes the gap the pg_wal valve records (issue 11 item 2), once there is one.
+    // The gaps the pg_wal valve left are added by `Status::judged` (see `state::gap_ranges`).
     if let Some(max) = max_age {
         match (&st.newest_segment, st.newest_segment_age_seconds) {
             (Some(name), Some(age)) if age > max => out.push(format!(
@@ -278,6 +296,12 @@ pub fn print_human(s: &Status) {
         event(&s.restore.last_missed, s.restore.last_missed_at)
     );
     println!("standby:          {}", standby_line(s.standby.as_ref()));
+    for g in &s.gaps {
+        println!(
+            "gap:              {}..{} ({} segment(s) dropped on the primary)",
+            g.first, g.last, g.segments
+        );
+    }
     match &s.serve_pid {
         Some(pid) => println!("serve:            running, pid {pid}"),
         None => println!("serve:            not running"),

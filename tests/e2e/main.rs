@@ -29,6 +29,7 @@ mod issue11_check;
 mod issue11_cleanup;
 mod issue11_metrics;
 mod issue11_sighup;
+mod issue11_valve;
 mod issue11_status_health;
 mod key_permissions;
 mod leftovers_cleaned;
