@@ -263,7 +263,10 @@ impl GapRange {
     /// Whether a standby that last restored `served` has replayed past this gap (it was
     /// rebuilt from a base backup taken after it): then the gap no longer matters to it.
     pub fn behind(&self, served: Option<&SegmentName>, seg_size: u64) -> bool {
-        match (served.and_then(|s| s.segno(seg_size).ok()), self.last.segno(seg_size)) {
+        match (
+            served.and_then(|s| s.segno(seg_size).ok()),
+            self.last.segno(seg_size),
+        ) {
             (Some(s), Ok(last)) => s > last,
             _ => false,
         }
@@ -272,7 +275,10 @@ impl GapRange {
 
 /// Group segment names (others are skipped) into ranges of consecutive segments on one
 /// timeline, in order.
-pub fn ranges<'a>(names: impl IntoIterator<Item = &'a WalFileName>, seg_size: u64) -> Vec<GapRange> {
+pub fn ranges<'a>(
+    names: impl IntoIterator<Item = &'a WalFileName>,
+    seg_size: u64,
+) -> Vec<GapRange> {
     let mut segs: Vec<(SegmentName, SegNo)> = names
         .into_iter()
         .filter_map(|n| match n {
@@ -340,7 +346,10 @@ mod tests {
         // Shipped after all: nothing to drop.
         assert_eq!(decide(&facts(&n3, Some(&s3), over, true)), Verdict::Shipped);
         // At the limit, not over it.
-        assert_eq!(decide(&facts(&n3, Some(&s3), LIMIT, false)), Verdict::Failed);
+        assert_eq!(
+            decide(&facts(&n3, Some(&s3), LIMIT, false)),
+            Verdict::Failed
+        );
         // Never one in the middle while an older one waits.
         assert_eq!(decide(&facts(&n4, Some(&s3), over, false)), Verdict::Failed);
         // Not marked .ready at all (run by hand): not the oldest.
@@ -452,7 +461,10 @@ mod tests {
         );
         // Across a log boundary (256 segments of 16 MiB per log).
         let r = ranges(
-            &[WalFileName::Segment(seg(255)), WalFileName::Segment(seg(256))],
+            &[
+                WalFileName::Segment(seg(255)),
+                WalFileName::Segment(seg(256)),
+            ],
             SEG,
         );
         assert_eq!(r.len(), 1);

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 use walship_common::state::{RestoreEvent, PROMOTION_IN_PROGRESS};
-use walship_common::valve::GapRange;
 use walship_common::sys::config::ReceiverSettings;
+use walship_common::valve::GapRange;
 use walship_common::{Lsn, SegmentName, SystemId, TimelineId, WalFileName};
 
 use crate::error::ReceiverError;

@@ -86,7 +86,10 @@ fn valve(settings: &SenderSettings, note: &mut impl FnMut(String, Verdict)) {
         Err(e) => {
             note(
                 "pg_wal valve".into(),
-                Verdict::fail(format!("cannot read the record of dropped segments: {e}"), ""),
+                Verdict::fail(
+                    format!("cannot read the record of dropped segments: {e}"),
+                    "",
+                ),
             );
             return;
         }
@@ -94,7 +97,11 @@ fn valve(settings: &SenderSettings, note: &mut impl FnMut(String, Verdict)) {
     let record = settings
         .state_dir
         .as_ref()
-        .map(|d| d.join(walship_common::valve::DROPS_FILE).display().to_string())
+        .map(|d| {
+            d.join(walship_common::valve::DROPS_FILE)
+                .display()
+                .to_string()
+        })
         .unwrap_or_default();
     let told = if log.dropped.iter().all(|r| r.reported) {
         "the receiver knows"
@@ -127,7 +134,10 @@ fn valve(settings: &SenderSettings, note: &mut impl FnMut(String, Verdict)) {
         Err(e) => note(
             "pg_wal valve".into(),
             Verdict::fail(
-                format!("cannot list {}/pg_wal/archive_status: {e}", pgdata.display()),
+                format!(
+                    "cannot list {}/pg_wal/archive_status: {e}",
+                    pgdata.display()
+                ),
                 "set `pgdata` to the primary's data directory, readable by this user",
             ),
         ),

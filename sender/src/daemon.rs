@@ -272,9 +272,10 @@ impl Daemon {
             };
         }
         let (settings, path, name) = (self.settings.clone(), path.to_path_buf(), name.to_string());
-        let decided =
-            tokio::task::spawn_blocking(move || crate::valve::consider(&settings, &path, &name, failure))
-                .await;
+        let decided = tokio::task::spawn_blocking(move || {
+            crate::valve::consider(&settings, &path, &name, failure)
+        })
+        .await;
         match decided {
             Ok(Ok(message)) => {
                 metrics::dropped();

@@ -12,9 +12,7 @@ use walship_common::lookahead;
 use walship_common::state::STATE_FILE_LIMIT;
 use walship_common::sys::config::SenderSettings;
 use walship_common::sys::durable::{self, Sync};
-use walship_common::valve::{
-    self, DropLog, Facts, Verdict, DROPS_FILE, DROPS_LOCK_FILE,
-};
+use walship_common::valve::{self, DropLog, Facts, Verdict, DROPS_FILE, DROPS_LOCK_FILE};
 use walship_common::{SegmentName, WalFileName};
 
 use crate::error::SenderError;

@@ -36,7 +36,10 @@ fn ready_count(primary: &PgCluster) -> usize {
 fn dropped_lines(primary: &PgCluster) -> Vec<String> {
     let log = std::fs::read_to_string(primary.log_path()).unwrap_or_default();
     log.lines()
-        .filter_map(|l| l.split("walship-sender: ERROR: dropped WAL segment ").nth(1))
+        .filter_map(|l| {
+            l.split("walship-sender: ERROR: dropped WAL segment ")
+                .nth(1)
+        })
         .map(|rest| rest[..24].to_string())
         .collect()
 }
@@ -44,7 +47,8 @@ fn dropped_lines(primary: &PgCluster) -> Vec<String> {
 /// Write WAL until `n` more segments completed (one switch each, after some rows).
 fn fill_segments(primary: &PgCluster, n: usize) {
     for _ in 0..n {
-        primary.sql("insert into filler select g, repeat('x', 200) from generate_series(1, 2000) g");
+        primary
+            .sql("insert into filler select g, repeat('x', 200) from generate_series(1, 2000) g");
         primary.switch_wal();
     }
 }
@@ -87,8 +91,7 @@ fn item2_valve_drops_the_oldest_and_every_side_reports_the_gap() {
             toml_str(&pgdata.display().to_string())
         ),
     );
-    p.primary
-        .sql("create table filler (id int, pad text)");
+    p.primary.sql("create table filler (id int, pad text)");
     let before = p.switch_segment();
     p.wait_archived(&before);
 
@@ -137,7 +140,11 @@ fn item2_valve_drops_the_oldest_and_every_side_reports_the_gap() {
     let record = std::fs::read_to_string(pgdata.join("walship_sender/walship.dropped"))
         .expect("the sender's record of dropped segments");
     for name in &dropped {
-        assert_eq!(record.matches(name.as_str()).count(), 1, "{name}:\n{record}");
+        assert_eq!(
+            record.matches(name.as_str()).count(),
+            1,
+            "{name}:\n{record}"
+        );
     }
     assert_eq!(record.matches("reported = false").count(), dropped.len());
     let problem = format!(
@@ -178,7 +185,12 @@ fn item2_valve_drops_the_oldest_and_every_side_reports_the_gap() {
         let st = status(&p.sc, &p.setup.config, 1);
         (st["restore"]["last_missed"].as_str() == Some(first.as_str())).then_some(st)
     })
-    .unwrap_or_else(|| panic!("the standby did not stop at {first}: {:#}", status(&p.sc, &p.setup.config, 1)));
+    .unwrap_or_else(|| {
+        panic!(
+            "the standby did not stop at {first}: {:#}",
+            status(&p.sc, &p.setup.config, 1)
+        )
+    });
     assert_eq!(st["healthy"], false);
     assert_eq!(st["problems"][0], problem.as_str(), "{st:#}");
     assert_eq!(st["gaps"][0]["first"], first.as_str());
@@ -186,7 +198,10 @@ fn item2_valve_drops_the_oldest_and_every_side_reports_the_gap() {
     assert_eq!(st["gaps"][0]["segments"], dropped.len() as u64);
     let human = run_receiver(&p.sc, &p.setup.config, "status", &[]);
     human.assert_code(1);
-    assert!(human.stdout.contains(&format!("PROBLEM: {problem}")), "\n{human}");
+    assert!(
+        human.stdout.contains(&format!("PROBLEM: {problem}")),
+        "\n{human}"
+    );
     assert!(p.setup.archive_dir.join("walship.gaps").is_file());
 
     // promote refuses past the gap without --accept-gap, and the standby stays in recovery.
@@ -202,7 +217,8 @@ fn item2_valve_drops_the_oldest_and_every_side_reports_the_gap() {
     let promoted = p.promote(&["--accept-gap", "--timeout", "60s"]);
     promoted.assert_code(0);
     assert!(
-        promoted.stderr.contains("--accept-gap") && promoted.stderr.contains("promoting at the end of"),
+        promoted.stderr.contains("--accept-gap")
+            && promoted.stderr.contains("promoting at the end of"),
         "\n{promoted}"
     );
     assert_eq!(p.standby.sql("select pg_is_in_recovery()"), "f");
@@ -242,8 +258,7 @@ fn item2_valve_is_off_by_default_and_holds_through_the_daemon() {
     let certs = CertSet::create(&sc, "certs");
     // A receiver that never runs: every push fails.
     let setup = receiver_config(&sc, "receiver", &certs, None);
-    let mut primary =
-        PgCluster::init_archive_paused(&sc, "primary", &["--wal-segsize=1"], &[]);
+    let mut primary = PgCluster::init_archive_paused(&sc, "primary", &["--wal-segsize=1"], &[]);
     primary.start();
     let pgdata = primary.data_dir().to_path_buf();
     let sender = sender_config(
@@ -278,9 +293,20 @@ fn item2_valve_is_off_by_default_and_holds_through_the_daemon() {
             .ok()?;
         (f >= 3).then_some(())
     });
-    assert!(failed.is_some(), "{}", primary.sql("select * from pg_stat_archiver"));
-    assert!(ready_count(&primary) >= grown, "{} .ready", ready_count(&primary));
-    assert_eq!(primary.sql("select archived_count from pg_stat_archiver"), "0");
+    assert!(
+        failed.is_some(),
+        "{}",
+        primary.sql("select * from pg_stat_archiver")
+    );
+    assert!(
+        ready_count(&primary) >= grown,
+        "{} .ready",
+        ready_count(&primary)
+    );
+    assert_eq!(
+        primary.sql("select archived_count from pg_stat_archiver"),
+        "0"
+    );
     assert!(dropped_lines(&primary).is_empty());
     assert!(!pgdata.join("walship_sender/walship.dropped").exists());
 

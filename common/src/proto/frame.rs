@@ -482,7 +482,7 @@ mod tests {
         };
         for needle in [
             "protocol version 3",
-            "protocol version 4",
+            "protocol version 5",
             "upgrade walship-sender on the primary",
             RELEASE,
         ] {
@@ -491,25 +491,25 @@ mod tests {
         assert!(!reason.contains('\n'), "{reason}");
     }
 
-    /// A newer sender (protocol 5 and later) gets the typed refusal in its own version, and the
+    /// A newer sender (protocol 6 and later) gets the typed refusal in its own version, and the
     /// encoding of `UnsupportedVersion` is the one it was in protocol 1: variants 2 and 7, two
     /// u16 (varint).
     #[test]
     fn a_newer_sender_gets_the_typed_refusal_in_its_own_version() {
         let refusal = Refusal::UnsupportedVersion {
             receiver: PROTOCOL_VERSION,
-            sender: 5,
+            sender: 6,
         };
         let bytes = Reply::Refused(refusal.clone()).encode();
-        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 5);
-        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 4, 5]);
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 6);
+        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 5, 6]);
         let text = refusal.to_string();
         assert!(
             text.contains("upgrade walship-receiver on the standby"),
             "{text}"
         );
         let older = Refusal::UnsupportedVersion {
-            receiver: 5,
+            receiver: 6,
             sender: PROTOCOL_VERSION,
         };
         assert!(older

@@ -451,13 +451,16 @@ impl SenderSettings {
         let max_backlog = match &file.max_backlog {
             None => None,
             Some(v) => {
-                let n = parse_size(v, false)
-                    .map_err(|r| src.invalid("max_backlog", v.literal(), r))?;
+                let n =
+                    parse_size(v, false).map_err(|r| src.invalid("max_backlog", v.literal(), r))?;
                 if n < MIN_MAX_BACKLOG {
                     return Err(src.invalid(
                         "max_backlog",
                         v.literal(),
-                        format!("expected at least {}, like \"4GiB\"", show_size(MIN_MAX_BACKLOG)),
+                        format!(
+                            "expected at least {}, like \"4GiB\"",
+                            show_size(MIN_MAX_BACKLOG)
+                        ),
                     ));
                 }
                 if pgdata.is_none() {
