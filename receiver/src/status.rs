@@ -403,6 +403,7 @@ mod tests {
                 error: None,
             }),
             serve_pid: Some("4242".into()),
+            gaps: Vec::new(),
             healthy: true,
             problems: Vec::new(),
         }
@@ -441,6 +442,7 @@ mod tests {
                 "error": null
             },
             "serve_pid": "4242",
+            "gaps": [],
             "healthy": true,
             "problems": []
         });
@@ -449,7 +451,7 @@ mod tests {
 
     #[test]
     fn a_running_serve_and_a_reachable_standby_are_healthy_even_fenced() {
-        let st = sample().judged(None, Some(Duration::from_secs(60)));
+        let st = sample().judged(None, Some(Duration::from_secs(60)), &[]);
         assert!(st.healthy && st.fenced, "{:?}", st.problems);
         assert!(st.problems.is_empty());
     }
@@ -466,7 +468,7 @@ mod tests {
             error: Some("connection refused".into()),
         });
         st.newest_segment_age_seconds = Some(Duration::from_secs(11 * 60));
-        let st = st.judged(None, Some(Duration::from_secs(600)));
+        let st = st.judged(None, Some(Duration::from_secs(600)), &[]);
         assert!(!st.healthy);
         assert_eq!(
             st.problems,
@@ -487,23 +489,54 @@ mod tests {
         st.standby = None;
         st.newest_segment = None;
         st.newest_segment_age_seconds = None;
-        assert!(st.judged(None, None).healthy);
+        assert!(st.judged(None, None, &[]).healthy);
         let mut st = sample();
         st.newest_segment = None;
         st.newest_segment_age_seconds = None;
-        let st = st.judged(None, Some(Duration::from_secs(60)));
+        let st = st.judged(None, Some(Duration::from_secs(60)), &[]);
         assert_eq!(st.problems.len(), 1, "{:?}", st.problems);
         assert!(st.problems[0].starts_with("no segment stored yet, and --max-age 1m"));
         let err = ReceiverError::ArchiveDir {
             path: "/a/walship.lock".into(),
             source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         };
-        let st = sample().judged(Some(&err), None);
+        let st = sample().judged(Some(&err), None, &[]);
         assert!(!st.healthy);
         assert!(
             st.problems[0].starts_with("cannot tell whether walship-receiver serve is running"),
             "{:?}",
             st.problems
+        );
+    }
+
+    #[test]
+    fn a_gap_comes_first_plainly() {
+        let seg = |n: &str| n.parse::<SegmentName>().unwrap();
+        let gap = GapRange {
+            first: seg("000000010000000000000005"),
+            last: seg("000000010000000000000007"),
+            segments: 3,
+        };
+        let mut st = sample();
+        st.gaps = vec![gap];
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(
+            json["gaps"],
+            serde_json::json!([{
+                "first": "000000010000000000000005",
+                "last": "000000010000000000000007",
+                "segments": 3
+            }])
+        );
+        let st = st.judged(None, None, &[gap]);
+        assert!(!st.healthy);
+        assert_eq!(
+            st.problems,
+            [
+                "segments 000000010000000000000005..000000010000000000000007 were dropped on the \
+              primary to keep it running; this standby cannot be promoted past \
+              000000010000000000000005; take a new base backup"
+            ]
         );
     }
 }
