@@ -121,6 +121,12 @@ fn item2_valve_drops_the_oldest_and_every_side_reports_the_gap() {
     // PostgreSQL keeps running and writing.
     p.primary.pgbench(&["-c", "1", "-t", "50"]);
     assert_eq!(p.primary.sql("select count(*) > 0 from filler"), "t");
+    // Back at the limit: no further drop until more WAL comes (every drop's line is written
+    // before its .ready goes).
+    let back = wait_for(SETTLE, || {
+        (ready_count(&p.primary) <= LIMIT_SEGMENTS).then_some(())
+    });
+    assert!(back.is_some(), "{} .ready", ready_count(&p.primary));
 
     // One ERROR line per dropped segment, consecutive from the oldest; the same in the record.
     let mut dropped = dropped_lines(&p.primary);
