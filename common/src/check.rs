@@ -3,7 +3,7 @@
 //! facts (files, a connection, PostgreSQL's settings) and print one [`Line`] per check:
 //!
 //! ```text
-//! ok   receiver 10.0.0.7:7443: mutual TLS and protocol 4
+//! ok   receiver 10.0.0.7:7443: mutual TLS and protocol 5
 //! WARN certificate /etc/walship/client.pem: expires 2025-06-01T00:00:00Z, in 9d 23h; ...
 //! FAIL archive_command: it runs /bin/true, not this walship-sender ...; set archive_command = '...'
 //! ```

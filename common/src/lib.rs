@@ -24,6 +24,8 @@
 //! - [`http`]: the metrics endpoint's requests and responses, on bytes (`GET /metrics` only).
 //! - [`retention`]: which archived files a standby no longer needs (`cleanup %r`, the rule of
 //!   `pg_archivecleanup`, plus `retain_for`).
+//! - [`valve`]: the pg_wal valve (`max_backlog`): when a failed push of the oldest `.ready`
+//!   segment is dropped, the sender's drop record and the receiver's gap record, gap ranges.
 //!
 //! Input and output live under [`sys`] only (enforced by `tests/pure_core.rs`):
 //! - [`sys::durable`]: the one durable-write helper (temp, fsync, no-replace rename, fsync dir)
@@ -48,6 +50,7 @@ pub mod proto;
 pub mod retention;
 pub mod state;
 pub mod sys;
+pub mod valve;
 pub mod wal;
 
 pub use lsn::Lsn;

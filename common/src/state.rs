@@ -172,7 +172,7 @@ fn promotion_point<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lsn>
 }
 
 /// A time as whole milliseconds since the Unix epoch, as state files hold it.
-mod unix_ms {
+pub(crate) mod unix_ms {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -249,7 +249,7 @@ impl RestoreLog {
 }
 
 /// A TOML error on one line (these files are a few lines; the message names the key).
-fn toml_error(e: toml::de::Error) -> StateFormatError {
+pub(crate) fn toml_error(e: toml::de::Error) -> StateFormatError {
     StateFormatError(e.to_string().replace('\n', " "))
 }
 

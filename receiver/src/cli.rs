@@ -48,6 +48,11 @@ pub enum Command {
         /// Promote now, without waiting for the standby to replay what is archived.
         #[arg(long)]
         no_wait_replay: bool,
+        /// Promote although the primary's pg_wal valve (max_backlog) dropped segments the
+        /// standby has not replayed past: at the end of the segment before the gap, losing
+        /// everything after it. Without it, such a gap refuses promotion.
+        #[arg(long)]
+        accept_gap: bool,
     },
     /// archive_cleanup_command: remove archived WAL files the standby no longer needs, those
     /// before %r on any timeline (as pg_archivecleanup does); keeps history and state files and

@@ -86,6 +86,11 @@ pub enum ReceiverError {
     NotInRecovery,
     #[error("{0}")]
     NotCaughtUp(String),
+    #[error("{}: {reason}; it is written by walship-receiver serve when the primary reports segments its pg_wal valve dropped: move it away only once the standby was rebuilt from a new base backup", path.display())]
+    BadGapRecord { path: PathBuf, reason: String },
+    /// `promote` would pass a gap the primary's pg_wal valve left: the text says what to do.
+    #[error("{0}")]
+    Gap(String),
     #[error("promotion failed: {0}")]
     Promotion(String),
     #[error("restore {name} to {}: {source}", dest.display())]

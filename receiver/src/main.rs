@@ -52,11 +52,13 @@ fn main() -> ExitCode {
         Command::Promote {
             timeout,
             no_wait_replay,
+            accept_gap,
         } => {
             walship_common::sys::logging::init("warn");
             let opts = promote::Options {
                 timeout,
                 no_wait_replay,
+                accept_gap,
             };
             let result = settings(cli.config)
                 .and_then(|s| runtime().and_then(|rt| rt.block_on(promote::promote(&s, &opts))));

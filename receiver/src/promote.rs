@@ -13,8 +13,8 @@ use walship_common::state::{
 };
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::pg_control;
-use walship_common::wal::name::{is_valid_seg_size, TimelineId};
-use walship_common::{Lsn, WalFileName};
+use walship_common::wal::name::{SegNo, TimelineId};
+use walship_common::{Lsn, SegmentName, WalFileName};
 
 use crate::error::ReceiverError;
 use crate::standby::{self, Connected};
@@ -29,6 +29,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub struct Options {
     pub timeout: Duration,
     pub no_wait_replay: bool,
+    /// Promote at the end of the segment before a gap the primary's pg_wal valve left,
+    /// losing everything after it (`--accept-gap`); without it such a gap refuses promotion.
+    pub accept_gap: bool,
 }
 
 pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), ReceiverError> {
@@ -52,9 +55,20 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
     let warm = client.is_none();
     let seg_size = segment_size(dir)?;
 
+    let gap = gap_in_the_way(settings, client.as_ref(), seg_size, opts.accept_gap).await?;
+
     let deadline = Instant::now() + opts.timeout;
     if !opts.no_wait_replay {
-        wait_for_replay(settings, &conninfo, warm, seg_size, deadline, opts.timeout).await?;
+        wait_for_replay(
+            settings,
+            &conninfo,
+            warm,
+            seg_size,
+            gap,
+            deadline,
+            opts.timeout,
+        )
+        .await?;
     }
 
     // Fence first, then check once more, then promote: no old-timeline segment can be stored
@@ -81,6 +95,7 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
                 &conninfo,
                 warm,
                 seg_size,
+                gap,
                 last_check,
                 opts.timeout,
             )
@@ -223,11 +238,65 @@ fn unfence(dir: &Path, previous: Option<&Fence>) {
     }
 }
 
+/// The first segment of a gap the primary's pg_wal valve left and the standby has not restored
+/// past (`walship.gaps`, see `state::gap_ranges`): an error without `accept_gap`, else the
+/// segment before which replay is to end (said on stderr).
+async fn gap_in_the_way(
+    settings: &ReceiverSettings,
+    client: Option<&tokio_postgres::Client>,
+    seg_size: u64,
+    accept_gap: bool,
+) -> Result<Option<SegmentName>, ReceiverError> {
+    let served = standby::restore_record(settings, client).await?.last_served;
+    let (_, open) = state::gap_ranges(
+        &settings.archive_dir,
+        seg_size,
+        served.as_ref().map(|e| &e.name),
+    )?;
+    let Some(first) = open.iter().min_by_key(|g| g.first.segno(seg_size).ok()) else {
+        return Ok(None);
+    };
+    let before = first
+        .first
+        .segno(seg_size)
+        .ok()
+        .filter(|n| n.0 > 0)
+        .map(|n| SegmentName::from_segno(first.first.timeline, SegNo(n.0 - 1), seg_size));
+    let end = before
+        .map(|b| format!("the end of {b}"))
+        .unwrap_or_else(|| "where the standby is".into());
+    if !accept_gap {
+        return Err(ReceiverError::Gap(format!(
+            "{}. NOT promoted: re-run with --accept-gap to promote at {end} (everything after it is lost), or rebuild the standby from a new base backup",
+            first.problem()
+        )));
+    }
+    eprintln!(
+        "walship-receiver: --accept-gap: segments {}..{} were dropped on the primary; promoting at {end}: WAL after it is lost",
+        first.first, first.last
+    );
+    Ok(Some(first.first))
+}
+
+/// Whether `name` lies before the gap starting at `gap` (anything when there is none).
+fn before_gap(name: &WalFileName, gap: Option<SegmentName>, seg_size: u64) -> bool {
+    match (name, gap) {
+        (WalFileName::Segment(s), Some(g)) => match (s.segno(seg_size), g.segno(seg_size)) {
+            (Ok(a), Ok(b)) => a < b,
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
+/// Wait until the standby replayed every stored segment of its timeline, or with `gap` every
+/// stored segment before it.
 async fn wait_for_replay(
     settings: &ReceiverSettings,
     conninfo: &str,
     warm: bool,
     seg_size: u64,
+    gap: Option<SegmentName>,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(), ReceiverError> {
@@ -242,7 +311,13 @@ async fn wait_for_replay(
     };
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     loop {
-        let newest = newest_segment(store::list(dir)?.iter().map(|f| &f.name));
+        let stored = store::list(dir)?;
+        let newest = newest_segment(
+            stored
+                .iter()
+                .map(|f| &f.name)
+                .filter(|n| before_gap(n, gap, seg_size)),
+        );
         let replay: Option<Replay> = match &client {
             // No replay position yet (nothing replayed): as good as unknown.
             Some(c) => standby::position(c).await?.replay(),
@@ -371,12 +446,7 @@ async fn wait_writable(conninfo: &str) -> Result<tokio_postgres::Client, Receive
 
 /// Segment size from the stored segments (all have the same size), 16 MiB if none.
 fn segment_size(dir: &Path) -> Result<u64, ReceiverError> {
-    Ok(store::list(dir)?
-        .iter()
-        .find(|f| matches!(f.name, WalFileName::Segment(_)))
-        .map(|f| f.bytes)
-        .filter(|b| is_valid_seg_size(*b))
-        .unwrap_or(16 << 20))
+    Ok(store::segment_size(&store::list(dir)?))
 }
 
 #[cfg(test)]

@@ -628,6 +628,11 @@ async fn receive(
     let span = tracing::Span::current();
     span.record("segment", request.name.as_str());
     span.record("bytes", request.size);
+    if !request.dropped.is_empty() {
+        if let Err(r) = record_gaps(archive.dir(), &request).await {
+            return refuse(r);
+        }
+    }
     let incoming = match Incoming::begin(&request, &archive.facts(&request.name)) {
         Ok(i) => i,
         Err(r) => return refuse(r),
@@ -671,6 +676,37 @@ async fn receive(
             detail: e.to_string(),
         }),
     }
+}
+
+/// The primary reported segments its pg_wal valve dropped: record them durably before the
+/// reply, which acknowledges them (blocking pool: a read, and an fsync when new). Each new
+/// range is one ERROR line: a person must take a new base backup.
+async fn record_gaps(dir: &std::path::Path, request: &Request) -> Result<(), Refusal> {
+    let names = walship_common::valve::parse_reported(&request.dropped)
+        .map_err(|reason| Refusal::Malformed { reason })?;
+    let dir = dir.to_path_buf();
+    let added = tokio::task::spawn_blocking(move || crate::state::record_gaps(&dir, &names))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let added = added.map_err(|detail| Refusal::StorageFailed {
+        name: request.name.clone(),
+        detail: format!("recording the segments the primary dropped: {detail}"),
+    })?;
+    // The request is almost always a segment: its size is the segment size.
+    let seg_size = if walship_common::wal::name::is_valid_seg_size(request.size) {
+        request.size
+    } else {
+        16 << 20
+    };
+    let added: Vec<walship_common::WalFileName> = added
+        .into_iter()
+        .map(walship_common::WalFileName::Segment)
+        .collect();
+    for range in walship_common::valve::ranges(&added, seg_size) {
+        error!("the primary reported a gap: {}", range.problem());
+    }
+    Ok(())
 }
 
 /// The request header, whole within one idle timeout (not one per read: a header trickled a

@@ -24,6 +24,7 @@ use walship_common::state::{
     FENCE_LOCK_FILE, LOCK_FILE, PIN_FILE, RESTORE_LOG_FILE, STATE_FILE_LIMIT,
 };
 use walship_common::sys::durable::{self, DurableError, OpenError};
+use walship_common::valve::{GapLog, GapRange, GAPS_FILE};
 use walship_common::{SystemId, WalFileName};
 
 use crate::error::ReceiverError;
@@ -72,6 +73,63 @@ pub fn read_fence(dir: &Path) -> Result<Option<Fence>, ReceiverError> {
             }),
         None => Ok(None),
     }
+}
+
+/// The gaps the primary's pg_wal valve reported (`walship.gaps`); empty when none.
+pub fn read_gaps(dir: &Path) -> Result<GapLog, ReceiverError> {
+    let path = dir.join(GAPS_FILE);
+    match durable::read_regular(&path, STATE_FILE_LIMIT)? {
+        Some(text) => GapLog::decode(&text).map_err(|e| ReceiverError::BadGapRecord {
+            path,
+            reason: e.to_string(),
+        }),
+        None => Ok(GapLog::default()),
+    }
+}
+
+/// The recorded gaps as ranges: all of them, and those still open for a standby that last
+/// restored `served` (not yet replayed past: it was not rebuilt from a later base backup).
+pub fn gap_ranges(
+    dir: &Path,
+    seg_size: u64,
+    served: Option<&WalFileName>,
+) -> Result<(Vec<GapRange>, Vec<GapRange>), ReceiverError> {
+    let all = read_gaps(dir)?.ranges(seg_size);
+    let served = match served {
+        Some(WalFileName::Segment(s)) => Some(*s),
+        _ => None,
+    };
+    let open = all
+        .iter()
+        .filter(|g| !g.behind(served.as_ref(), seg_size))
+        .copied()
+        .collect();
+    Ok((all, open))
+}
+
+/// Serialises the read-modify-write of `walship.gaps` between the streams of `serve` (only
+/// `serve` writes it, and only one `serve` runs per archive_dir).
+static GAPS_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Record segments the primary reported dropped, durably (before the reply that acknowledges
+/// the report); the ones not known before.
+pub fn record_gaps(
+    dir: &Path,
+    names: &[walship_common::SegmentName],
+) -> Result<Vec<walship_common::SegmentName>, ReceiverError> {
+    let _one = GAPS_WRITER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut gaps = read_gaps(dir)?;
+    let added = gaps.merge(names, SystemTime::now());
+    if !added.is_empty() {
+        durable::replace(
+            dir,
+            GAPS_FILE,
+            gaps.encode().as_bytes(),
+            STATE_FILE_MODE,
+            durable::Sync::Durable,
+        )?;
+    }
+    Ok(added)
 }
 
 /// Write (or replace) the fence durably: it must survive a crash of the standby host. Taken

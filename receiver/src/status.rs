@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Serialize, Serializer};
 use walship_common::state::{RestoreEvent, PROMOTION_IN_PROGRESS};
 use walship_common::sys::config::ReceiverSettings;
+use walship_common::valve::GapRange;
 use walship_common::{Lsn, SegmentName, SystemId, TimelineId, WalFileName};
 
 use crate::error::ReceiverError;
@@ -41,6 +42,9 @@ pub struct Status {
     /// The pid of the `serve` holding archive_dir's lock (as it wrote it; "unknown" if not
     /// yet), null when none runs.
     pub serve_pid: Option<String>,
+    /// Segments the primary's pg_wal valve dropped (`walship.gaps`), as ranges; each one the
+    /// standby has not restored past is a problem.
+    pub gaps: Vec<GapRange>,
     /// No problem found: what the exit status says (0 healthy, 1 not).
     pub healthy: bool,
     /// Each problem found, one line each, with what to do.
@@ -98,6 +102,11 @@ pub async fn gather(
         Some(e) => (Some(e.name), Some(e.at)),
         None => (None, None),
     };
+    let (all_gaps, open_gaps) = state::gap_ranges(
+        dir,
+        store::segment_size(&files),
+        log.last_served.as_ref().map(|e| &e.name),
+    )?;
     let (last_served, last_served_at) = split(log.last_served);
     let (last_missed, last_missed_at) = split(log.last_missed);
     Ok(Status {
@@ -124,16 +133,25 @@ pub async fn gather(
         },
         standby,
         serve_pid: serve.as_ref().ok().cloned().flatten(),
+        gaps: all_gaps,
         healthy: true,
         problems: Vec::new(),
     }
-    .judged(serve.err().as_ref(), max_age))
+    .judged(serve.err().as_ref(), max_age, &open_gaps))
 }
 
 impl Status {
     /// With [`problems`] filled in, and `healthy` when there are none.
-    fn judged(mut self, serve_error: Option<&ReceiverError>, max_age: Option<Duration>) -> Self {
+    fn judged(
+        mut self,
+        serve_error: Option<&ReceiverError>,
+        max_age: Option<Duration>,
+        open_gaps: &[GapRange],
+    ) -> Self {
         self.problems = problems(&self, serve_error, max_age);
+        // A gap the standby has not restored past, plainly, first: nothing else is as grave.
+        let gaps = open_gaps.iter().map(|g| g.problem());
+        self.problems.splice(0..0, gaps);
         self.healthy = self.problems.is_empty();
         self
     }
@@ -167,7 +185,7 @@ pub fn problems(
             sb.error.as_deref().unwrap_or("no answer")
         ));
     }
-    // Here goes the gap the pg_wal valve records (issue 11 item 2), once there is one.
+    // The gaps the pg_wal valve left are added by `Status::judged` (see `state::gap_ranges`).
     if let Some(max) = max_age {
         match (&st.newest_segment, st.newest_segment_age_seconds) {
             (Some(name), Some(age)) if age > max => out.push(format!(
@@ -278,6 +296,12 @@ pub fn print_human(s: &Status) {
         event(&s.restore.last_missed, s.restore.last_missed_at)
     );
     println!("standby:          {}", standby_line(s.standby.as_ref()));
+    for g in &s.gaps {
+        println!(
+            "gap:              {}..{} ({} segment(s) dropped on the primary)",
+            g.first, g.last, g.segments
+        );
+    }
     match &s.serve_pid {
         Some(pid) => println!("serve:            running, pid {pid}"),
         None => println!("serve:            not running"),
@@ -379,6 +403,7 @@ mod tests {
                 error: None,
             }),
             serve_pid: Some("4242".into()),
+            gaps: Vec::new(),
             healthy: true,
             problems: Vec::new(),
         }
@@ -417,6 +442,7 @@ mod tests {
                 "error": null
             },
             "serve_pid": "4242",
+            "gaps": [],
             "healthy": true,
             "problems": []
         });
@@ -425,7 +451,7 @@ mod tests {
 
     #[test]
     fn a_running_serve_and_a_reachable_standby_are_healthy_even_fenced() {
-        let st = sample().judged(None, Some(Duration::from_secs(60)));
+        let st = sample().judged(None, Some(Duration::from_secs(60)), &[]);
         assert!(st.healthy && st.fenced, "{:?}", st.problems);
         assert!(st.problems.is_empty());
     }
@@ -442,7 +468,7 @@ mod tests {
             error: Some("connection refused".into()),
         });
         st.newest_segment_age_seconds = Some(Duration::from_secs(11 * 60));
-        let st = st.judged(None, Some(Duration::from_secs(600)));
+        let st = st.judged(None, Some(Duration::from_secs(600)), &[]);
         assert!(!st.healthy);
         assert_eq!(
             st.problems,
@@ -463,23 +489,54 @@ mod tests {
         st.standby = None;
         st.newest_segment = None;
         st.newest_segment_age_seconds = None;
-        assert!(st.judged(None, None).healthy);
+        assert!(st.judged(None, None, &[]).healthy);
         let mut st = sample();
         st.newest_segment = None;
         st.newest_segment_age_seconds = None;
-        let st = st.judged(None, Some(Duration::from_secs(60)));
+        let st = st.judged(None, Some(Duration::from_secs(60)), &[]);
         assert_eq!(st.problems.len(), 1, "{:?}", st.problems);
         assert!(st.problems[0].starts_with("no segment stored yet, and --max-age 1m"));
         let err = ReceiverError::ArchiveDir {
             path: "/a/walship.lock".into(),
             source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         };
-        let st = sample().judged(Some(&err), None);
+        let st = sample().judged(Some(&err), None, &[]);
         assert!(!st.healthy);
         assert!(
             st.problems[0].starts_with("cannot tell whether walship-receiver serve is running"),
             "{:?}",
             st.problems
+        );
+    }
+
+    #[test]
+    fn a_gap_comes_first_plainly() {
+        let seg = |n: &str| n.parse::<SegmentName>().unwrap();
+        let gap = GapRange {
+            first: seg("000000010000000000000005"),
+            last: seg("000000010000000000000007"),
+            segments: 3,
+        };
+        let mut st = sample();
+        st.gaps = vec![gap];
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(
+            json["gaps"],
+            serde_json::json!([{
+                "first": "000000010000000000000005",
+                "last": "000000010000000000000007",
+                "segments": 3
+            }])
+        );
+        let st = st.judged(None, None, &[gap]);
+        assert!(!st.healthy);
+        assert_eq!(
+            st.problems,
+            [
+                "segments 000000010000000000000005..000000010000000000000007 were dropped on the \
+              primary to keep it running; this standby cannot be promoted past \
+              000000010000000000000005; take a new base backup"
+            ]
         );
     }
 }

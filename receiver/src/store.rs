@@ -290,6 +290,16 @@ pub fn newest_arrival(files: &[StoredFile]) -> Option<(SegmentName, SystemTime)>
         .map(|f| (newest, f.modified))
 }
 
+/// The archive's segment size: the size of a stored segment (16 MiB when none is stored).
+pub fn segment_size(files: &[StoredFile]) -> u64 {
+    files
+        .iter()
+        .find(|f| matches!(f.name, WalFileName::Segment(_)))
+        .map(|f| f.bytes)
+        .filter(|b| walship_common::wal::name::is_valid_seg_size(*b))
+        .unwrap_or(16 << 20)
+}
+
 /// One stored WAL file.
 #[derive(Debug, Clone)]
 pub struct StoredFile {

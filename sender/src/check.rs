@@ -48,6 +48,7 @@ pub fn command(config: Option<&Path>, wait: Duration) -> u8 {
         &[("CA", &settings.ca), ("certificate", &settings.cert)],
         &mut note,
     );
+    valve(&settings, &mut note);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -75,6 +76,72 @@ pub fn command(config: Option<&Path>, wait: Duration) -> u8 {
         }
     });
     u8::from(report.failed())
+}
+
+/// The pg_wal valve (`max_backlog`): what waits in pg_wal and every gap it left (a FAIL each,
+/// until the record is removed after a new base backup).
+fn valve(settings: &SenderSettings, note: &mut impl FnMut(String, Verdict)) {
+    let log = match crate::valve::drops(settings) {
+        Ok(log) => log,
+        Err(e) => {
+            note(
+                "pg_wal valve".into(),
+                Verdict::fail(
+                    format!("cannot read the record of dropped segments: {e}"),
+                    "",
+                ),
+            );
+            return;
+        }
+    };
+    let record = settings
+        .state_dir
+        .as_ref()
+        .map(|d| {
+            d.join(walship_common::valve::DROPS_FILE)
+                .display()
+                .to_string()
+        })
+        .unwrap_or_default();
+    let told = if log.dropped.iter().all(|r| r.reported) {
+        "the receiver knows"
+    } else {
+        "not all reported to the receiver yet"
+    };
+    for range in log.ranges() {
+        note(
+            "pg_wal valve".into(),
+            Verdict::fail(
+                format!("{} ({told})", range.problem()),
+                format!("once the standby is rebuilt, remove {record}"),
+            ),
+        );
+    }
+    let (Some(limit), Some(pgdata)) = (settings.max_backlog, settings.pgdata.as_deref()) else {
+        return;
+    };
+    match crate::valve::backlog(pgdata) {
+        Ok(b) if log.dropped.is_empty() => note(
+            "pg_wal valve".into(),
+            Verdict::Ok(format!(
+                "max_backlog {}: {} file(s), {} waiting in pg_wal; nothing dropped",
+                walship_common::human::size(limit),
+                b.files,
+                walship_common::human::size(b.bytes)
+            )),
+        ),
+        Ok(_) => {}
+        Err(e) => note(
+            "pg_wal valve".into(),
+            Verdict::fail(
+                format!(
+                    "cannot list {}/pg_wal/archive_status: {e}",
+                    pgdata.display()
+                ),
+                "set `pgdata` to the primary's data directory, readable by this user",
+            ),
+        ),
+    }
 }
 
 /// Connect as `push` does, then the preamble-only exchange (see the module doc).
@@ -120,6 +187,7 @@ async fn exchange(settings: &SenderSettings, conn: &quinn::Connection) -> Verdic
         name: "000000010000000000000001".into(),
         size: 0,
         encoding: Encoding::Plain,
+        dropped: Vec::new(),
     };
     let frame = request.encode();
     if let Err(e) = tx.write_all(&frame[..PREAMBLE_LEN]).await {

@@ -258,7 +258,40 @@ impl Daemon {
             Ok(Pushed::Stored) => HandoffReply::Stored,
             Ok(Pushed::AlreadyHad) => HandoffReply::AlreadyHad,
             Ok(Pushed::ShippedAhead) => HandoffReply::ShippedAhead,
-            Err(e) => failed(e),
+            Ok(Pushed::Dropped) => unreachable_dropped(),
+            Err(e) => self.valve(&request.path, name, e).await,
+        }
+    }
+
+    /// A failed push through the daemon: dropped by the pg_wal valve (`max_backlog`), counted
+    /// and logged here, its ERROR line printed by `push`; or the failure.
+    async fn valve(&self, path: &Path, name: &str, failure: SenderError) -> HandoffReply {
+        if self.settings.max_backlog.is_none() {
+            return HandoffReply::Failed {
+                message: failure.to_string(),
+            };
+        }
+        let (settings, path, name) = (self.settings.clone(), path.to_path_buf(), name.to_string());
+        let decided = tokio::task::spawn_blocking(move || {
+            crate::valve::consider(&settings, &path, &name, failure)
+        })
+        .await;
+        match decided {
+            Ok(Ok(message)) => {
+                metrics::dropped();
+                tracing::error!("{message}");
+                HandoffReply::Dropped { message }
+            }
+            Ok(Err(e)) => HandoffReply::Failed {
+                message: e.to_string(),
+            },
+            Err(e) => HandoffReply::Failed {
+                message: SenderError::TaskFailed {
+                    what: "pg_wal valve",
+                    detail: e.to_string(),
+                }
+                .to_string(),
+            },
         }
     }
 
@@ -336,7 +369,7 @@ impl Daemon {
         match &result {
             Ok(Pushed::Stored) => metrics::shipped(size, started.elapsed()),
             Ok(Pushed::AlreadyHad) => metrics::already_had(),
-            Ok(Pushed::ShippedAhead) => {}
+            Ok(Pushed::ShippedAhead | Pushed::Dropped) => {}
             Err(_) => metrics::failed(),
         }
         result
@@ -449,6 +482,13 @@ impl Daemon {
                 });
             }
         }
+    }
+}
+
+/// `ship` never drops: only a failed push is dropped, by [`Daemon::valve`].
+fn unreachable_dropped() -> HandoffReply {
+    HandoffReply::Failed {
+        message: "internal error: a transfer reported a drop; this is a bug in walship-sender, please report it (PostgreSQL will retry)".into(),
     }
 }
 

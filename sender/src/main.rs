@@ -14,7 +14,7 @@ use walship_common::sys::config::{self, SenderSettings};
 
 use walship_sender::cli::{Cli, Command};
 use walship_sender::error::SenderError;
-use walship_sender::{check, daemon, handoff, push};
+use walship_sender::{check, daemon, handoff, push, valve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -72,7 +72,15 @@ fn run_push(
             Ok(HandoffReply::Stored) => return Ok(push::Pushed::Stored),
             Ok(HandoffReply::AlreadyHad) => return Ok(push::Pushed::AlreadyHad),
             Ok(HandoffReply::ShippedAhead) => return Ok(push::Pushed::ShippedAhead),
-            Ok(HandoffReply::Failed { message }) => return Err(SenderError::Daemon(message)),
+            Ok(HandoffReply::Dropped { message }) => {
+                // One line: it lands in PostgreSQL's log.
+                eprintln!("walship-sender: {message}");
+                return Ok(push::Pushed::Dropped);
+            }
+            // The daemon's config may lack the valve: this push's own still applies.
+            Ok(HandoffReply::Failed { message }) => {
+                return dropped_or(&settings, path, name, SenderError::Daemon(message))
+            }
             Err(e @ handoff::Unavailable::NotStarted(_)) => {
                 tracing::debug!("{e}; pushing directly")
             }
@@ -84,5 +92,22 @@ fn run_push(
         .enable_all()
         .build()
         .map_err(|source| SenderError::Runtime { source })?;
-    runtime.block_on(push::push(&settings, path, name))
+    match runtime.block_on(push::push(&settings, path, name)) {
+        Err(e) => dropped_or(&settings, path, name, e),
+        ok => ok,
+    }
+}
+
+/// A failed push: dropped by the pg_wal valve (`max_backlog`; its one ERROR line printed, exit
+/// 0), or the failure.
+fn dropped_or(
+    settings: &SenderSettings,
+    path: &std::path::Path,
+    name: &str,
+    failure: SenderError,
+) -> Result<push::Pushed, SenderError> {
+    let message = valve::consider(settings, path, name, failure)?;
+    // One line: it lands in PostgreSQL's log.
+    eprintln!("walship-sender: {message}");
+    Ok(push::Pushed::Dropped)
 }

@@ -27,6 +27,7 @@ struct Metrics {
     uploads: Gauge,
     connected: Gauge,
     ready: Gauge,
+    dropped: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -47,6 +48,7 @@ impl Metrics {
             uploads: Gauge::default(),
             connected: Gauge::default(),
             ready: Gauge::default(),
+            dropped: Counter::default(),
         };
         // The registry holds clones: they share their atomics with the fields above.
         let r = &mut m.registry;
@@ -105,6 +107,11 @@ impl Metrics {
             "Segments waiting in pg_wal/archive_status (.ready) at the last look (look-ahead only).",
             m.ready.clone(),
         );
+        r.register(
+            "walship_dropped_segments",
+            "Segments the pg_wal valve (max_backlog) acknowledged without shipping them: gaps the standby cannot replay past.",
+            m.dropped.clone(),
+        );
         m
     }
 }
@@ -139,6 +146,11 @@ pub fn handoff(ahead: bool) {
     if ahead {
         METRICS.lookahead_hits.inc();
     }
+}
+
+/// The pg_wal valve dropped a segment.
+pub fn dropped() {
+    METRICS.dropped.inc();
 }
 
 /// Whether the warm connection is open.

@@ -41,6 +41,9 @@ pub enum Pushed {
     AlreadyHad,
     /// The daemon's look-ahead had shipped exactly this file.
     ShippedAhead,
+    /// Not shipped: the pg_wal valve dropped it (`max_backlog`), recorded and reported as an
+    /// ERROR line.
+    Dropped,
 }
 
 pub async fn push(
@@ -247,6 +250,7 @@ pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, S
         name: parsed.to_string(),
         size,
         encoding,
+        dropped: Vec::new(),
     })
 }
 
@@ -314,10 +318,14 @@ pub async fn transfer(
     settings: &SenderSettings,
     conn: &quinn::Connection,
     path: &Path,
-    request: Request,
+    mut request: Request,
     progress: &Progress,
 ) -> Result<Pushed, SenderError> {
     let name = request.name.clone();
+    // Drops of the pg_wal valve not acknowledged yet go with every request until one is: the
+    // receiver records them before it answers.
+    request.dropped = crate::valve::to_report(settings);
+    let reported = request.dropped.clone();
     let fail = Failures {
         receiver: &settings.receiver,
         server_name: &settings.server_name,
@@ -341,7 +349,11 @@ pub async fn transfer(
     }
     tracing::debug!("all bytes written");
     progress.set(STAGE_REPLY);
-    match read_verdict(&mut rx, &fail).await? {
+    let verdict = read_verdict(&mut rx, &fail).await?;
+    if !reported.is_empty() && matches!(verdict, Reply::Stored | Reply::AlreadyHad) {
+        crate::valve::mark_reported(settings, &reported);
+    }
+    match verdict {
         Reply::Stored => Ok(Pushed::Stored),
         Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
         Reply::Refused(refusal) => Err(SenderError::Refused {

@@ -28,7 +28,8 @@ pub struct Handoff {
     pub name: String,
 }
 
-/// The daemon's verdict. Only the first three mean "durable on the receiver".
+/// The daemon's verdict. Only the first three mean "durable on the receiver". New variants go
+/// at the end (bincode indices).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HandoffReply {
     /// The receiver stored it, on the daemon's warm connection.
@@ -40,6 +41,9 @@ pub enum HandoffReply {
     ShippedAhead,
     /// Not durable: the one line to print (PostgreSQL will retry).
     Failed { message: String },
+    /// Not shipped, and dropped by the pg_wal valve (`max_backlog`): recorded on the primary,
+    /// `push` prints the one ERROR line and exits 0 so that PostgreSQL recycles the segment.
+    Dropped { message: String },
 }
 
 impl Handoff {

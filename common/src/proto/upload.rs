@@ -386,6 +386,7 @@ mod tests {
             name: name.into(),
             size: body.len() as u64,
             encoding: crate::proto::Encoding::Plain,
+            dropped: Vec::new(),
         }
     }
 
@@ -487,6 +488,7 @@ mod tests {
                 name: bad.into(),
                 size: 1,
                 encoding: crate::proto::Encoding::Plain,
+                dropped: Vec::new(),
             };
             assert!(
                 matches!(
@@ -500,6 +502,7 @@ mod tests {
             name: "00000002.history".into(),
             size: MAX_FILE_BYTES + 1,
             encoding: crate::proto::Encoding::Plain,
+            dropped: Vec::new(),
         };
         assert!(matches!(
             Upload::begin(&req, &ArchiveFacts::default()),

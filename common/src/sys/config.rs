@@ -251,6 +251,8 @@ pub struct SenderFile {
     pub lookahead: Option<usize>,
     pub metrics_listen: Option<String>,
     pub conninfo: Option<String>,
+    pub max_backlog: Option<Scalar>,
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,7 +308,19 @@ pub struct SenderSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// How `check` reaches the primary (`conninfo`, libpq syntax).
     pub conninfo: Option<String>,
+    /// The pg_wal valve (`max_backlog`, bytes; none: off): past it, a failed push of the
+    /// oldest `.ready` segment drops it (see `walship_common::valve`). Needs `pgdata`.
+    pub max_backlog: Option<u64>,
+    /// Where the sender keeps its state (`state_dir`; default `<pgdata>/walship_sender`):
+    /// the record of dropped segments. `None` without `pgdata` and `state_dir`.
+    pub state_dir: Option<PathBuf>,
 }
+
+/// Default `state_dir` under `pgdata`: a name of walship's own, which PostgreSQL ignores and
+/// walship's base backups must skip.
+pub const DEFAULT_STATE_SUBDIR: &str = "walship_sender";
+/// Smallest `max_backlog`: one segment of the smallest size PostgreSQL makes (1 MiB).
+pub const MIN_MAX_BACKLOG: u64 = 1 << 20;
 
 impl ReceiverSettings {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -433,9 +447,41 @@ impl SenderSettings {
                 format!("expected 0 (off) to {MAX_LOOKAHEAD}"),
             ));
         }
+        let pgdata = file.pgdata.map(|p| base.join(p));
+        let max_backlog = match &file.max_backlog {
+            None => None,
+            Some(v) => {
+                let n =
+                    parse_size(v, false).map_err(|r| src.invalid("max_backlog", v.literal(), r))?;
+                if n < MIN_MAX_BACKLOG {
+                    return Err(src.invalid(
+                        "max_backlog",
+                        v.literal(),
+                        format!(
+                            "expected at least {}, like \"4GiB\"",
+                            show_size(MIN_MAX_BACKLOG)
+                        ),
+                    ));
+                }
+                if pgdata.is_none() {
+                    return Err(src.invalid(
+                        "max_backlog",
+                        v.literal(),
+                        "needs `pgdata` (the primary's data directory, to see what waits in pg_wal/archive_status); add pgdata = \"/var/lib/postgresql/15/main\" or remove max_backlog",
+                    ));
+                }
+                Some(n)
+            }
+        };
+        let state_dir = match file.state_dir {
+            Some(dir) => Some(base.join(dir)),
+            None => pgdata.as_ref().map(|p| p.join(DEFAULT_STATE_SUBDIR)),
+        };
         Ok(SenderSettings {
             socket: file.socket.map(|p| base.join(p)),
-            pgdata: file.pgdata.map(|p| base.join(p)),
+            pgdata,
+            max_backlog,
+            state_dir,
             lookahead,
             metrics_listen: src.metrics_listen(file.metrics_listen)?,
             conninfo: file.conninfo,
