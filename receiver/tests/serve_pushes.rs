@@ -59,6 +59,7 @@ async fn bad_name_is_refused_by_the_sender_and_by_the_receiver() {
         name: bad.to_string(),
         size: body.len() as u64,
         encoding: sender.compression,
+        append_at: None,
     };
     let result =
         walship_sender::push::transfer(&sender, &conn, &path, request, &Progress::default()).await;

@@ -120,6 +120,7 @@ async fn exchange(settings: &SenderSettings, conn: &quinn::Connection) -> Verdic
         name: "000000010000000000000001".into(),
         size: 0,
         encoding: Encoding::Plain,
+        append_at: None,
     };
     let frame = request.encode();
     if let Err(e) = tx.write_all(&frame[..PREAMBLE_LEN]).await {

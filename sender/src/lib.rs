@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod error;
 pub mod handoff;
 pub mod metrics;
+pub mod partial;
 pub mod push;

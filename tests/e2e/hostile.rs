@@ -484,6 +484,7 @@ fn bad_names_and_misnamed_segment() {
             name: name.clone(),
             size: seg.bytes.len() as u64,
             encoding: walship_common::proto::Encoding::Plain,
+            append_at: None,
         };
         let r = refusal(raw.upload(&req, &seg.bytes), name);
         assert!(

@@ -299,6 +299,7 @@ pub fn honest_request(name: &str, content: &[u8]) -> Request {
         name: name.to_string(),
         size: content.len() as u64,
         encoding: walship_common::proto::Encoding::Plain,
+        append_at: None,
     }
 }
 

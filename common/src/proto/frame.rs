@@ -31,7 +31,9 @@ pub const ALPN: &[u8] = b"walship/1";
 /// refusals for history, backup and partial files checked by content; the digest is always the
 /// trailer (`Request` has no digest field); a request of another version is answered in the
 /// sender's version with advice on which side to upgrade.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: `Request::append_at` (appends to the open segment's `NAME.partial`) and
+/// `Reply::Partial` (how many bytes of it the receiver holds durably).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
 /// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
 const LAST_UNDIRECTED_VERSION: u16 = 3;
@@ -39,7 +41,7 @@ const LAST_UNDIRECTED_VERSION: u16 = 3;
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// What `--version` prints after the program's name: the release and the protocol it speaks,
 /// so that an operator comparing the two hosts sees at once whether they can talk.
-pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 4)");
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 5)");
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"WSHP";
 /// magic (4) + version (2) + body length (4).
@@ -110,6 +112,11 @@ pub struct Request {
     pub size: u64,
     /// How the content travels.
     pub encoding: Encoding,
+    /// `Some(offset)`: the content is the next bytes of the open segment `name` (a
+    /// `NAME.partial`), to be appended at `offset` to what the receiver holds of it. The
+    /// receiver appends only when it holds exactly `offset` bytes, and answers
+    /// [`Reply::Partial`] with what it holds either way.
+    pub append_at: Option<u64>,
 }
 
 /// The receiver's one answer per stream.
@@ -121,6 +128,9 @@ pub enum Reply {
     AlreadyHad,
     /// Not stored; the reason says why and what to do.
     Refused(Refusal),
+    /// To an append ([`Request::append_at`]): the receiver now holds `bytes` bytes of the
+    /// partial durably (the append's end if it was taken; otherwise where to append from).
+    Partial { bytes: u64 },
 }
 
 /// Why the receiver refused a file. Displayed by the sender in PostgreSQL's log.
@@ -358,6 +368,7 @@ mod tests {
             name: "000000010000000000000001".into(),
             size: 16 << 20,
             encoding: Encoding::Zstd,
+            append_at: None,
         }
     }
 
@@ -474,7 +485,7 @@ mod tests {
         };
         for needle in [
             "protocol version 3",
-            "protocol version 4",
+            "protocol version 5",
             "upgrade walship-sender on the primary",
             RELEASE,
         ] {
@@ -483,25 +494,25 @@ mod tests {
         assert!(!reason.contains('\n'), "{reason}");
     }
 
-    /// A newer sender (protocol 5 and later) gets the typed refusal in its own version, and the
+    /// A newer sender (protocol 6 and later) gets the typed refusal in its own version, and the
     /// encoding of `UnsupportedVersion` is the one it was in protocol 1: variants 2 and 7, two
     /// u16 (varint).
     #[test]
     fn a_newer_sender_gets_the_typed_refusal_in_its_own_version() {
         let refusal = Refusal::UnsupportedVersion {
             receiver: PROTOCOL_VERSION,
-            sender: 5,
+            sender: 6,
         };
         let bytes = Reply::Refused(refusal.clone()).encode();
-        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 5);
-        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 4, 5]);
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 6);
+        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 5, 6]);
         let text = refusal.to_string();
         assert!(
             text.contains("upgrade walship-receiver on the standby"),
             "{text}"
         );
         let older = Refusal::UnsupportedVersion {
-            receiver: 5,
+            receiver: 6,
             sender: PROTOCOL_VERSION,
         };
         assert!(older

@@ -158,6 +158,7 @@ mod tests {
             name: "00000002.history".into(),
             size: body.len() as u64,
             encoding,
+            append_at: None,
         }
     }
 

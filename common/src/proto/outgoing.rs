@@ -90,6 +90,7 @@ mod tests {
             name: "000000010000000000000003".into(),
             size,
             encoding: Encoding::Plain,
+            append_at: None,
         }
     }
 

@@ -27,6 +27,10 @@ pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default zstd level: level 1 compresses pgbench WAL about 12x at over 1 GB/s on one core, so
 /// it costs less time than it saves on any link slower than that.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Bounds of `partial_interval`: below 10 ms the primary is asked more often than it flushes
+/// under load; above an hour shipping the open segment makes no sense.
+pub const MIN_PARTIAL_INTERVAL: Duration = Duration::from_millis(10);
+pub const MAX_PARTIAL_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default for `lookahead`: four segments in flight keep a 2-core primary's disk and one core
 /// of compression busy without starving PostgreSQL.
 pub const DEFAULT_LOOKAHEAD: usize = 4;
@@ -251,6 +255,7 @@ pub struct SenderFile {
     pub lookahead: Option<usize>,
     pub metrics_listen: Option<String>,
     pub conninfo: Option<String>,
+    pub partial_interval: Option<Scalar>,
 }
 
 #[derive(Debug, Clone)]
@@ -304,8 +309,12 @@ pub struct SenderSettings {
     pub lookahead: usize,
     /// The plain-HTTP Prometheus endpoint of the daemon (`metrics_listen`; none: off).
     pub metrics_listen: Option<SocketAddr>,
-    /// How `check` reaches the primary (`conninfo`, libpq syntax).
+    /// How `check` and the daemon's open-segment shipping reach the primary (`conninfo`,
+    /// libpq syntax).
     pub conninfo: Option<String>,
+    /// How often the daemon ships the open segment's new flushed bytes as `NAME.partial`
+    /// (`partial_interval`; none: off). Needs `pgdata` and `conninfo`.
+    pub partial_interval: Option<Duration>,
 }
 
 impl ReceiverSettings {
@@ -433,7 +442,30 @@ impl SenderSettings {
                 format!("expected 0 (off) to {MAX_LOOKAHEAD}"),
             ));
         }
+        let partial_interval = match &file.partial_interval {
+            None => None,
+            Some(v) => {
+                let d = parse_duration(&v.bare())
+                    .map_err(|r| src.invalid("partial_interval", v.literal(), r))?;
+                if !(MIN_PARTIAL_INTERVAL..=MAX_PARTIAL_INTERVAL).contains(&d) {
+                    return Err(src.invalid(
+                        "partial_interval",
+                        v.literal(),
+                        "expected \"10ms\" to \"1h\" (for example \"200ms\"), or leave it out to ship finished segments only",
+                    ));
+                }
+                if file.pgdata.is_none() || file.conninfo.is_none() {
+                    return Err(src.invalid(
+                        "partial_interval",
+                        v.literal(),
+                        "the daemon reads the open segment from pg_wal and asks the primary for its flush position: set `pgdata` and `conninfo` too",
+                    ));
+                }
+                Some(d)
+            }
+        };
         Ok(SenderSettings {
+            partial_interval,
             socket: file.socket.map(|p| base.join(p)),
             pgdata: file.pgdata.map(|p| base.join(p)),
             lookahead,

@@ -164,6 +164,7 @@ mod tests {
             name: "000000010000000000000003".into(),
             size: 3,
             encoding: crate::proto::Encoding::Plain,
+            append_at: None,
         };
         let bytes = request.encode();
         let body = read_frame_blocking(&mut &bytes[..], REQUEST).unwrap();

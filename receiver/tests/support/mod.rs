@@ -324,6 +324,7 @@ impl RawClient {
             name: name.to_string(),
             size,
             encoding: walship_common::proto::Encoding::Plain,
+            append_at: None,
         };
         tx.write_all(&request.encode()).await.expect("send header");
         tx.write_all(content).await.expect("send content");
