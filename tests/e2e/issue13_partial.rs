@@ -302,6 +302,11 @@ fn finish_and_check(p: &Pair, partial: &str) {
     );
     let log = p.rx.log_text();
     assert!(
+        !log.lines()
+            .any(|l| l.contains("refused") && l.contains(".partial")),
+        "an append was refused:\n{log}"
+    );
+    assert!(
         !log.contains("is not a prefix"),
         "the receiver held a partial that is not a prefix of the finished segment:\n{log}"
     );

@@ -82,6 +82,15 @@ pub fn check_append(
             let tli = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
             let addr = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
             let expected = start.0 + page;
+            if magic == 0 {
+                // After an XLOG_SWITCH PostgreSQL leaves the rest of the segment zeroed, and
+                // flushed: a page of zeros is the end of WAL, harmless, and taken as such.
+                let to = ((page + block).min(end) - offset) as usize;
+                if bytes[at..to].iter().all(|b| *b == 0) {
+                    page += block;
+                    continue;
+                }
+            }
             if magic != header.magic {
                 return Err(format!(
                     "page at offset {page} has magic {magic:#06X}, the segment {:#06X}",
@@ -256,6 +265,12 @@ mod tests {
         bad[(2 * BLOCK + 8) as usize] ^= 1;
         let e = check_append(&seg(), Some(&h), 5000, &bad[5000..], None).unwrap_err();
         assert!(e.contains("page address"), "{e}");
+        // A page of zeros (the rest of a segment after a WAL switch) passes; half zeros not.
+        let mut zeroed = b.clone();
+        zeroed[(2 * BLOCK) as usize..].fill(0);
+        check_append(&seg(), Some(&h), 5000, &zeroed[5000..], None).unwrap();
+        zeroed[(2 * BLOCK + 100) as usize] = 1;
+        assert!(check_append(&seg(), Some(&h), 5000, &zeroed[5000..], None).is_err());
         // Later timeline than the name; inside a header.
         let mut bad = b.clone();
         bad[(BLOCK + 4) as usize] = 2;
