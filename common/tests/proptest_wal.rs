@@ -128,7 +128,7 @@ mod frames {
     proptest! {
         #[test]
         fn request_round_trips(name in "[0-9A-F.a-z/]{0,64}", size in any::<u64>()) {
-            let r = Request { name, size, encoding: walship_common::proto::Encoding::Plain, dropped: Vec::new() };
+            let r = Request { name, size, encoding: walship_common::proto::Encoding::Plain, dropped: Vec::new(), append_at: None };
             prop_assert_eq!(decode_frame::<Request>(&r.encode(), MAX_HEADER_BYTES).unwrap(), r);
         }
 
@@ -161,7 +161,7 @@ mod frames {
             // A history file whose reason is free-form: only size and digest decide.
             let body = format!("1\t0/3000000\t{reason}\n").into_bytes();
             let sha = walship_common::proto::digest::digest(&body);
-            let req = Request { name: "00000002.history".into(), size: body.len() as u64, encoding: walship_common::proto::Encoding::Plain, dropped: Vec::new() };
+            let req = Request { name: "00000002.history".into(), size: body.len() as u64, encoding: walship_common::proto::Encoding::Plain, dropped: Vec::new(), append_at: None };
             let mut up = Upload::begin(&req, &ArchiveFacts::default()).unwrap();
             let cut = cut.min(body.len());
             let mut sent = body.clone();
@@ -182,7 +182,7 @@ mod frames {
         ) {
             use walship_common::proto::{Encoding, Incoming};
             let encoding = if zstd { Encoding::Zstd } else { Encoding::Plain };
-            let req = Request { name: "00000002.history".into(), size: 300, encoding, dropped: Vec::new() };
+            let req = Request { name: "00000002.history".into(), size: 300, encoding, dropped: Vec::new(), append_at: None };
             let mut incoming = Incoming::begin(&req, &ArchiveFacts::default()).unwrap();
             let mut absorbed = Ok(());
             for piece in wire.chunks(cut) {
@@ -199,7 +199,7 @@ mod frames {
         #[test]
         fn history_upload_accepts_only_what_parses(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let sha = walship_common::proto::digest::digest(&body);
-            let req = Request { name: "00000002.history".into(), size: body.len() as u64, encoding: walship_common::proto::Encoding::Plain, dropped: Vec::new() };
+            let req = Request { name: "00000002.history".into(), size: body.len() as u64, encoding: walship_common::proto::Encoding::Plain, dropped: Vec::new(), append_at: None };
             let mut up = Upload::begin(&req, &ArchiveFacts::default()).unwrap();
             up.feed(&body).unwrap();
             let parses = walship_common::wal::history::History::parse(walship_common::TimelineId(2), &body).is_ok();

@@ -4,6 +4,7 @@
 //! standby's timeline, promote, and report what the operator may have lost. A failed
 //! promotion puts back the fence that was there before.
 
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,8 +13,11 @@ use walship_common::state::{
     newest_segment, replay_state, waiting_for, Fence, Replay, ReplayState, FENCE_FILE,
 };
 use walship_common::sys::config::ReceiverSettings;
+use walship_common::sys::durable;
 use walship_common::sys::pg_control;
-use walship_common::wal::name::{SegNo, TimelineId};
+use walship_common::wal::name::{is_valid_seg_size, SegNo, TimelineId};
+use walship_common::wal::partial::last_record_end;
+use walship_common::LongPageHeader;
 use walship_common::{Lsn, SegmentName, WalFileName};
 
 use crate::error::ReceiverError;
@@ -87,6 +91,13 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
         fenced_at: SystemTime::now(),
     };
     state::write_fence(dir, &fence)?;
+    let mut used = match partial_to_use(dir, old_timeline, seg_size) {
+        Ok(u) => u,
+        Err(e) => {
+            unfence(dir, previous.as_ref());
+            return Err(e);
+        }
+    };
     let promoting = async {
         if !opts.no_wait_replay {
             let last_check = deadline.max(Instant::now() + Duration::from_secs(5));
@@ -101,6 +112,18 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
             )
             .await?;
         }
+        // Fenced: nothing more of the old timeline lands. The open segment's partial, if it
+        // goes beyond the newest finished segment, becomes that segment (zero-padded), and the
+        // standby replays it before it is promoted.
+        if let Some(p) = used.as_mut() {
+            let name = p.segment.to_string();
+            p.published = publish_padded(dir, p)?;
+            if !opts.no_wait_replay {
+                let last_check = deadline.max(Instant::now() + Duration::from_secs(30));
+                wait_for_partial(settings, &conninfo, warm, p, last_check).await?;
+            }
+            info!(segment = %name, "the open segment's partial was made available to the standby");
+        }
         let started = Instant::now();
         let client = if warm {
             promote_warm(settings, &conninfo).await?
@@ -112,15 +135,29 @@ pub async fn promote(settings: &ReceiverSettings, opts: &Options) -> Result<(), 
     let (client, writable_after) = match promoting.await {
         Ok(done) => done,
         Err(e) => {
+            // The padded copy goes with the fence: a primary still alive finishes the segment.
+            if let Some(p) = used.as_ref().filter(|p| p.published) {
+                if let Err(e) = durable::remove_durably(dir, &p.segment.to_string()) {
+                    eprintln!("walship-receiver: could not remove the padded {} after a failed promotion: {e}; remove it by hand", p.segment);
+                }
+            }
             unfence(dir, previous.as_ref());
             return Err(e);
         }
     };
+    // Its content is now under the segment's name; the `.partial` the new primary archives
+    // for this segment must find the name free.
+    if let Some(p) = &used {
+        let pname = format!("{}.partial", p.segment);
+        if let Err(e) = durable::remove_durably(dir, &pname) {
+            eprintln!("walship-receiver: could not remove {pname}: {e}; remove it by hand");
+        }
+    }
     let promoted = standby::promoted(&client).await?;
     fence.promoted_at_lsn = Some(promoted.lsn);
     fence.new_timeline = promoted.timeline;
     state::write_fence(dir, &fence)?;
-    report(dir, &fence, promoted.lsn, writable_after)?;
+    report(dir, &fence, promoted.lsn, writable_after, used.as_ref())?;
     info!(lsn = %promoted.lsn, "promoted");
     Ok(())
 }
@@ -151,13 +188,23 @@ fn report(
     fence: &Fence,
     lsn: Lsn,
     writable_after: Duration,
+    used: Option<&UsedPartial>,
 ) -> Result<(), ReceiverError> {
-    let newest_age = store::newest_arrival(&store::list(dir)?).and_then(|(name, t)| {
-        SystemTime::now()
-            .duration_since(t)
-            .ok()
-            .map(|age| (name, age))
-    });
+    let files = store::list(dir)?;
+    let newest_age = files
+        .iter()
+        .filter(|f| used.is_none_or(|p| f.name != WalFileName::Segment(p.segment)))
+        .filter_map(|f| match f.name {
+            WalFileName::Segment(s) => Some((s, f.modified)),
+            _ => None,
+        })
+        .max_by_key(|(s, _)| (s.timeline, s.log, s.seg))
+        .and_then(|(name, t)| {
+            SystemTime::now()
+                .duration_since(t)
+                .ok()
+                .map(|age| (name, age))
+        });
     println!(
         "promoted: the standby is writable after {:.1}s",
         writable_after.as_secs_f64()
@@ -171,18 +218,191 @@ fn report(
             .map(|t| t.to_string())
             .unwrap_or_else(|| "unknown".into())
     );
-    match newest_age {
-        Some((name, age)) => println!(
+    match (newest_age, used) {
+        (Some((name, age)), None) => println!(
             "newest stored segment: {name}, arrived {} ago; WAL the old primary wrote after it was not received",
             human::duration(age)
         ),
-        None => println!("no segment was stored"),
+        (Some((name, age)), Some(_)) => println!(
+            "newest finished segment: {name}, arrived {} ago",
+            human::duration(age)
+        ),
+        (None, None) => println!("no segment was stored"),
+        (None, Some(_)) => println!("no finished segment was stored"),
+    }
+    if let Some(p) = used {
+        println!(
+            "partial reached LSN: {} ({}.partial, {} shipped while open; used zero-padded as {})",
+            p.lsn,
+            p.segment,
+            human::size(p.bytes),
+            p.segment
+        );
+        println!(
+            "newest shipped byte: {} old when promote started; WAL the old primary flushed after it was not received",
+            human::duration(p.age)
+        );
     }
     println!(
         "fenced: segments of timeline {} are now refused; history files still go through",
         fence.timeline
     );
     Ok(())
+}
+
+/// The open segment's partial that `promote` uses: a `NAME.partial` of the fenced timeline
+/// right after the newest finished segment (or with none finished: the archive starts there).
+#[derive(Debug)]
+struct UsedPartial {
+    segment: walship_common::SegmentName,
+    bytes: u64,
+    seg_size: u64,
+    lsn: Lsn,
+    /// Age of its newest byte when promote looked.
+    age: Duration,
+    /// Where the last complete record in it ends: the standby has replayed it once its
+    /// replay position is there (`None`: no complete record in it).
+    target: Option<Lsn>,
+    /// The padded segment was stored by this promote (removed again if promotion fails).
+    published: bool,
+    published_at: SystemTime,
+}
+
+/// The partial to use, if any (see [`UsedPartial`]): one beyond a gap would be unreachable
+/// for the standby, and is left out with a note.
+fn partial_to_use(
+    dir: &Path,
+    timeline: TimelineId,
+    seg_size: u64,
+) -> Result<Option<UsedPartial>, ReceiverError> {
+    let files = store::list(dir)?;
+    let Some(p) = store::open_partial(dir, &files) else {
+        return Ok(None);
+    };
+    if p.segment.timeline != timeline || p.seg_size != seg_size {
+        return Ok(None);
+    }
+    let newest = newest_segment(
+        files
+            .iter()
+            .map(|f| &f.name)
+            .filter(|n| n.timeline() == timeline),
+    );
+    let (Ok(no), newest_no) = (p.segment.segno(seg_size), newest.map(|n| n.segno(seg_size))) else {
+        return Ok(None);
+    };
+    match newest_no {
+        Some(Ok(n)) if n.0 >= no.0 => return Ok(None),
+        Some(Ok(n)) if n.0 + 1 < no.0 => {
+            eprintln!(
+                "walship-receiver: note: {}.partial is not used: the segments between the newest finished one and it are missing",
+                p.segment
+            );
+            return Ok(None);
+        }
+        _ => {}
+    }
+    Ok(Some(UsedPartial {
+        segment: p.segment,
+        bytes: p.bytes,
+        seg_size,
+        lsn: p.lsn,
+        age: SystemTime::now()
+            .duration_since(p.modified)
+            .unwrap_or_default(),
+        target: None,
+        published: false,
+        published_at: SystemTime::now(),
+    }))
+}
+
+/// Store the partial, padded with zeros to the segment size, under the segment's name (as one
+/// does by hand with pg_receivewal's `.partial` files); finds where its last record ends.
+/// True when this call stored it (false: an identical copy was there).
+fn publish_padded(dir: &Path, p: &mut UsedPartial) -> Result<bool, ReceiverError> {
+    let pname = format!("{}.partial", p.segment);
+    let path = dir.join(&pname);
+    let failed = |detail: String| ReceiverError::Promotion(format!("use {pname}: {detail}"));
+    let file = durable::open_regular(&path)
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| failed("it is gone".into()))?;
+    let mut body = Vec::with_capacity(p.seg_size as usize);
+    file.take(p.seg_size)
+        .read_to_end(&mut body)
+        .map_err(|e| failed(format!("read: {e}")))?;
+    let header = LongPageHeader::decode(&body).map_err(|e| failed(e.to_string()))?;
+    let start = p
+        .segment
+        .start_lsn(p.seg_size)
+        .map_err(|e| failed(e.to_string()))?;
+    p.bytes = body.len() as u64;
+    p.lsn = Lsn(start.0 + p.bytes);
+    p.target = last_record_end(&body, start, u64::from(header.block_size));
+    body.resize(p.seg_size as usize, 0);
+    p.published_at = SystemTime::now();
+    match durable::publish_new(dir, &p.segment.to_string(), &body, store::FILE_MODE) {
+        Ok(durable::Published::Stored) => Ok(true),
+        Ok(durable::Published::AlreadyIdentical) => Ok(false),
+        Err(e) => Err(failed(format!("store it as {}: {e}", p.segment))),
+    }
+}
+
+/// Wait until the standby has replayed the padded partial: its replay position reached the
+/// end of the partial's last record, or (warm standby, or no record in it) `restore` served
+/// it: PostgreSQL acts on a promote request only once the WAL it holds is replayed.
+async fn wait_for_partial(
+    settings: &ReceiverSettings,
+    conninfo: &str,
+    warm: bool,
+    p: &UsedPartial,
+    deadline: Instant,
+) -> Result<(), ReceiverError> {
+    let client = if warm {
+        None
+    } else {
+        match standby::connect(conninfo, Duration::from_secs(10)).await? {
+            Connected::Client(c) => Some(c),
+            Connected::WarmStandby => None,
+        }
+    };
+    let name = WalFileName::Segment(p.segment);
+    let mut last_progress = Instant::now() - PROGRESS_EVERY;
+    loop {
+        let replay = match &client {
+            Some(c) => standby::position(c).await?.lsn,
+            None => None,
+        };
+        if let (Some(r), Some(t)) = (replay, p.target) {
+            if r >= t {
+                return Ok(());
+            }
+        }
+        let served = standby::restore_record(settings, client.as_ref())
+            .await?
+            .last_served
+            .is_some_and(|e| e.name == name && e.at >= p.published_at);
+        if served && (p.target.is_none() || client.is_none()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ReceiverError::NotCaughtUp(format!(
+                "the standby did not replay the open segment's partial ({} zero-padded, up to {}) in time (replay LSN {}). NOT promoted; re-run, or with --no-wait-replay to promote now",
+                p.segment,
+                p.target.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+                replay.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into()),
+            )));
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "walship-receiver: waiting for replay of the open segment's partial {} up to {} (replay LSN {})",
+                p.segment,
+                p.target.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+                replay.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into()),
+            );
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The timeline the fence closes: the standby's own (from its control data, a lower bound

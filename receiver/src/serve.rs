@@ -586,6 +586,10 @@ async fn stream(
             span.record("outcome", "already_had");
             info!(ms, "already stored with identical content");
         }
+        Reply::Partial { bytes } => {
+            span.record("outcome", "partial");
+            debug!(ms, bytes, "partial held durably");
+        }
         Reply::Refused(r) => {
             metrics::refused(r);
             span.record("outcome", "refused");
@@ -647,11 +651,17 @@ async fn receive(
     );
     // From here the upload holds a slot others may need: it must keep up `min_upload_rate`.
     let mut pace = Pace::new(shared.idle, shared.limits.min_upload_rate);
-    let tmp = match archive.temp(&name) {
-        Ok(t) => t,
-        Err(e) => return refuse(storage_refusal(&name, &e)),
+    let sink = match request.append_at {
+        // An append to the open segment: at most MAX_APPEND_BYTES (checked at begin), held
+        // in memory, checked against what is stored, then appended durably.
+        Some(_) => Sink::Memory(Vec::with_capacity(request.size as usize)),
+        None => match archive.temp(&name) {
+            Ok(t) => Sink::Temp(t),
+            Err(e) => return refuse(storage_refusal(&name, &e)),
+        },
     };
-    let (incoming, tmp) = match pump(recv, incoming, tmp, &mut pace, &request, shared.idle).await {
+    let (incoming, sink) = match pump(recv, incoming, sink, &mut pace, &request, shared.idle).await
+    {
         Ok(v) => v,
         Err(outcome) => return outcome,
     };
@@ -664,6 +674,23 @@ async fn receive(
     };
     let archive = archive.clone();
     let size = verified.size;
+    let tmp = match (sink, request.append_at) {
+        (Sink::Temp(t), _) => t,
+        (Sink::Memory(bytes), Some(offset)) => {
+            return match tokio::task::spawn_blocking(move || {
+                archive.append_partial(&verified, offset, &bytes)
+            })
+            .await
+            {
+                Ok(reply) => Outcome::Reply(reply),
+                Err(e) => refuse(Refusal::StorageFailed {
+                    name,
+                    detail: e.to_string(),
+                }),
+            }
+        }
+        (Sink::Memory(_), None) => unreachable!("a memory sink is made only for appends"),
+    };
     match tokio::task::spawn_blocking(move || archive.commit(tmp, &verified)).await {
         Ok(reply) => {
             if reply == Reply::Stored {
@@ -743,11 +770,11 @@ async fn read_request(recv: &mut RecvStream, idle: Duration) -> Result<Request, 
 async fn pump(
     recv: &mut RecvStream,
     mut incoming: Incoming,
-    mut tmp: TempFile,
+    mut tmp: Sink,
     pace: &mut Pace,
     request: &Request,
     idle: Duration,
-) -> Result<(Incoming, TempFile), Outcome> {
+) -> Result<(Incoming, Sink), Outcome> {
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let batch = match incoming.encoding() {
         Encoding::Plain => WRITE_BUF,
@@ -804,18 +831,32 @@ async fn pump(
     }
 }
 
+/// Where an upload's plain bytes go: a temp file (a whole file), or memory (an append to the
+/// open segment's partial, at most `MAX_APPEND_BYTES`).
+enum Sink {
+    Temp(TempFile),
+    Memory(Vec<u8>),
+}
+
 /// Blocking: one batch of wire bytes through `incoming`, its plain bytes written to `tmp`.
-fn absorb(incoming: &mut Incoming, tmp: &mut TempFile, wire: &[u8]) -> Result<(), Refusal> {
+fn absorb(incoming: &mut Incoming, tmp: &mut Sink, wire: &[u8]) -> Result<(), Refusal> {
     use std::io::Write;
     let name = incoming.name().to_string();
     let before = incoming.plain_bytes();
-    incoming.absorb(wire, &mut |plain| {
-        tmp.file()
+    incoming.absorb(wire, &mut |plain| match tmp {
+        Sink::Temp(t) => t
+            .file()
             .write_all(plain)
-            .map_err(|e| write_refusal(&name, &e))
+            .map_err(|e| write_refusal(&name, &e)),
+        Sink::Memory(m) => {
+            m.extend_from_slice(plain);
+            Ok(())
+        }
     })?;
     // Start writeback of what this batch wrote, so the final fsync is short.
-    tmp.start_writeback(before, incoming.plain_bytes() - before);
+    if let Sink::Temp(t) = tmp {
+        t.start_writeback(before, incoming.plain_bytes() - before);
+    }
     Ok(())
 }
 

@@ -36,6 +36,8 @@ pub struct Status {
     pub newest_segment_age_seconds: Option<Duration>,
     pub fenced: bool,
     pub fence: Option<FenceStatus>,
+    /// The open segment shipped as it grows (`NAME.partial`), when the archive holds one.
+    pub partial: Option<PartialStatus>,
     pub restore: RestoreStatus,
     /// Absent when no conninfo is configured.
     pub standby: Option<StandbyStatus>,
@@ -61,6 +63,20 @@ pub struct FenceStatus {
     pub new_timeline: Option<TimelineId>,
     #[serde(serialize_with = "rfc3339_always")]
     pub fenced_at: SystemTime,
+}
+
+#[derive(Serialize)]
+pub struct PartialStatus {
+    /// The segment's name (the file is `<segment>.partial`).
+    #[serde(serialize_with = "text_always")]
+    pub segment: SegmentName,
+    pub bytes: u64,
+    /// The LSN its bytes reach.
+    pub lsn: Lsn,
+    #[serde(serialize_with = "rfc3339_always")]
+    pub updated_at: SystemTime,
+    /// Age of its newest byte.
+    pub age_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -119,6 +135,16 @@ pub async fn gather(
         newest_segment_age_seconds: newest
             .and_then(|(_, t)| SystemTime::now().duration_since(t).ok()),
         fenced: fence.is_some(),
+        partial: store::open_partial(dir, &files).map(|p| PartialStatus {
+            segment: p.segment,
+            bytes: p.bytes,
+            lsn: p.lsn,
+            updated_at: p.modified,
+            age_seconds: SystemTime::now()
+                .duration_since(p.modified)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        }),
         fence: fence.map(|f| FenceStatus {
             timeline: f.timeline,
             promoted_at_lsn: f.promoted_at_lsn,
@@ -286,6 +312,17 @@ pub fn print_human(s: &Status) {
         ),
         None => println!("fenced:           no"),
     }
+    match &s.partial {
+        Some(p) => println!(
+            "open segment:     {}.partial, {} up to LSN {} (updated {}, {} ago)",
+            p.segment,
+            human::size(p.bytes),
+            p.lsn,
+            human::timestamp(p.updated_at),
+            human::duration(Duration::from_secs_f64(p.age_seconds))
+        ),
+        None => println!("open segment:     none"),
+    }
     let event = |name: &Option<WalFileName>, at: Option<SystemTime>| match (name, at) {
         (Some(n), Some(at)) => format!("{n} ({})", human::timestamp(at)),
         _ => "-".to_string(),
@@ -345,6 +382,10 @@ fn text<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Erro
     }
 }
 
+fn text_always<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// RFC 3339, UTC, with the sub-second digits `status --json` has always printed.
 fn rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     text(&t.map(|t| human::rfc3339(t, true)), s)
@@ -389,6 +430,7 @@ mod tests {
                 new_timeline: None,
                 fenced_at: at,
             }),
+            partial: None,
             restore: RestoreStatus {
                 last_served: "000000010000000000000003".parse().ok(),
                 last_served_at: Some(at),
@@ -428,6 +470,7 @@ mod tests {
                 "new_timeline": null,
                 "fenced_at": "2024-05-01T12:00:03.25Z"
             },
+            "partial": null,
             "restore": {
                 "last_served": "000000010000000000000003",
                 "last_served_at": "2024-05-01T12:00:03.25Z",

@@ -14,8 +14,10 @@ use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
 use walship_common::state::newest_segment;
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::durable::{self, DurableError, Published, TempFile};
+use walship_common::wal::header::LONG_PAGE_HEADER_LEN;
 use walship_common::wal::history::{History, MAX_HISTORY_BYTES};
-use walship_common::{sys, SegmentName, SystemId, TimelineId, WalFileName};
+use walship_common::wal::partial::check_append;
+use walship_common::{sys, LongPageHeader, SegmentName, SystemId, TimelineId, WalFileName};
 
 use crate::error::ReceiverError;
 use crate::state::{self, ArchiveLock, FenceLock};
@@ -29,6 +31,8 @@ pub struct Archive {
     dir: PathBuf,
     /// The cluster's system identifier once known; the lock also serialises pinning.
     cluster: Mutex<Option<SystemId>>,
+    /// Serialises appends to `NAME.partial` files and their retirement when `NAME` is stored.
+    partials: Mutex<()>,
     /// Tests only: stop `commit` right after its fence check, to interleave a fence writer.
     #[cfg(test)]
     pause: Option<tests::Pause>,
@@ -86,6 +90,7 @@ impl Archive {
         Ok(Archive {
             dir,
             cluster: Mutex::new(cluster),
+            partials: Mutex::new(()),
             #[cfg(test)]
             pause: None,
             _lock: lock,
@@ -204,15 +209,208 @@ impl Archive {
                 }
             }
         }
-        match tmp.publish(&name) {
+        let _partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
+        if let WalFileName::Partial(_) = verified.name {
+            // A whole `.partial` (archived by a promoted standby) over the open segment this
+            // archive held as it grew: the stream partial is a prefix of it, superseded.
+            match self.superseded_partial(&name, tmp.path()) {
+                Ok(true) => {
+                    return match tmp.publish_replacing(&name) {
+                        Ok(()) => {
+                            info!("{name}: the partial shipped as it grew is replaced by the whole one it is a prefix of");
+                            Reply::Stored
+                        }
+                        Err(e) => Reply::Refused(storage_refusal(&name, &e)),
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return Reply::Refused(storage_refusal(&name, &e)),
+            }
+        }
+        let reply = match tmp.publish(&name) {
             Ok(Published::Stored) => Reply::Stored,
             Ok(Published::AlreadyIdentical) => Reply::AlreadyHad,
             Err(DurableError::Conflict { .. }) => {
                 Reply::Refused(Refusal::ConflictingContent { name })
             }
             Err(e) => Reply::Refused(storage_refusal(&name, &e)),
+        };
+        if let (WalFileName::Segment(seg), Reply::Stored | Reply::AlreadyHad) =
+            (&verified.name, &reply)
+        {
+            self.retire_partial(seg);
+        }
+        reply
+    }
+
+    /// Whether `dir/name` holds a shorter file that is a prefix of the temp file `tmp`.
+    fn superseded_partial(&self, name: &str, tmp: &Path) -> Result<bool, DurableError> {
+        let path = self.dir.join(name);
+        let Some(old) = durable::open_regular(&path)? else {
+            return Ok(false);
+        };
+        let old_len = old
+            .metadata()
+            .map_err(|e| io_error("stat", &path, e))?
+            .len();
+        let new_len = fs::metadata(tmp)
+            .map_err(|e| io_error("stat", tmp, e))?
+            .len();
+        if old_len >= new_len {
+            return Ok(false);
+        }
+        is_prefix(&path, tmp, old_len)
+    }
+
+    /// The finished `seg` is stored: its partial, if it is a prefix of it, goes (durably).
+    /// One that is not is kept and reported: two primaries may write this timeline.
+    fn retire_partial(&self, seg: &SegmentName) {
+        let pname = format!("{seg}.partial");
+        let ppath = self.dir.join(&pname);
+        let plen = match durable::open_regular(&ppath) {
+            Ok(Some(f)) => match f.metadata() {
+                Ok(m) => m.len(),
+                Err(_) => return,
+            },
+            _ => return,
+        };
+        match is_prefix(&ppath, &self.dir.join(seg.to_string()), plen) {
+            Ok(true) => match durable::remove_durably(&self.dir, &pname) {
+                Ok(_) => info!(segment = %seg, "partial retired: the finished segment is stored"),
+                Err(e) => warn!("{pname}: could not remove the retired partial: {e}"),
+            },
+            Ok(false) => tracing::error!(
+                "{pname} is not a prefix of the finished {seg} stored now: kept for inspection; two primaries may be archiving here"
+            ),
+            Err(e) => warn!("{pname}: could not compare with {seg}: {e}"),
         }
     }
+
+    /// Append verified `bytes` at `offset` to the open segment's `NAME.partial` (blocking).
+    /// Answers [`Reply::Partial`] with what is held durably (the new end, or where to append
+    /// from when `offset` is not it), [`Reply::AlreadyHad`] once the finished segment is
+    /// stored (nothing to append to), or a refusal (fence, cluster, page headers).
+    pub fn append_partial(&self, verified: &Verified, offset: u64, bytes: &[u8]) -> Reply {
+        let name = verified.name.to_string();
+        let WalFileName::Partial(seg) = verified.name else {
+            return Reply::Refused(Refusal::Malformed {
+                reason: format!("{name}: only a NAME.partial can be appended to"),
+            });
+        };
+        let _partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
+        let _fence_lock = match FenceLock::shared(&self.dir) {
+            Ok(l) => l,
+            Err(e) => {
+                return Reply::Refused(Refusal::StorageFailed {
+                    name,
+                    detail: e.to_string(),
+                })
+            }
+        };
+        match state::read_fence(&self.dir) {
+            Ok(Some(fence)) => {
+                if let Err(r) = verified.admitted_by(&fence) {
+                    return Reply::Refused(r);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Reply::Refused(Refusal::StorageFailed {
+                    name,
+                    detail: e.to_string(),
+                })
+            }
+        }
+        let storage = |e: &dyn std::fmt::Display| {
+            Reply::Refused(Refusal::StorageFailed {
+                name: name.clone(),
+                detail: e.to_string(),
+            })
+        };
+        match durable::open_regular(&self.dir.join(seg.to_string())) {
+            Ok(Some(_)) => return Reply::AlreadyHad,
+            Ok(None) => {}
+            Err(e) => return storage(&e),
+        }
+        let (head, have) = match durable::read_head(&self.dir.join(&name), LONG_PAGE_HEADER_LEN) {
+            Ok(Some(h)) => h,
+            Ok(None) => (Vec::new(), 0),
+            Err(e) => return storage(&e),
+        };
+        if have != offset {
+            return Reply::Partial { bytes: have };
+        }
+        let head = if offset > 0 {
+            match LongPageHeader::decode(&head) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    return storage(&format!("the stored {name} has no valid page header: {e}"))
+                }
+            }
+        } else {
+            None
+        };
+        let header = match check_append(&seg, head.as_ref(), offset, bytes, None) {
+            Ok(h) => h,
+            Err(reason) => return Reply::Refused(Refusal::BadSegment { name, reason }),
+        };
+        if let Some(ours) = self.cluster() {
+            if header.system_id != ours {
+                return Reply::Refused(Refusal::ForeignCluster {
+                    name,
+                    segment: header.system_id.0,
+                });
+            }
+        }
+        let result = if offset == 0 {
+            durable::publish_new(&self.dir, &name, bytes, FILE_MODE).map(|_| bytes.len() as u64)
+        } else {
+            durable::append_at(&self.dir, &name, offset, bytes)
+        };
+        match result {
+            Ok(end) => Reply::Partial { bytes: end },
+            Err(e) => Reply::Refused(storage_refusal(&name, &e)),
+        }
+    }
+}
+
+fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> DurableError {
+    DurableError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether the first `len` bytes of `a` and `b` are equal (both opened as regular files).
+fn is_prefix(a: &Path, b: &Path, len: u64) -> Result<bool, DurableError> {
+    let open = |p: &Path| -> Result<fs::File, DurableError> {
+        durable::open_regular(p)?
+            .ok_or_else(|| io_error("open", p, std::io::ErrorKind::NotFound.into()))
+    };
+    let (mut fa, mut fb) = (open(a)?.take(len), open(b)?.take(len));
+    let (mut ba, mut bb) = (vec![0u8; 256 << 10], vec![0u8; 256 << 10]);
+    loop {
+        let na = read_full(&mut fa, &mut ba).map_err(|e| io_error("read", a, e))?;
+        let nb = read_full(&mut fb, &mut bb).map_err(|e| io_error("read", b, e))?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// The refusal for a storage failure: disk full is named as such.
@@ -300,6 +498,46 @@ pub fn segment_size(files: &[StoredFile]) -> u64 {
         .unwrap_or(16 << 20)
 }
 
+/// The open segment's partial as the receiver holds it: the newest `NAME.partial` whose
+/// finished `NAME` is not stored (a whole `.partial` archived by a promoted standby counts
+/// too: it is the end of its timeline).
+#[derive(Debug, Clone)]
+pub struct OpenPartial {
+    pub segment: SegmentName,
+    pub bytes: u64,
+    /// Its segment size, from its long page header.
+    pub seg_size: u64,
+    /// The LSN its bytes reach.
+    pub lsn: walship_common::Lsn,
+    /// When its last bytes were stored.
+    pub modified: SystemTime,
+}
+
+/// See [`OpenPartial`]; `None` when there is none, or its page header cannot be read.
+pub fn open_partial(dir: &Path, files: &[StoredFile]) -> Option<OpenPartial> {
+    let finished = |s: &SegmentName| files.iter().any(|f| f.name == WalFileName::Segment(*s));
+    let (segment, file) = files
+        .iter()
+        .filter_map(|f| match f.name {
+            WalFileName::Partial(s) if !finished(&s) => Some((s, f)),
+            _ => None,
+        })
+        .max_by_key(|(s, _)| (s.timeline, s.log, s.seg))?;
+    let (head, bytes) = durable::read_head(&dir.join(file.name.to_string()), LONG_PAGE_HEADER_LEN)
+        .ok()
+        .flatten()?;
+    let header = LongPageHeader::decode(&head).ok()?;
+    let seg_size = u64::from(header.seg_size);
+    let start = segment.start_lsn(seg_size).ok()?;
+    Some(OpenPartial {
+        segment,
+        bytes,
+        seg_size,
+        lsn: walship_common::Lsn(start.0 + bytes),
+        modified: file.modified,
+    })
+}
+
 /// One stored WAL file.
 #[derive(Debug, Clone)]
 pub struct StoredFile {
@@ -374,6 +612,7 @@ mod tests {
         let archive = Archive {
             dir: dir.to_path_buf(),
             cluster: Mutex::new(None),
+            partials: Mutex::new(()),
             _lock: ArchiveLock::take(dir).unwrap(),
             pause: Some(Pause {
                 reached: reached_tx,
@@ -397,6 +636,7 @@ mod tests {
             digest: h.finalize(),
             system_id: None,
             history: None,
+            append: false,
         };
         (tmp, verified)
     }
@@ -474,6 +714,7 @@ mod tests {
         let archive = Archive {
             dir: dir.path().to_path_buf(),
             cluster: Mutex::new(None),
+            partials: Mutex::new(()),
             _lock: ArchiveLock::take(dir.path()).unwrap(),
             pause: None,
         };

@@ -60,6 +60,7 @@ async fn bad_name_is_refused_by_the_sender_and_by_the_receiver() {
         size: body.len() as u64,
         encoding: sender.compression,
         dropped: Vec::new(),
+        append_at: None,
     };
     let result =
         walship_sender::push::transfer(&sender, &conn, &path, request, &Progress::default()).await;

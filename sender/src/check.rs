@@ -188,6 +188,7 @@ async fn exchange(settings: &SenderSettings, conn: &quinn::Connection) -> Verdic
         size: 0,
         encoding: Encoding::Plain,
         dropped: Vec::new(),
+        append_at: None,
     };
     let frame = request.encode();
     if let Err(e) = tx.write_all(&frame[..PREAMBLE_LEN]).await {

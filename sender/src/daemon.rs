@@ -24,7 +24,9 @@ use walship_common::WalFileName;
 
 use crate::error::SenderError;
 use crate::metrics;
+use crate::partial;
 use crate::push::{self, Pushed, Target};
+use walship_common::proto::Reply;
 
 /// How often `archive_status` is listed. PostgreSQL creates `.ready` and then signals its
 /// archiver; 20 ms keeps look-ahead well ahead of it at a negligible cost (one small readdir).
@@ -80,6 +82,14 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
         let warm = tokio::spawn(daemon.clone().keep_warm());
         if let Some(dir) = status_dir {
             tokio::spawn(daemon.clone().look_ahead(dir));
+        }
+        if let (Some(every), Some(pgdata), Some(conninfo)) = (
+            daemon.settings.partial_interval,
+            daemon.settings.pgdata.clone(),
+            daemon.settings.conninfo.clone(),
+        ) {
+            tracing::info!(partial_interval = ?every, "shipping the open segment as NAME.partial");
+            tokio::spawn(daemon.clone().ship_open_segment(every, pgdata, conninfo));
         }
         let pgdata = match &daemon.settings.pgdata {
             Some(dir) => dir.display().to_string(),
@@ -138,6 +148,16 @@ impl Stop {
             int: catch(SignalKind::interrupt(), "SIGINT")?,
         })
     }
+}
+
+/// The segment the daemon ships as a partial, and what the receiver holds of it.
+#[derive(Debug, Default)]
+struct OpenSegment {
+    segment: Option<walship_common::SegmentName>,
+    /// Bytes the receiver holds durably, as it last said; `None`: not asked yet.
+    held: Option<u64>,
+    /// The receiver has the finished segment: nothing more to append.
+    done: bool,
 }
 
 struct Daemon {
@@ -386,6 +406,134 @@ impl Daemon {
         let conn = self.target.connect().await?;
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Every `every`: append the open segment's newly flushed bytes to the receiver's
+    /// `NAME.partial` (see [`crate::partial`]). Problems are logged once each (a WARN when one
+    /// starts, an INFO when shipping works again) and retried at the next round.
+    async fn ship_open_segment(
+        self: Arc<Self>,
+        every: Duration,
+        pgdata: PathBuf,
+        conninfo: String,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut primary: Option<partial::Primary> = None;
+        let mut open = OpenSegment::default();
+        let mut problem: Option<String> = None;
+        loop {
+            tick.tick().await;
+            match self
+                .partial_round(&mut primary, &mut open, &pgdata, &conninfo)
+                .await
+            {
+                Ok(()) => {
+                    if problem.take().is_some() {
+                        tracing::info!("shipping the open segment again");
+                    }
+                }
+                Err(e) => {
+                    if problem.as_deref() != Some(e.as_str()) {
+                        tracing::warn!("open segment not shipped: {e}; retrying every {every:?}");
+                        problem = Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round: the flush position, then the appends up to it. When the open segment
+    /// changed, the previous one is completed first (all of it is flushed), so that its WAL
+    /// is on the receiver before the archiver's copy of it arrives.
+    async fn partial_round(
+        &self,
+        primary: &mut Option<partial::Primary>,
+        open: &mut OpenSegment,
+        pgdata: &Path,
+        conninfo: &str,
+    ) -> Result<(), String> {
+        if primary.as_ref().is_none_or(|p| p.is_closed()) {
+            *primary = Some(partial::Primary::connect(conninfo).await?);
+        }
+        let p = primary.as_ref().expect("connected just above");
+        let seg_size = p.seg_size;
+        let flushed = match p.flushed().await {
+            Ok(f) => f,
+            Err(e) => {
+                *primary = None;
+                return Err(e);
+            }
+        };
+        let (name, upto) = partial::open_segment(flushed, seg_size);
+        if open.segment != Some(name) {
+            if let Some(prev) = open.segment {
+                if !open.done && prev.timeline == name.timeline {
+                    // Best effort: the archiver ships the finished segment anyway.
+                    if let Err(e) = self.append_upto(prev, seg_size, open, pgdata).await {
+                        tracing::debug!(segment = %prev, "finishing the previous partial: {e}");
+                    }
+                }
+            }
+            *open = OpenSegment {
+                segment: Some(name),
+                ..OpenSegment::default()
+            };
+        }
+        if upto == 0 {
+            return Ok(());
+        }
+        self.append_upto(name, upto, open, pgdata).await
+    }
+
+    /// Append `pg_wal/NAME` up to `target` bytes to the receiver's `NAME.partial`, from what
+    /// it holds (asked first when not known: a restarted daemon or receiver resumes there).
+    async fn append_upto(
+        &self,
+        name: walship_common::SegmentName,
+        target: u64,
+        open: &mut OpenSegment,
+        pgdata: &Path,
+    ) -> Result<(), String> {
+        let pname = format!("{name}.partial");
+        let settings = &self.settings;
+        loop {
+            if open.done {
+                return Ok(());
+            }
+            // Unknown: an empty append at an impossible offset only asks.
+            let (from, to) = match open.held {
+                Some(h) if h >= target => return Ok(()),
+                Some(h) => (h, partial::append_end(h, target)),
+                None => (u64::MAX, u64::MAX),
+            };
+            let bytes = if from == u64::MAX {
+                Vec::new()
+            } else {
+                let pgdata = pgdata.to_path_buf();
+                tokio::task::spawn_blocking(move || partial::read_range(&pgdata, &name, from, to))
+                    .await
+                    .map_err(|e| e.to_string())??
+            };
+            let conn = self.connection().await.map_err(|e| e.to_string())?;
+            let reply = timeout(
+                settings.timeout,
+                push::append(settings, &conn, &pname, from, &bytes),
+            )
+            .await
+            .map_err(|_| format!("{pname}: no reply within {:?}", settings.timeout))?
+            .map_err(|e| e.to_string())?;
+            match reply {
+                Reply::Partial { bytes: held } => {
+                    if from != u64::MAX && held == to {
+                        tracing::debug!(partial = %pname, held, "appended");
+                    }
+                    open.held = Some(held);
+                }
+                Reply::AlreadyHad => open.done = true,
+                other => return Err(format!("{pname}: unexpected reply {other:?}")),
+            }
+        }
     }
 
     /// Keep a connection open, reconnecting with backoff, so `push` finds one ready.

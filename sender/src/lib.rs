@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod error;
 pub mod handoff;
 pub mod metrics;
+pub mod partial;
 pub mod push;
 pub mod valve;

@@ -251,6 +251,7 @@ pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, S
         size,
         encoding,
         dropped: Vec::new(),
+        append_at: None,
     })
 }
 
@@ -360,6 +361,62 @@ pub async fn transfer(
             name: name.clone(),
             refusal,
         }),
+        Reply::Partial { .. } => {
+            Err(fail.lost("the receiver answered a whole file as an append to a partial".into()))
+        }
+    }
+}
+
+/// Append `bytes` (already read, at most `MAX_APPEND_BYTES`) at `offset` to the receiver's
+/// `NAME.partial` of the open segment; the receiver's answer: [`Reply::Partial`] with what it
+/// holds durably, [`Reply::AlreadyHad`] when the finished segment is stored, or a refusal
+/// (as an error).
+pub async fn append(
+    settings: &SenderSettings,
+    conn: &quinn::Connection,
+    name: &str,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<Reply, SenderError> {
+    let fail = Failures {
+        receiver: &settings.receiver,
+        server_name: &settings.server_name,
+        name,
+    };
+    let request = Request {
+        name: name.to_string(),
+        size: bytes.len() as u64,
+        encoding: settings.compression,
+        dropped: Vec::new(),
+        append_at: Some(offset),
+    };
+    let mut outgoing = Outgoing::new(request, settings.compression_level).map_err(|source| {
+        SenderError::Encode {
+            path: name.into(),
+            source,
+        }
+    })?;
+    let mut wire = outgoing.header();
+    let encode_err = |source| SenderError::Encode {
+        path: name.into(),
+        source,
+    };
+    outgoing.encode(bytes, &mut wire).map_err(encode_err)?;
+    outgoing
+        .finish(walship_common::proto::digest::digest(bytes), &mut wire)
+        .map_err(encode_err)?;
+    let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| fail.conn(e))?;
+    match tx.write_all(&wire).await {
+        Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
+        Err(e) => return Err(fail.write(e)),
+    }
+    let _ = tx.finish();
+    match read_verdict(&mut rx, &fail).await? {
+        Reply::Refused(refusal) => Err(SenderError::Refused {
+            name: name.to_string(),
+            refusal,
+        }),
+        other => Ok(other),
     }
 }
 

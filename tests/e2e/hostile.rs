@@ -485,6 +485,7 @@ fn bad_names_and_misnamed_segment() {
             size: seg.bytes.len() as u64,
             encoding: walship_common::proto::Encoding::Plain,
             dropped: Vec::new(),
+            append_at: None,
         };
         let r = refusal(raw.upload(&req, &seg.bytes), name);
         assert!(

@@ -32,6 +32,7 @@ mod issue11_sighup;
 mod issue11_status_health;
 mod issue11_valve;
 mod issue12_way_back;
+mod issue13_partial;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;

@@ -300,6 +300,7 @@ pub fn honest_request(name: &str, content: &[u8]) -> Request {
         size: content.len() as u64,
         encoding: walship_common::proto::Encoding::Plain,
         dropped: Vec::new(),
+        append_at: None,
     }
 }
 

@@ -32,7 +32,9 @@ pub const ALPN: &[u8] = b"walship/1";
 /// trailer (`Request` has no digest field); a request of another version is answered in the
 /// sender's version with advice on which side to upgrade.
 /// Version 5: `Request::dropped`, the segments the sender's pg_wal valve dropped and the
-/// receiver has not acknowledged yet (recorded by the receiver before it answers).
+/// receiver has not acknowledged yet (recorded by the receiver before it answers);
+/// `Request::append_at` (appends to the open segment's `NAME.partial`) and
+/// `Reply::Partial` (how many bytes of it the receiver holds durably).
 pub const PROTOCOL_VERSION: u16 = 5;
 /// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
 /// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
@@ -117,6 +119,11 @@ pub struct Request {
     /// its gap record before it answers, so a "stored" or "already had" reply acknowledges
     /// them too. Empty almost always.
     pub dropped: Vec<String>,
+    /// `Some(offset)`: the content is the next bytes of the open segment `name` (a
+    /// `NAME.partial`), to be appended at `offset` to what the receiver holds of it. The
+    /// receiver appends only when it holds exactly `offset` bytes, and answers
+    /// [`Reply::Partial`] with what it holds either way.
+    pub append_at: Option<u64>,
 }
 
 /// The receiver's one answer per stream.
@@ -128,6 +135,9 @@ pub enum Reply {
     AlreadyHad,
     /// Not stored; the reason says why and what to do.
     Refused(Refusal),
+    /// To an append ([`Request::append_at`]): the receiver now holds `bytes` bytes of the
+    /// partial durably (the append's end if it was taken; otherwise where to append from).
+    Partial { bytes: u64 },
 }
 
 /// Why the receiver refused a file. Displayed by the sender in PostgreSQL's log.
@@ -366,6 +376,7 @@ mod tests {
             size: 16 << 20,
             encoding: Encoding::Zstd,
             dropped: Vec::new(),
+            append_at: None,
         }
     }
 

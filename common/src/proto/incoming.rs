@@ -159,6 +159,7 @@ mod tests {
             size: body.len() as u64,
             encoding,
             dropped: Vec::new(),
+            append_at: None,
         }
     }
 

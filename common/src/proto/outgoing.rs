@@ -91,6 +91,7 @@ mod tests {
             size,
             encoding: Encoding::Plain,
             dropped: Vec::new(),
+            append_at: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::wal::backup::{BackupFile, MAX_BACKUP_BYTES};
 use crate::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
 use crate::wal::history::{History, MAX_HISTORY_BYTES};
 use crate::wal::name::{TimelineId, WalFileName};
+use crate::wal::partial::MAX_APPEND_BYTES;
 
 /// What the receiver knows about its archive when an upload starts.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +46,8 @@ pub struct Verified {
     pub system_id: Option<SystemId>,
     /// The parsed history, for a history file (checked again against a fence at commit).
     pub history: Option<History>,
+    /// An append to the open segment's partial, not a whole file.
+    pub append: bool,
 }
 
 impl Verified {
@@ -53,6 +56,14 @@ impl Verified {
     /// point, histories only when they leave it at the promotion point.
     pub fn admitted_by(&self, fence: &Fence) -> Result<(), Refusal> {
         check_fence(fence, &self.name)?;
+        if self.append {
+            if let WalFileName::Partial(s) = &self.name {
+                if s.timeline <= fence.timeline {
+                    return Err(fenced(fence, &self.name));
+                }
+            }
+            return Ok(());
+        }
         check_partial_fence(fence, &self.name, self.size)?;
         if let Some(history) = &self.history {
             check_history_fence(fence, history, &self.name)?;
@@ -76,6 +87,9 @@ pub struct Upload {
     fence: Option<Fence>,
     histories: BTreeMap<TimelineId, History>,
     backup_segment_bytes: Option<u64>,
+    /// An append to the open segment's partial (`Request::append_at`): its pages are checked
+    /// by the receiver against what it holds ([`crate::wal::partial::check_append`]).
+    append: bool,
 }
 
 impl Upload {
@@ -89,6 +103,9 @@ impl Upload {
                     name: request.name.clone(),
                     reason: e.to_string(),
                 })?;
+        if request.append_at.is_some() {
+            check_append_request(request, &name, facts.fence.as_ref())?;
+        }
         if let Some(fence) = &facts.fence {
             check_fence(fence, &name)?;
             check_partial_fence(fence, &name, request.size)?;
@@ -145,7 +162,13 @@ impl Upload {
             fence: facts.fence.clone(),
             histories: facts.histories.clone(),
             backup_segment_bytes: facts.backup_segment_bytes,
+            append: request.append_at.is_some(),
         })
+    }
+
+    /// Whether this is an append to the open segment's partial.
+    pub fn is_append(&self) -> bool {
+        self.append
     }
 
     pub fn name(&self) -> &WalFileName {
@@ -169,7 +192,10 @@ impl Upload {
             // At most the announced size, which begin capped.
             text.extend_from_slice(chunk);
         }
-        if self.name.segment_bytes().is_some() && self.head.len() < LONG_PAGE_HEADER_LEN {
+        if !self.append
+            && self.name.segment_bytes().is_some()
+            && self.head.len() < LONG_PAGE_HEADER_LEN
+        {
             let take = (LONG_PAGE_HEADER_LEN - self.head.len()).min(chunk.len());
             self.head.extend_from_slice(&chunk[..take]);
             if self.head.len() == LONG_PAGE_HEADER_LEN {
@@ -197,7 +223,7 @@ impl Upload {
                 received: self.received,
             });
         }
-        if self.name.segment_bytes().is_some() && self.system_id.is_none() {
+        if !self.append && self.name.segment_bytes().is_some() && self.system_id.is_none() {
             return Err(Refusal::BadSegment {
                 name,
                 reason: format!(
@@ -242,6 +268,7 @@ impl Upload {
             digest: actual,
             system_id: self.system_id,
             history,
+            append: self.append,
         })
     }
 
@@ -290,6 +317,35 @@ impl Upload {
         self.system_id = Some(header.system_id);
         Ok(())
     }
+}
+
+/// An append to the open segment: only to a partial, at most [`MAX_APPEND_BYTES`] at once,
+/// never to a fenced timeline (after a promotion nothing of the old timeline grows: the
+/// partial the new primary archives comes whole, as a plain upload).
+fn check_append_request(
+    request: &Request,
+    name: &WalFileName,
+    fence: Option<&Fence>,
+) -> Result<(), Refusal> {
+    let WalFileName::Partial(segment) = name else {
+        return Err(Refusal::BadName {
+            name: request.name.clone(),
+            reason: "only a NAME.partial can be appended to".into(),
+        });
+    };
+    if request.size > MAX_APPEND_BYTES {
+        return Err(Refusal::TooLarge {
+            name: request.name.clone(),
+            size: request.size,
+            max: MAX_APPEND_BYTES,
+        });
+    }
+    if let Some(fence) = fence {
+        if segment.timeline <= fence.timeline {
+            return Err(fenced(fence, name));
+        }
+    }
+    Ok(())
 }
 
 /// Refuse `name` when the fence closes its timeline.
@@ -387,6 +443,7 @@ mod tests {
             size: body.len() as u64,
             encoding: crate::proto::Encoding::Plain,
             dropped: Vec::new(),
+            append_at: None,
         }
     }
 
@@ -489,6 +546,7 @@ mod tests {
                 size: 1,
                 encoding: crate::proto::Encoding::Plain,
                 dropped: Vec::new(),
+                append_at: None,
             };
             assert!(
                 matches!(
@@ -503,6 +561,7 @@ mod tests {
             size: MAX_FILE_BYTES + 1,
             encoding: crate::proto::Encoding::Plain,
             dropped: Vec::new(),
+            append_at: None,
         };
         assert!(matches!(
             Upload::begin(&req, &ArchiveFacts::default()),

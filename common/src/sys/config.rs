@@ -27,6 +27,10 @@ pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default zstd level: level 1 compresses pgbench WAL about 12x at over 1 GB/s on one core, so
 /// it costs less time than it saves on any link slower than that.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Bounds of `partial_interval`: below 10 ms the primary is asked more often than it flushes
+/// under load; above an hour shipping the open segment makes no sense.
+pub const MIN_PARTIAL_INTERVAL: Duration = Duration::from_millis(10);
+pub const MAX_PARTIAL_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default for `lookahead`: four segments in flight keep a 2-core primary's disk and one core
 /// of compression busy without starving PostgreSQL.
 pub const DEFAULT_LOOKAHEAD: usize = 4;
@@ -253,6 +257,7 @@ pub struct SenderFile {
     pub conninfo: Option<String>,
     pub max_backlog: Option<Scalar>,
     pub state_dir: Option<PathBuf>,
+    pub partial_interval: Option<Scalar>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,7 +311,8 @@ pub struct SenderSettings {
     pub lookahead: usize,
     /// The plain-HTTP Prometheus endpoint of the daemon (`metrics_listen`; none: off).
     pub metrics_listen: Option<SocketAddr>,
-    /// How `check` reaches the primary (`conninfo`, libpq syntax).
+    /// How `check` and the daemon's open-segment shipping reach the primary (`conninfo`,
+    /// libpq syntax).
     pub conninfo: Option<String>,
     /// The pg_wal valve (`max_backlog`, bytes; none: off): past it, a failed push of the
     /// oldest `.ready` segment drops it (see `walship_common::valve`). Needs `pgdata`.
@@ -314,6 +320,9 @@ pub struct SenderSettings {
     /// Where the sender keeps its state (`state_dir`; default `<pgdata>/walship_sender`):
     /// the record of dropped segments. `None` without `pgdata` and `state_dir`.
     pub state_dir: Option<PathBuf>,
+    /// How often the daemon ships the open segment's new flushed bytes as `NAME.partial`
+    /// (`partial_interval`; none: off). Needs `pgdata` and `conninfo`.
+    pub partial_interval: Option<Duration>,
 }
 
 /// Default `state_dir` under `pgdata`: a name of walship's own, which PostgreSQL ignores and
@@ -477,7 +486,30 @@ impl SenderSettings {
             Some(dir) => Some(base.join(dir)),
             None => pgdata.as_ref().map(|p| p.join(DEFAULT_STATE_SUBDIR)),
         };
+        let partial_interval = match &file.partial_interval {
+            None => None,
+            Some(v) => {
+                let d = parse_duration(&v.bare())
+                    .map_err(|r| src.invalid("partial_interval", v.literal(), r))?;
+                if !(MIN_PARTIAL_INTERVAL..=MAX_PARTIAL_INTERVAL).contains(&d) {
+                    return Err(src.invalid(
+                        "partial_interval",
+                        v.literal(),
+                        "expected \"10ms\" to \"1h\" (for example \"200ms\"), or leave it out to ship finished segments only",
+                    ));
+                }
+                if pgdata.is_none() || file.conninfo.is_none() {
+                    return Err(src.invalid(
+                        "partial_interval",
+                        v.literal(),
+                        "the daemon reads the open segment from pg_wal and asks the primary for its flush position: set `pgdata` and `conninfo` too",
+                    ));
+                }
+                Some(d)
+            }
+        };
         Ok(SenderSettings {
+            partial_interval,
             socket: file.socket.map(|p| base.join(p)),
             pgdata,
             max_backlog,

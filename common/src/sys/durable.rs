@@ -325,6 +325,58 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// fsync, rename over `dir/name` (replacing what is there), fsync the directory. Only for
+    /// a file whose old content the caller has judged superseded (a stream partial that the
+    /// whole `.partial` extends).
+    pub fn publish_replacing(mut self, name: &str) -> Result<(), DurableError> {
+        self.file.sync_all().map_err(io_err("fsync", &self.path))?;
+        let target = self.dir.join(name);
+        fs::rename(&self.path, &target).map_err(io_err("rename temp file to", &target))?;
+        self.published = true;
+        sync_dir(&self.dir)
+    }
+}
+
+/// Append `body` durably to the regular file `dir/name`, which must hold exactly `offset`
+/// bytes (else [`DurableError::Conflict`]): written at `offset`, then `fdatasync` (which also
+/// makes the new length durable). Opened without following links or blocking on a FIFO; a
+/// crash mid-append leaves a prefix of `body` at most, never other bytes. Returns the new length.
+pub fn append_at(dir: &Path, name: &str, offset: u64, body: &[u8]) -> Result<u64, DurableError> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| classify_open_error(&path, e))?;
+    let meta = file.metadata().map_err(io_err("stat", &path))?;
+    check_regular(&path, &meta)?;
+    if meta.len() != offset {
+        return Err(DurableError::Conflict { path });
+    }
+    file.write_all_at(body, offset)
+        .map_err(io_err("write", &path))?;
+    file.sync_data().map_err(io_err("fdatasync", &path))?;
+    Ok(offset + body.len() as u64)
+}
+
+/// The first `n` bytes (fewer if the file is shorter) of the regular file `path` and its
+/// length; `None` when nothing has that name.
+pub fn read_head(path: &Path, n: usize) -> Result<Option<(Vec<u8>, u64)>, OpenError> {
+    let Some(file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    let io = |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let mut head = Vec::with_capacity(n);
+    file.take(n as u64).read_to_end(&mut head).map_err(io)?;
+    Ok(Some((head, len)))
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.published {

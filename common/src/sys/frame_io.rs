@@ -165,6 +165,7 @@ mod tests {
             size: 3,
             encoding: crate::proto::Encoding::Plain,
             dropped: Vec::new(),
+            append_at: None,
         };
         let bytes = request.encode();
         let body = read_frame_blocking(&mut &bytes[..], REQUEST).unwrap();

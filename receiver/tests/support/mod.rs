@@ -325,6 +325,7 @@ impl RawClient {
             size,
             encoding: walship_common::proto::Encoding::Plain,
             dropped: Vec::new(),
+            append_at: None,
         };
         tx.write_all(&request.encode()).await.expect("send header");
         tx.write_all(content).await.expect("send content");
