@@ -45,6 +45,8 @@ pub struct Status {
     pub healthy: bool,
     /// Each problem found, one line each, with what to do.
     pub problems: Vec<String>,
+    /// The `[[clusters]]` table's name (`--cluster`); null in the single-cluster form.
+    pub cluster_name: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -126,6 +128,7 @@ pub async fn gather(
         serve_pid: serve.as_ref().ok().cloned().flatten(),
         healthy: true,
         problems: Vec::new(),
+        cluster_name: settings.cluster.clone(),
     }
     .judged(serve.err().as_ref(), max_age))
 }
@@ -233,6 +236,9 @@ async fn standby_status(conninfo: &str) -> StandbyStatus {
 ///
 /// or, instead of `health: ok`, one `PROBLEM: ...` line per problem.
 pub fn print_human(s: &Status) {
+    if let Some(name) = &s.cluster_name {
+        println!("cluster name:     {name}");
+    }
     println!("archive_dir:      {}", s.archive_dir);
     match s.cluster_system_identifier {
         Some(id) => println!("cluster:          {id}"),
@@ -381,6 +387,7 @@ mod tests {
             serve_pid: Some("4242".into()),
             healthy: true,
             problems: Vec::new(),
+            cluster_name: None,
         }
     }
 

@@ -31,7 +31,9 @@ pub const ALPN: &[u8] = b"walship/1";
 /// refusals for history, backup and partial files checked by content; the digest is always the
 /// trailer (`Request` has no digest field); a request of another version is answered in the
 /// sender's version with advice on which side to upgrade.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: `Refusal::ClientNotAllowed`, for a client certificate no `[[clusters]]` table of
+/// the receiver allows.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
 /// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
 const LAST_UNDIRECTED_VERSION: u16 = 3;
@@ -39,7 +41,7 @@ const LAST_UNDIRECTED_VERSION: u16 = 3;
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// What `--version` prints after the program's name: the release and the protocol it speaks,
 /// so that an operator comparing the two hosts sees at once whether they can talk.
-pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 4)");
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 5)");
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"WSHP";
 /// magic (4) + version (2) + body length (4).
@@ -187,6 +189,11 @@ pub enum Refusal {
         min_rate: u64,
         grace_secs: u64,
     },
+    /// The receiver serves several clusters and no `[[clusters]]` table lists this client
+    /// certificate in `allowed_clients`; `subject` is the certificate's subject, as the receiver
+    /// read it. Nothing was read or written.
+    #[error("the receiver allows client certificate {subject} to write to none of its clusters; nothing was stored. Add its name to allowed_clients of this primary's [[clusters]] table in receiver.toml (and restart serve), or give this sender the certificate issued for its cluster (walship-receiver certs --client-name)")]
+    ClientNotAllowed { subject: String },
 }
 
 /// Where the standby was promoted, for the fenced refusal: an LSN, or, while `promote` runs and
@@ -658,6 +665,12 @@ mod tests {
                 },
                 vec![N, "100", " 7 ", "31s", "65536", "30s", "min_upload_rate"],
             ),
+            (
+                Refusal::ClientNotAllowed {
+                    subject: "CN=walship-sender".into(),
+                },
+                vec!["CN=walship-sender", "allowed_clients", "--client-name"],
+            ),
         ]
     }
 
@@ -692,12 +705,12 @@ mod tests {
     fn variant_count(r: &Refusal) -> usize {
         use Refusal::*;
         match r {
-            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 18,
-            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 18,
-            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 18,
-            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 18,
-            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 18,
-            PromotionInProgress { .. } | TooSlow { .. } => 18,
+            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 19,
+            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 19,
+            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 19,
+            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 19,
+            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 19,
+            PromotionInProgress { .. } | TooSlow { .. } | ClientNotAllowed { .. } => 19,
         }
     }
 
