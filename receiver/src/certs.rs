@@ -363,6 +363,57 @@ mod tests {
     }
 
     #[test]
+    fn client_names_issue_certificates_from_the_existing_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        CertSet::generate("localhost", Validity::ten_years())
+            .unwrap()
+            .write(dir.path())
+            .unwrap();
+        client_certificate(dir.path(), "sales-primary").unwrap();
+        let pem = std::fs::read_to_string(p("client-sales-primary.pem")).unwrap();
+        let der = rustls_pemfile_der(&pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(cert.subject().to_string(), "CN=sales-primary");
+        assert_eq!(cert.issuer().to_string(), "CN=walship CA");
+        let mode = std::fs::metadata(p("client-sales-primary.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        client_config(
+            &p("ca.pem"),
+            &p("client-sales-primary.pem"),
+            &p("client-sales-primary.key"),
+        )
+        .unwrap();
+
+        // Never over an existing file; a bad name writes nothing.
+        let err = client_certificate(dir.path(), "sales-primary").unwrap_err();
+        assert!(matches!(err, TlsError::Exists { .. }), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(p("client-sales-primary.pem")).unwrap(),
+            pem
+        );
+        for bad in ["", "../x", "a b", ".x"] {
+            let err = client_certificate(dir.path(), bad).unwrap_err().to_string();
+            assert!(err.contains("--client-name"), "{bad:?}: {err}");
+        }
+        // A key that is not the CA's.
+        let other = CertSet::generate("localhost", Validity::ten_years()).unwrap();
+        let ca = std::fs::read_to_string(p("ca.pem")).unwrap();
+        let err = issue_client(&ca, &other.ca_key, "x", Validity::ten_years()).unwrap_err();
+        assert!(err.to_string().contains("not the key of ca.pem"), "{err}");
+        // No CA in the directory.
+        let empty = tempfile::tempdir().unwrap();
+        let err = client_certificate(empty.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca.pem"), "{err}");
+        assert!(!empty.path().join("client-x.pem").exists());
+    }
+
+    #[test]
     fn a_name_the_sender_cannot_use_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
         for (i, name) in ["", "a b", "standby.", "*.example.com", "[::1]"]

@@ -425,7 +425,8 @@ mod tests {
             },
             "serve_pid": "4242",
             "healthy": true,
-            "problems": []
+            "problems": [],
+            "cluster_name": null
         });
         assert_eq!(json, expected);
     }

@@ -479,9 +479,10 @@ mod tests {
         else {
             panic!("not a malformed-request refusal")
         };
+        let ours = format!("protocol version {PROTOCOL_VERSION}");
         for needle in [
             "protocol version 3",
-            "protocol version 4",
+            ours.as_str(),
             "upgrade walship-sender on the primary",
             RELEASE,
         ] {
@@ -490,25 +491,37 @@ mod tests {
         assert!(!reason.contains('\n'), "{reason}");
     }
 
-    /// A newer sender (protocol 5 and later) gets the typed refusal in its own version, and the
+    /// A newer sender (protocol 4 and later) gets the typed refusal in its own version, and the
     /// encoding of `UnsupportedVersion` is the one it was in protocol 1: variants 2 and 7, two
     /// u16 (varint).
     #[test]
     fn a_newer_sender_gets_the_typed_refusal_in_its_own_version() {
+        let newer = PROTOCOL_VERSION + 1;
         let refusal = Refusal::UnsupportedVersion {
             receiver: PROTOCOL_VERSION,
-            sender: 5,
+            sender: newer,
         };
         let bytes = Reply::Refused(refusal.clone()).encode();
-        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 5);
-        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 4, 5]);
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), newer);
+        assert_eq!(
+            &bytes[PREAMBLE_LEN..],
+            &[2, 7, PROTOCOL_VERSION as u8, newer as u8]
+        );
+        // A sender of protocol 4 (before ClientNotAllowed) gets it in its own version too.
+        let bytes = Reply::Refused(Refusal::UnsupportedVersion {
+            receiver: PROTOCOL_VERSION,
+            sender: 4,
+        })
+        .encode();
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 4);
+        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, PROTOCOL_VERSION as u8, 4]);
         let text = refusal.to_string();
         assert!(
             text.contains("upgrade walship-receiver on the standby"),
             "{text}"
         );
         let older = Refusal::UnsupportedVersion {
-            receiver: 5,
+            receiver: newer,
             sender: PROTOCOL_VERSION,
         };
         assert!(older
