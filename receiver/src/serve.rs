@@ -120,8 +120,10 @@ pub async fn run_with(
     let mut clusters = Vec::new();
     for view in settings.views() {
         let archive = match &view.cluster {
-            Some(name) => Archive::open(&view)
-                .map_err(|e| ReceiverError::Task(format!("cluster {name}: {e}")))?,
+            Some(name) => Archive::open(&view).map_err(|e| ReceiverError::Cluster {
+                name: name.clone(),
+                source: Box::new(e),
+            })?,
             None => Archive::open(&view)?,
         };
         if let Some(name) = &view.cluster {
