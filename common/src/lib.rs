@@ -13,6 +13,8 @@
 //!   bytes, CRC checked.
 //! - [`human`]: sizes, durations and times as operators read them (`16.0 MiB`, `5m 3s`,
 //!   RFC 3339 to the second).
+//! - [`clusters`]: many clusters on one receiver: safe cluster and client names, and which
+//!   cluster a client certificate may write to.
 //! - [`check`]: the judgements of `check` on both sides (certificate expiry, does a
 //!   PostgreSQL command run this program with this config, has a segment been archived).
 //! - [`handshake`]: why a TLS handshake failed (who closed, which alert) and the advice that
@@ -40,6 +42,7 @@
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
 pub mod check;
+pub mod clusters;
 pub mod handshake;
 pub mod http;
 pub mod human;

@@ -71,7 +71,7 @@ fn assert_every_key_shown(name: &str, text: &str, keys: &[String]) {
     for key in keys {
         let shown = text.lines().any(|l| {
             let l = l.strip_prefix("# ").unwrap_or(l);
-            l.starts_with(&format!("{key} = "))
+            l.starts_with(&format!("{key} = ")) || l == format!("[[{key}]]")
         });
         assert!(shown, "deploy/{name} does not show `{key}`");
     }
@@ -128,4 +128,31 @@ fn sender_example_loads_as_shipped_and_uncommented() {
 
     let keys = known_keys(|p| SenderSettings::load(p).map(drop));
     assert_every_key_shown("sender.toml", &text, &keys);
+}
+
+#[test]
+fn receiver_clusters_example_loads_as_shipped_and_uncommented() {
+    let text = example("receiver-clusters.toml");
+    for text in [text.clone(), uncommented(&text)] {
+        let (_dir, path, s) =
+            load_text("receiver-clusters.toml", &text, ReceiverSettings::load_all);
+        let base = path.parent().unwrap();
+        assert_eq!(s.cert, base.join("certs/server.pem"));
+        assert_eq!(s.cluster_names(), ["sales", "billing"]);
+        let views = s.views();
+        assert_eq!(
+            views[0].archive_dir,
+            PathBuf::from("/var/lib/walship/sales")
+        );
+        assert_eq!(views[1].allowed_clients, ["billing-primary"]);
+        assert!(views.iter().all(|v| v.conninfo.is_some()));
+    }
+    let all = uncommented(&text);
+    let (_dir, _, s) = load_text("receiver-clusters.toml", &all, |p| {
+        ReceiverSettings::load_cluster(p, Some("billing"))
+    });
+    assert_eq!(
+        s.pgdata,
+        Some(PathBuf::from("/var/lib/postgresql/15/billing"))
+    );
 }

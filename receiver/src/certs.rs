@@ -29,6 +29,159 @@ pub fn certs(dir: &Path, server_name: &str) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// `certs --dir DIR --client-name NAME`: one more client certificate, common name NAME, from
+/// the CA in DIR (ca.pem, ca.key), written as `client-NAME.pem` and `client-NAME.key` (never
+/// over existing ones). NAME is what a `[[clusters]]` table's allowed_clients lists.
+pub fn client_certificate(dir: &Path, name: &str) -> Result<(), TlsError> {
+    walship_common::clusters::check_name(name).map_err(|reason| {
+        TlsError::Generate(format!(
+            "--client-name {name:?}: {reason}; nothing was written"
+        ))
+    })?;
+    let (pem, key) = client_file_names(name);
+    for file in [&pem, &key] {
+        let path = dir.join(file);
+        if path.symlink_metadata().is_ok() {
+            return Err(TlsError::Exists { path });
+        }
+    }
+    let read = |what: &'static str, file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path).map_err(|source| TlsError::Read { what, path, source })
+    };
+    let ca_pem = read("CA certificate", "ca.pem")?;
+    let ca_key = read("CA key", "ca.key")?;
+    let client = issue_client(&ca_pem, &ca_key, name, Validity::ten_years())?;
+    for (file, body, mode) in [(&pem, &client.0, 0o644), (&key, &client.1, 0o600)] {
+        match durable::publish_new(dir, file, body.as_bytes(), mode)? {
+            durable::Published::Stored => {}
+            durable::Published::AlreadyIdentical => {
+                return Err(TlsError::Exists {
+                    path: dir.join(file),
+                })
+            }
+        }
+        println!("{}", dir.join(file).display());
+    }
+    eprintln!(
+        "walship-receiver: created a client certificate for {name:?} from the CA in {dir}. \
+         Copy {pem} and {key} (and ca.pem) to that cluster's primary, as cert and key in its sender.toml (key owned by the user running walship there, mode 0600), \
+         and list {name:?} in allowed_clients of its [[clusters]] table in receiver.toml.",
+        dir = dir.display()
+    );
+    Ok(())
+}
+
+/// The files `certs --client-name NAME` writes: `client-NAME.pem`, `client-NAME.key`.
+pub fn client_file_names(name: &str) -> (String, String) {
+    (format!("client-{name}.pem"), format!("client-{name}.key"))
+}
+
+/// A client certificate (PEM) and its key (PEM) with common name `name`, signed by the CA
+/// `ca_pem`/`ca_key_pem`. Checks that the key is the CA's and that the issued certificate names
+/// the CA's subject exactly (so that it chains to ca.pem).
+pub fn issue_client(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    name: &str,
+    validity: Validity,
+) -> Result<(String, String), TlsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let bad_ca = |why: String| TlsError::Generate(format!("ca.pem: {why}; nothing was written"));
+    let ca_der = rustls_pemfile_der(ca_pem).ok_or_else(|| bad_ca("no PEM certificate".into()))?;
+    let (_, ca) =
+        x509_parser::parse_x509_certificate(&ca_der).map_err(|e| bad_ca(e.to_string()))?;
+    let ca_key = KeyPair::from_pem(ca_key_pem)
+        .map_err(|e| TlsError::Generate(format!("ca.key: {e}; nothing was written")))?;
+    if ca.public_key().subject_public_key.data.as_ref() != ca_key.public_key_raw() {
+        return Err(TlsError::Generate(
+            "ca.key is not the key of ca.pem; nothing was written. Use the ca.pem and ca.key that walship-receiver certs wrote together".into(),
+        ));
+    }
+    let mut issuer = CertificateParams::default();
+    issuer.distinguished_name = distinguished_name(ca.subject()).map_err(bad_ca)?;
+    issuer.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    issuer.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = issuer.self_signed(&ca_key).map_err(gen)?;
+
+    let key = KeyPair::generate().map_err(gen)?;
+    let mut params = CertificateParams::default();
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer, &ca_key).map_err(gen)?;
+    let (_, issued) =
+        x509_parser::parse_x509_certificate(cert.der()).map_err(|e| bad_ca(e.to_string()))?;
+    if issued.issuer().as_raw() != ca.subject().as_raw() {
+        return Err(bad_ca(format!(
+            "its subject {} cannot be reproduced exactly, so a certificate issued here would not chain to it; use a CA made by walship-receiver certs",
+            ca.subject()
+        )));
+    }
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The first certificate of a PEM text, as DER.
+fn rustls_pemfile_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+/// rcgen's form of a certificate subject, attribute by attribute, with each value's string type.
+fn distinguished_name(
+    subject: &x509_parser::x509::X509Name,
+) -> Result<rcgen::DistinguishedName, String> {
+    use rcgen::{DnType, DnValue};
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let mut dn = rcgen::DistinguishedName::new();
+    for attr in subject.iter_attributes() {
+        let oid: Vec<u64> = attr
+            .attr_type()
+            .iter()
+            .ok_or("an attribute type too long to copy")?
+            .collect();
+        let ty = match oid.as_slice() {
+            [2, 5, 4, 3] => DnType::CommonName,
+            [2, 5, 4, 6] => DnType::CountryName,
+            [2, 5, 4, 7] => DnType::LocalityName,
+            [2, 5, 4, 8] => DnType::StateOrProvinceName,
+            [2, 5, 4, 10] => DnType::OrganizationName,
+            [2, 5, 4, 11] => DnType::OrganizationalUnitName,
+            _ => DnType::CustomDnType(oid),
+        };
+        let value = attr.attr_value();
+        let text = || {
+            std::str::from_utf8(value.data)
+                .map(str::to_string)
+                .map_err(|_| "an attribute that is not text".to_string())
+        };
+        let value = match value.header.tag() {
+            Tag::Utf8String => DnValue::Utf8String(text()?),
+            Tag::PrintableString => DnValue::PrintableString(
+                text()?
+                    .try_into()
+                    .map_err(|e: rcgen::Error| e.to_string())?,
+            ),
+            Tag::Ia5String => DnValue::Ia5String(
+                text()?
+                    .try_into()
+                    .map_err(|e: rcgen::Error| e.to_string())?,
+            ),
+            other => return Err(format!("an attribute of string type {other}")),
+        };
+        dn.push(ty, value);
+    }
+    Ok(dn)
+}
+
 /// Why `name` cannot go into the server certificate: what the sender's `server_name` refuses,
 /// and a trailing dot (the sender may write "host." for "host", but a certificate made for
 /// "host." matches no name at all).
@@ -207,6 +360,57 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_key(&key).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn client_names_issue_certificates_from_the_existing_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        CertSet::generate("localhost", Validity::ten_years())
+            .unwrap()
+            .write(dir.path())
+            .unwrap();
+        client_certificate(dir.path(), "sales-primary").unwrap();
+        let pem = std::fs::read_to_string(p("client-sales-primary.pem")).unwrap();
+        let der = rustls_pemfile_der(&pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(cert.subject().to_string(), "CN=sales-primary");
+        assert_eq!(cert.issuer().to_string(), "CN=walship CA");
+        let mode = std::fs::metadata(p("client-sales-primary.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        client_config(
+            &p("ca.pem"),
+            &p("client-sales-primary.pem"),
+            &p("client-sales-primary.key"),
+        )
+        .unwrap();
+
+        // Never over an existing file; a bad name writes nothing.
+        let err = client_certificate(dir.path(), "sales-primary").unwrap_err();
+        assert!(matches!(err, TlsError::Exists { .. }), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(p("client-sales-primary.pem")).unwrap(),
+            pem
+        );
+        for bad in ["", "../x", "a b", ".x"] {
+            let err = client_certificate(dir.path(), bad).unwrap_err().to_string();
+            assert!(err.contains("--client-name"), "{bad:?}: {err}");
+        }
+        // A key that is not the CA's.
+        let other = CertSet::generate("localhost", Validity::ten_years()).unwrap();
+        let ca = std::fs::read_to_string(p("ca.pem")).unwrap();
+        let err = issue_client(&ca, &other.ca_key, "x", Validity::ten_years()).unwrap_err();
+        assert!(err.to_string().contains("not the key of ca.pem"), "{err}");
+        // No CA in the directory.
+        let empty = tempfile::tempdir().unwrap();
+        let err = client_certificate(empty.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca.pem"), "{err}");
+        assert!(!empty.path().join("client-x.pem").exists());
     }
 
     #[test]

@@ -27,10 +27,11 @@ use crate::state;
 const STANDBY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run every check, printing each line as it is decided; the exit code (0 passed, 1 failed).
-pub fn command(config: Option<&Path>) -> u8 {
+pub fn command(config: Option<&Path>, cluster: Option<&str>) -> u8 {
     let mut report = Report::default();
     let mut note = |what: String, verdict: Verdict| println!("{}", report.add(what, verdict));
-    let Some(settings) = files::settings(config, ReceiverSettings::load, &mut note) else {
+    let load = |p: &Path| ReceiverSettings::load_cluster(p, cluster);
+    let Some(settings) = files::settings(config, load, &mut note) else {
         return 1;
     };
     files::tls_files(
@@ -174,12 +175,17 @@ async fn restore_command(settings: &ReceiverSettings, client: &Client) -> Verdic
         resolver.exe.display().to_string(),
         resolver.config.display().to_string(),
     );
+    // Many clusters: the standby names its own (`restore --cluster NAME %f %p`).
+    let rest: Vec<&str> = match &settings.cluster {
+        Some(name) => vec!["restore", "--cluster", name, "%f", "%p"],
+        None => vec!["restore", "%f", "%p"],
+    };
     let expect = Expected {
         setting: "restore_command",
         program_name: "walship-receiver",
         program: &program,
         config: &config,
-        rest: &["restore", "%f", "%p"],
+        rest: &rest,
     };
     judge_command(&command, &expect, &resolver)
 }

@@ -35,7 +35,7 @@ use crate::error::ReceiverError;
 pub const EXIT_BAD_NAME: u8 = 2;
 
 /// The whole command: parse `%r`, load the config, clean up, print. Returns the exit code.
-pub fn command(config: Option<&Path>, restart: &str, dry_run: bool) -> u8 {
+pub fn command(config: Option<&Path>, cluster: Option<&str>, restart: &str, dry_run: bool) -> u8 {
     let segment = match retention::restart_segment(restart) {
         Ok(s) => s,
         Err(e) => {
@@ -46,7 +46,7 @@ pub fn command(config: Option<&Path>, restart: &str, dry_run: bool) -> u8 {
         }
     };
     let result = config::require(config)
-        .and_then(ReceiverSettings::load)
+        .and_then(|p| ReceiverSettings::load_cluster(p, cluster))
         .map_err(ReceiverError::from)
         .and_then(|s| cleanup(&s, segment, dry_run, SystemTime::now()));
     match result {

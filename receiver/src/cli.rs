@@ -23,23 +23,40 @@ pub enum Command {
     Serve,
     /// restore_command: copy archived file NAME to PATH (`restore %f %p`).
     Restore {
+        /// Which [[clusters]] table of receiver.toml (required when it configures several).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         /// WAL file name PostgreSQL asks for (%f).
         name: String,
         /// Where to put it (%p).
         path: PathBuf,
     },
-    /// Create a CA, a server and a client certificate for mutual TLS.
+    /// Create a CA, a server and a client certificate for mutual TLS (--server-name); or, with
+    /// --client-name, one more client certificate from the CA already in DIR.
     Certs {
-        /// Directory to write ca.pem ca.key server.pem server.key client.pem client.key into.
+        /// Directory to write ca.pem ca.key server.pem server.key client.pem client.key into
+        /// (with --client-name: that holds ca.pem and ca.key, and gets client-NAME.pem and
+        /// client-NAME.key).
         #[arg(long)]
         dir: PathBuf,
         /// Name (DNS name or IP address) the sender uses to reach this receiver (server_name).
-        #[arg(long)]
-        server_name: String,
+        #[arg(
+            long,
+            required_unless_present = "client_name",
+            conflicts_with = "client_name"
+        )]
+        server_name: Option<String>,
+        /// Issue one more client certificate, with this name as its common name (what
+        /// allowed_clients lists), from the CA in DIR: letters, digits, '-', '_', '.'.
+        #[arg(long, value_name = "NAME")]
+        client_name: Option<String>,
     },
     /// Manual failover: wait until the standby replayed everything archived, fence the old
     /// timeline, promote the standby and report the promotion LSN and new timeline.
     Promote {
+        /// Which [[clusters]] table of receiver.toml (required when it configures several).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         /// How long to wait for replay before giving up without promoting: "5m", "90s", "1h 30m"
         /// (a number alone means seconds).
         #[arg(long, value_name = "DURATION", default_value = "5m",
@@ -58,6 +75,9 @@ pub enum Command {
     /// before %r on any timeline (as pg_archivecleanup does); keeps history and state files and
     /// files stored less than retain_for ago.
     Cleanup {
+        /// Which [[clusters]] table of receiver.toml (required when it configures several).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         /// Print the names that would be removed, one per line, and remove nothing.
         #[arg(long)]
         dry_run: bool,
@@ -69,11 +89,18 @@ pub enum Command {
     /// fix): config, key, certificates (WARN within 30 days of expiry), archive_dir writable,
     /// serve running, and with conninfo/pgdata the standby in recovery, its restore_command and
     /// its cluster against the archive's pin. Exit 0 when nothing failed, 1 otherwise.
-    Check,
+    Check {
+        /// Which [[clusters]] table of receiver.toml (required when it configures several).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+    },
     /// Show what the archive holds, whether it is fenced, and the standby's replay position;
     /// exit 0 only when healthy, 1 naming each problem (serve not running, the standby
     /// unreachable, the newest segment older than --max-age).
     Status {
+        /// Which [[clusters]] table of receiver.toml (required when it configures several).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         /// Machine-readable output (stable fields, documented in the README).
         #[arg(long)]
         json: bool,

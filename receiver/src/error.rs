@@ -112,4 +112,11 @@ pub enum ReceiverError {
     },
     #[error("a serving task failed: {0}")]
     Task(String),
+    /// A problem of one `[[clusters]]` table's archive (many-cluster form), named.
+    #[error("cluster {name}: {source}")]
+    Cluster {
+        name: String,
+        #[source]
+        source: Box<ReceiverError>,
+    },
 }

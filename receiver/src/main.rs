@@ -30,13 +30,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Restore { name, path } => {
+        Command::Restore {
+            cluster,
+            name,
+            path,
+        } => {
             // restore_command runs once per WAL file: no logging set-up unless asked for
             // (RUST_LOG); its errors go to stderr directly.
             if std::env::var_os("RUST_LOG").is_some() {
                 walship_common::sys::logging::init("warn");
             }
-            let result = settings(cli.config).and_then(|s| restore::restore(&s, &name, &path));
+            let result = settings(cli.config, cluster.as_deref())
+                .and_then(|s| restore::restore(&s, &name, &path));
             match result {
                 Ok(restore::Restored::Copied(bytes)) => {
                     tracing::debug!(%name, bytes, "restored");
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Promote {
+            cluster,
             timeout,
             no_wait_replay,
             accept_gap,
@@ -60,16 +66,20 @@ fn main() -> ExitCode {
                 no_wait_replay,
                 accept_gap,
             };
-            let result = settings(cli.config)
+            let result = settings(cli.config, cluster.as_deref())
                 .and_then(|s| runtime().and_then(|rt| rt.block_on(promote::promote(&s, &opts))));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
         }
-        Command::Status { json, max_age } => {
+        Command::Status {
+            cluster,
+            json,
+            max_age,
+        } => {
             walship_common::sys::logging::init("warn");
-            let result = settings(cli.config)
+            let result = settings(cli.config, cluster.as_deref())
                 .and_then(|s| runtime().and_then(|rt| rt.block_on(status::gather(&s, max_age))));
             match result {
                 Ok(st) => {
@@ -86,20 +96,38 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Cleanup { dry_run, restart } => {
+        Command::Cleanup {
+            cluster,
+            dry_run,
+            restart,
+        } => {
             // Run by PostgreSQL after each restartpoint: its own lines only, unless RUST_LOG asks.
             if std::env::var_os("RUST_LOG").is_some() {
                 walship_common::sys::logging::init("warn");
             }
-            ExitCode::from(cleanup::command(cli.config.as_deref(), &restart, dry_run))
+            ExitCode::from(cleanup::command(
+                cli.config.as_deref(),
+                cluster.as_deref(),
+                &restart,
+                dry_run,
+            ))
         }
-        Command::Check => {
+        Command::Check { cluster } => {
             walship_common::sys::logging::init("warn");
-            ExitCode::from(check::command(cli.config.as_deref()))
+            ExitCode::from(check::command(cli.config.as_deref(), cluster.as_deref()))
         }
-        Command::Certs { dir, server_name } => {
+        Command::Certs {
+            dir,
+            server_name,
+            client_name,
+        } => {
             walship_common::sys::logging::init("warn");
-            match certs::certs(&dir, &server_name) {
+            let result = match (server_name, client_name) {
+                (_, Some(client)) => certs::client_certificate(&dir, &client),
+                (Some(server), None) => certs::certs(&dir, &server),
+                (None, None) => unreachable!("clap requires --server-name or --client-name"),
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&ReceiverError::Tls(e)),
             }
@@ -114,8 +142,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, ReceiverError> {
         .map_err(|e| ReceiverError::Task(e.to_string()))
 }
 
-fn settings(config: Option<PathBuf>) -> Result<ReceiverSettings, ReceiverError> {
-    Ok(ReceiverSettings::load(config::require(config.as_deref())?)?)
+/// The settings of the cluster `--cluster` names (required when several are configured).
+fn settings(
+    config: Option<PathBuf>,
+    cluster: Option<&str>,
+) -> Result<ReceiverSettings, ReceiverError> {
+    Ok(ReceiverSettings::load_cluster(
+        config::require(config.as_deref())?,
+        cluster,
+    )?)
 }
 
 fn fail(e: &ReceiverError) -> ExitCode {
@@ -124,7 +159,8 @@ fn fail(e: &ReceiverError) -> ExitCode {
 }
 
 fn serve_main(config: Option<PathBuf>) -> Result<(), ReceiverError> {
-    let settings = settings(config)?;
+    // Every cluster configured: serve stores for each (see serve::run).
+    let settings = ReceiverSettings::load_all(config::require(config.as_deref())?)?;
     fixed_mmap_threshold();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| ReceiverError::Task(e.to_string()))?;
     runtime.block_on(async move {

@@ -7,8 +7,13 @@
 //! sees them. What it can tell honestly is what the per-standby restore records say (the last
 //! segment served and the last one missed, and when): those are gauges read from archive_dir at
 //! scrape time, one series per standby, not counters.
+//!
+//! Many clusters on one receiver: the series above count the whole receiver; in that form each
+//! cluster also has its own `walship_cluster_*` series with a `cluster` label (files and bytes
+//! stored, refusals by reason, the last store time), and the restore gauges carry a `cluster`
+//! label too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
@@ -30,11 +35,30 @@ struct Reason {
     reason: &'static str,
 }
 
-/// One standby's restore record: its data directory (empty for the record of walship versions
-/// that kept a single one).
+/// One standby's restore record: its cluster (many-cluster form only) and its data directory
+/// (empty for the record of walship versions that kept a single one). A list of pairs, so that
+/// the single-cluster form keeps its one label.
+type Standby = Vec<(&'static str, String)>;
+
+/// A cluster's own series (many-cluster form).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Standby {
-    data_directory: String,
+struct Cluster {
+    cluster: String,
+}
+
+/// A cluster's refusals, by reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterReason {
+    cluster: String,
+    reason: &'static str,
+}
+
+/// An archive the endpoint reports on: its cluster (none in the single-cluster form), its
+/// directory, and when its newest segment arrived (at start).
+pub struct Watched {
+    pub cluster: Option<String>,
+    pub dir: PathBuf,
+    pub newest: Option<SystemTime>,
 }
 
 struct Metrics {
@@ -49,6 +73,11 @@ struct Metrics {
     uploads: Gauge,
     restore_served: Family<Standby, Gauge>,
     restore_missed: Family<Standby, Gauge>,
+    cluster_files: Family<Cluster, Counter>,
+    cluster_bytes: Family<Cluster, Counter>,
+    cluster_already_had: Family<Cluster, Counter>,
+    cluster_refusals: Family<ClusterReason, Counter>,
+    cluster_last_stored: Family<Cluster, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new().registered());
@@ -68,6 +97,11 @@ impl Metrics {
             uploads: Gauge::default(),
             restore_served: Family::default(),
             restore_missed: Family::default(),
+            cluster_files: Family::default(),
+            cluster_bytes: Family::default(),
+            cluster_already_had: Family::default(),
+            cluster_refusals: Family::default(),
+            cluster_last_stored: Family::default(),
         };
         for reason in REFUSAL_REASONS {
             // Every reason from the start, at 0: a rate() needs the series before the event.
@@ -129,12 +163,37 @@ impl Metrics {
             "When restore last found a segment this standby asked for missing (Unix time, from its restore record).",
             self.restore_missed.clone(),
         );
+        r.register(
+            "walship_cluster_stored_files",
+            "Files stored durably, by cluster (many-cluster form).",
+            self.cluster_files.clone(),
+        );
+        r.register(
+            "walship_cluster_stored_bytes",
+            "Bytes of the files stored, by cluster (many-cluster form).",
+            self.cluster_bytes.clone(),
+        );
+        r.register(
+            "walship_cluster_already_had_files",
+            "Uploads answered \"already stored\", by cluster (many-cluster form).",
+            self.cluster_already_had.clone(),
+        );
+        r.register(
+            "walship_cluster_refusals",
+            "Uploads refused, by cluster and reason (many-cluster form; a client certificate allowed for no cluster counts in walship_refusals_total only).",
+            self.cluster_refusals.clone(),
+        );
+        r.register(
+            "walship_cluster_last_stored_timestamp_seconds",
+            "When the newest file of the cluster was stored (Unix time; many-cluster form).",
+            self.cluster_last_stored.clone(),
+        );
         self
     }
 }
 
 /// Every `reason` label value, one per [`Refusal`] variant.
-const REFUSAL_REASONS: [&str; 18] = [
+const REFUSAL_REASONS: [&str; 19] = [
     "bad_name",
     "foreign_cluster",
     "conflicting_content",
@@ -153,6 +212,7 @@ const REFUSAL_REASONS: [&str; 18] = [
     "bad_backup",
     "promotion_in_progress",
     "too_slow",
+    "client_not_allowed",
 ];
 
 /// The `reason` label of a refusal.
@@ -176,29 +236,55 @@ fn reason(r: &Refusal) -> &'static str {
         Refusal::BadBackup { .. } => "bad_backup",
         Refusal::PromotionInProgress { .. } => "promotion_in_progress",
         Refusal::TooSlow { .. } => "too_slow",
+        Refusal::ClientNotAllowed { .. } => "client_not_allowed",
     }
 }
 
-/// Set up the registry (once) with the last store time from the archive (`newest`: when its
-/// newest segment arrived), and return the endpoint's renderer for `archive_dir`.
-pub fn renderer(archive_dir: &Path, newest: Option<SystemTime>) -> Render {
-    if let Some(at) = newest {
-        METRICS.last_stored.set(unix_secs(at));
+/// Set up the registry (once) with the last store time from the archives (`newest`: when
+/// their newest segment arrived), and return the endpoint's renderer for them.
+pub fn renderer(archives: Vec<Watched>) -> Render {
+    let m = &*METRICS;
+    for w in &archives {
+        if let Some(name) = &w.cluster {
+            let cluster = Cluster {
+                cluster: name.clone(),
+            };
+            // Every cluster's series from the start, at 0.
+            let _ = m.cluster_files.get_or_create(&cluster);
+            let _ = m.cluster_bytes.get_or_create(&cluster);
+            let _ = m.cluster_already_had.get_or_create(&cluster);
+            for reason in REFUSAL_REASONS {
+                let _ = m.cluster_refusals.get_or_create(&ClusterReason {
+                    cluster: name.clone(),
+                    reason,
+                });
+            }
+            if let Some(at) = w.newest {
+                m.cluster_last_stored
+                    .get_or_create(&cluster)
+                    .set(unix_secs(at));
+            }
+        }
     }
-    let dir = archive_dir.to_path_buf();
-    std::sync::Arc::new(move || render(&dir))
+    if let Some(at) = archives.iter().filter_map(|w| w.newest).max() {
+        m.last_stored.set(unix_secs(at));
+    }
+    std::sync::Arc::new(move || render(&archives))
 }
 
-fn render(archive_dir: &Path) -> String {
-    refresh_restores(archive_dir);
-    encode(&METRICS.registry)
-}
-
-/// The restore gauges from the restore records in archive_dir, as they are now.
-fn refresh_restores(archive_dir: &Path) {
+fn render(archives: &[Watched]) -> String {
     let m = &*METRICS;
     m.restore_served.clear();
     m.restore_missed.clear();
+    for w in archives {
+        refresh_restores(w.cluster.as_deref(), &w.dir);
+    }
+    encode(&m.registry)
+}
+
+/// The restore gauges from the restore records in archive_dir, as they are now.
+fn refresh_restores(cluster: Option<&str>, archive_dir: &Path) {
+    let m = &*METRICS;
     let Ok(entries) = std::fs::read_dir(archive_dir) else {
         return;
     };
@@ -209,9 +295,14 @@ fn refresh_restores(archive_dir: &Path) {
         let Ok(log) = read_restore_log(archive_dir, &name) else {
             continue;
         };
-        let standby = Standby {
-            data_directory: log.data_directory.clone().unwrap_or_default(),
-        };
+        let mut standby: Standby = Vec::new();
+        if let Some(c) = cluster {
+            standby.push(("cluster", c.to_string()));
+        }
+        standby.push((
+            "data_directory",
+            log.data_directory.clone().unwrap_or_default(),
+        ));
         let set = |family: &Family<Standby, Gauge>, event: &Option<RestoreEvent>| {
             if let Some(e) = event {
                 family.get_or_create(&standby).set(unix_secs(e.at));
@@ -222,26 +313,52 @@ fn refresh_restores(archive_dir: &Path) {
     }
 }
 
-/// A file was stored: `bytes` plain bytes, `took` since its stream began.
-pub fn stored(bytes: u64, took: Duration) {
+/// A file was stored in `cluster` (none: the single-cluster form): `bytes` plain bytes,
+/// `took` since its stream began.
+pub fn stored(bytes: u64, took: Duration, cluster: Option<&str>) {
     let m = &*METRICS;
+    let now = unix_secs(SystemTime::now());
     m.stored_files.inc();
     m.stored_bytes.inc_by(bytes);
     m.transfer_seconds.observe(took.as_secs_f64());
-    m.last_stored.set(unix_secs(SystemTime::now()));
+    m.last_stored.set(now);
+    if let Some(c) = cluster {
+        let c = Cluster {
+            cluster: c.to_string(),
+        };
+        m.cluster_files.get_or_create(&c).inc();
+        m.cluster_bytes.get_or_create(&c).inc_by(bytes);
+        m.cluster_last_stored.get_or_create(&c).set(now);
+    }
 }
 
-/// An upload was answered "already had".
-pub fn already_had() {
+/// An upload to `cluster` was answered "already had".
+pub fn already_had(cluster: Option<&str>) {
     METRICS.already_had.inc();
+    if let Some(c) = cluster {
+        METRICS
+            .cluster_already_had
+            .get_or_create(&Cluster {
+                cluster: c.to_string(),
+            })
+            .inc();
+    }
 }
 
-/// An upload was refused.
-pub fn refused(r: &Refusal) {
-    METRICS
-        .refusals
-        .get_or_create(&Reason { reason: reason(r) })
-        .inc();
+/// An upload to `cluster` was refused (none: the single-cluster form, or a client certificate
+/// allowed for no cluster).
+pub fn refused(r: &Refusal, cluster: Option<&str>) {
+    let reason = reason(r);
+    METRICS.refusals.get_or_create(&Reason { reason }).inc();
+    if let Some(c) = cluster {
+        METRICS
+            .cluster_refusals
+            .get_or_create(&ClusterReason {
+                cluster: c.to_string(),
+                reason,
+            })
+            .inc();
+    }
 }
 
 /// A connection is open until the returned guard drops.
@@ -331,6 +448,7 @@ mod tests {
                 min_rate: 1,
                 grace_secs: 1,
             },
+            Refusal::ClientNotAllowed { subject: s() },
         ];
         let labels: Vec<&str> = all.iter().map(reason).collect();
         assert_eq!(labels, REFUSAL_REASONS);

@@ -15,7 +15,7 @@ use walship_common::state::{
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::durable;
 use walship_common::sys::pg_control;
-use walship_common::wal::name::{is_valid_seg_size, SegNo, TimelineId};
+use walship_common::wal::name::{SegNo, TimelineId};
 use walship_common::wal::partial::last_record_end;
 use walship_common::LongPageHeader;
 use walship_common::{Lsn, SegmentName, WalFileName};

@@ -115,13 +115,42 @@ pub async fn run_with(
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
 ) -> Result<(), ReceiverError> {
-    let archive = Arc::new(Archive::open(&settings)?);
+    // One archive per cluster (the single-cluster form: one), each with its own lock, pin,
+    // fence and restore records in its archive_dir.
+    let mut clusters = Vec::new();
+    for view in settings.views() {
+        let archive = match &view.cluster {
+            Some(name) => Archive::open(&view).map_err(|e| ReceiverError::Cluster {
+                name: name.clone(),
+                source: Box::new(e),
+            })?,
+            None => Archive::open(&view)?,
+        };
+        if let Some(name) = &view.cluster {
+            info!(
+                cluster = %name,
+                archive_dir = %archive.dir().display(),
+                allowed_clients = %view.allowed_clients.join(", "),
+                "serving cluster {name}"
+            );
+        }
+        clusters.push(Served {
+            name: view.cluster.clone(),
+            allowed: view.allowed_clients.clone(),
+            archive: Arc::new(archive),
+        });
+    }
+    let clusters = Arc::new(clusters);
     let (endpoint, local) = endpoint(&settings)?;
-    let scrapes = metrics_endpoint(&settings, &archive).await?;
+    let scrapes = metrics_endpoint(&settings, &clusters).await?;
     let reloads =
         hangups().map(|h| tokio::spawn(reload_on_hangup(h, endpoint.clone(), settings.clone())));
+    let dirs: Vec<String> = clusters
+        .iter()
+        .map(|c| c.archive.dir().display().to_string())
+        .collect();
     info!(
-        archive_dir = %archive.dir().display(),
+        archive_dir = %dirs.join(", "),
         max_uploads = settings.max_uploads,
         max_connections = settings.max_connections,
         stream_window = settings.stream_window,
@@ -163,7 +192,10 @@ pub async fn run_with(
         };
         let remote = incoming.remote_address();
         let shared = Shared {
-            archive: archive.clone(),
+            clusters: clusters.clone(),
+            archive: None,
+            cluster: None,
+            subject: Arc::from(""),
             sending: sending.clone(),
             uploads: uploads.clone(),
             holders: holders.clone(),
@@ -176,7 +208,12 @@ pub async fn run_with(
                 connection(incoming, shared, tracker2, shutdown2).await;
                 drop(slot);
             }
-            .instrument(info_span!("conn", %remote, client = tracing::field::Empty)),
+            .instrument(info_span!(
+                "conn",
+                %remote,
+                client = tracing::field::Empty,
+                cluster = tracing::field::Empty
+            )),
         );
     }
 
@@ -191,7 +228,7 @@ pub async fn run_with(
 /// With `metrics_listen`: the metrics endpoint, bound and serving (see [`metrics`]).
 async fn metrics_endpoint(
     settings: &ReceiverSettings,
-    archive: &Archive,
+    clusters: &[Served],
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ReceiverError> {
     let Some(addr) = settings.metrics_listen else {
         return Ok(None);
@@ -199,16 +236,25 @@ async fn metrics_endpoint(
     let listener = metrics_http::bind(addr)
         .await
         .map_err(|source| ReceiverError::MetricsBind { addr, source })?;
-    let dir = archive.dir().to_path_buf();
-    let newest = tokio::task::spawn_blocking(move || {
-        crate::store::list(&dir)
-            .ok()
-            .and_then(|files| crate::store::newest_arrival(&files).map(|(_, at)| at))
-    })
-    .await
-    .ok()
-    .flatten();
-    let render = metrics::renderer(archive.dir(), newest);
+    let mut archives = Vec::new();
+    for c in clusters {
+        let dir = c.archive.dir().to_path_buf();
+        let listed = dir.clone();
+        let newest = tokio::task::spawn_blocking(move || {
+            crate::store::list(&listed)
+                .ok()
+                .and_then(|files| crate::store::newest_arrival(&files).map(|(_, at)| at))
+        })
+        .await
+        .ok()
+        .flatten();
+        archives.push(metrics::Watched {
+            cluster: c.name.clone(),
+            dir,
+            newest,
+        });
+    }
+    let render = metrics::renderer(archives);
     let bound = metrics_http::local(&listener).unwrap_or(addr);
     info!("metrics on http://{bound}/metrics");
     Ok(Some(tokio::spawn(metrics_http::serve(listener, render))))
@@ -321,10 +367,26 @@ fn transport(idle: Duration, stream_window: u32) -> quinn::TransportConfig {
     t
 }
 
+/// One cluster `serve` stores for: its name (none in the single-cluster form), the client
+/// certificate names allowed to write to it, its archive.
+struct Served {
+    name: Option<String>,
+    allowed: Vec<String>,
+    archive: Arc<Archive>,
+}
+
 /// What every stream task needs.
 #[derive(Clone)]
 struct Shared {
-    archive: Arc<Archive>,
+    /// Every cluster served.
+    clusters: Arc<Vec<Served>>,
+    /// The archive this connection's client certificate may write to: none until the
+    /// handshake is done, and none for a certificate no cluster allows.
+    archive: Option<Arc<Archive>>,
+    /// The cluster's name (many-cluster form), for metrics.
+    cluster: Option<String>,
+    /// The subject of the connection's client certificate.
+    subject: Arc<str>,
     /// `max_connections` permits: one per connection with stream credit.
     sending: Arc<Semaphore>,
     /// `max_uploads` permits: one per upload decoding and writing.
@@ -369,8 +431,26 @@ async fn connection(
         }
     };
     // Who wrote: every line of this connection and its files names the client certificate.
-    tracing::Span::current().record("client", peer_subject(&conn).as_str());
-    info!("connection accepted");
+    let (subject, common_name) = peer_names(&conn);
+    tracing::Span::current().record("client", subject.as_str());
+    let mut shared = shared;
+    shared.subject = Arc::from(subject.as_str());
+    match route(&shared.clusters, common_name.as_deref()) {
+        Some(served) => {
+            shared.archive = Some(served.archive.clone());
+            shared.cluster = served.name.clone();
+            if let Some(name) = &served.name {
+                tracing::Span::current().record("cluster", name.as_str());
+            }
+            info!("connection accepted");
+        }
+        None => {
+            // Accepted so that each upload is answered with the reason, but nothing is stored.
+            error!(
+                "client certificate {subject} is allowed for none of this receiver's clusters: its uploads are refused, nothing is stored; add its name to the allowed_clients of its [[clusters]] table, or give that sender its cluster's certificate"
+            );
+        }
+    }
     let _open = metrics::connection();
     let idle = shared.idle;
     // Stream credit only with a sending slot: until then the sender waits to open a stream.
@@ -443,19 +523,46 @@ async fn sending_slot(
     }
 }
 
-/// The subject of the peer's certificate (`CN=walship-sender`), for the logs: who wrote.
-fn peer_subject(conn: &quinn::Connection) -> String {
+/// The subject of the peer's certificate (`CN=walship-sender`), for the logs (who wrote),
+/// and its common name, which decides the cluster it may write to.
+fn peer_names(conn: &quinn::Connection) -> (String, Option<String>) {
     let certs = conn.peer_identity().and_then(|id| {
         id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
             .ok()
     });
     match certs.as_deref().and_then(|c| c.first()) {
-        None => "(no certificate)".into(),
+        None => ("(no certificate)".into(), None),
         Some(der) => match x509_parser::parse_x509_certificate(der) {
-            Ok((_, cert)) => cert.subject().to_string(),
-            Err(e) => format!("(unreadable certificate: {e})"),
+            Ok((_, cert)) => {
+                let cn = cert
+                    .subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok())
+                    .map(str::to_string);
+                (cert.subject().to_string(), cn)
+            }
+            Err(e) => (format!("(unreadable certificate: {e})"), None),
         },
     }
+}
+
+/// The cluster a client certificate (its common name) may write to: in the single-cluster form
+/// the one archive, whatever the certificate (any from client_ca); else the cluster whose
+/// allowed_clients lists it, if any.
+fn route<'a>(clusters: &'a [Served], common_name: Option<&str>) -> Option<&'a Served> {
+    if let [only] = clusters {
+        if only.name.is_none() {
+            return Some(only);
+        }
+    }
+    let name = walship_common::clusters::cluster_for(
+        common_name,
+        clusters
+            .iter()
+            .filter_map(|c| Some((c.name.as_deref()?, c.allowed.as_slice()))),
+    )?;
+    clusters.iter().find(|c| c.name.as_deref() == Some(name))
 }
 
 /// The connections holding a sending slot, and how long each has had no stream in progress.
@@ -582,7 +689,7 @@ async fn stream(
             info!(ms, "stored");
         }
         Reply::AlreadyHad => {
-            metrics::already_had();
+            metrics::already_had(shared.cluster.as_deref());
             span.record("outcome", "already_had");
             info!(ms, "already stored with identical content");
         }
@@ -591,15 +698,18 @@ async fn stream(
             debug!(ms, bytes, "partial held durably");
         }
         Reply::Refused(r) => {
-            metrics::refused(r);
+            metrics::refused(r, shared.cluster.as_deref());
             span.record("outcome", "refused");
             match r {
                 // The archive's own cluster is for the operator only, never for the sender.
-                Refusal::ForeignCluster { .. } => match shared.archive.cluster() {
-                    Some(ours) => error!("refused: {r} (this archive holds cluster {ours})"),
-                    None => error!("refused: {r}"),
-                },
+                Refusal::ForeignCluster { .. } => {
+                    match shared.archive.as_ref().and_then(|a| a.cluster()) {
+                        Some(ours) => error!("refused: {r} (this archive holds cluster {ours})"),
+                        None => error!("refused: {r}"),
+                    }
+                }
                 Refusal::ConflictingContent { .. }
+                | Refusal::ClientNotAllowed { .. }
                 | Refusal::HistoryConflict { .. }
                 | Refusal::DiskFull { .. }
                 | Refusal::StorageFailed { .. } => error!("refused: {r}"),
@@ -623,7 +733,6 @@ async fn receive(
     shared: &Shared,
     started: Instant,
 ) -> Outcome {
-    let archive = &shared.archive;
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let request = match read_request(recv, shared.idle).await {
         Ok(r) => r,
@@ -632,6 +741,12 @@ async fn receive(
     let span = tracing::Span::current();
     span.record("segment", request.name.as_str());
     span.record("bytes", request.size);
+    // The client certificate decides the archive; none allowed: refused before anything else.
+    let Some(archive) = &shared.archive else {
+        return refuse(Refusal::ClientNotAllowed {
+            subject: shared.subject.to_string(),
+        });
+    };
     if !request.dropped.is_empty() {
         if let Err(r) = record_gaps(archive.dir(), &request).await {
             return refuse(r);
@@ -694,7 +809,7 @@ async fn receive(
     match tokio::task::spawn_blocking(move || archive.commit(tmp, &verified)).await {
         Ok(reply) => {
             if reply == Reply::Stored {
-                metrics::stored(size, started.elapsed());
+                metrics::stored(size, started.elapsed(), shared.cluster.as_deref());
             }
             Outcome::Reply(reply)
         }

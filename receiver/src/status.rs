@@ -51,6 +51,8 @@ pub struct Status {
     pub healthy: bool,
     /// Each problem found, one line each, with what to do.
     pub problems: Vec<String>,
+    /// The `[[clusters]]` table's name (`--cluster`); null in the single-cluster form.
+    pub cluster_name: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -162,6 +164,7 @@ pub async fn gather(
         gaps: all_gaps,
         healthy: true,
         problems: Vec::new(),
+        cluster_name: settings.cluster.clone(),
     }
     .judged(serve.err().as_ref(), max_age, &open_gaps))
 }
@@ -277,6 +280,9 @@ async fn standby_status(conninfo: &str) -> StandbyStatus {
 ///
 /// or, instead of `health: ok`, one `PROBLEM: ...` line per problem.
 pub fn print_human(s: &Status) {
+    if let Some(name) = &s.cluster_name {
+        println!("cluster name:     {name}");
+    }
     println!("archive_dir:      {}", s.archive_dir);
     match s.cluster_system_identifier {
         Some(id) => println!("cluster:          {id}"),
@@ -448,6 +454,7 @@ mod tests {
             gaps: Vec::new(),
             healthy: true,
             problems: Vec::new(),
+            cluster_name: None,
         }
     }
 
@@ -487,7 +494,8 @@ mod tests {
             "serve_pid": "4242",
             "gaps": [],
             "healthy": true,
-            "problems": []
+            "problems": [],
+            "cluster_name": null
         });
         assert_eq!(json, expected);
     }

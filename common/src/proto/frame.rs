@@ -34,7 +34,9 @@ pub const ALPN: &[u8] = b"walship/1";
 /// Version 5: `Request::dropped`, the segments the sender's pg_wal valve dropped and the
 /// receiver has not acknowledged yet (recorded by the receiver before it answers);
 /// `Request::append_at` (appends to the open segment's `NAME.partial`) and
-/// `Reply::Partial` (how many bytes of it the receiver holds durably).
+/// `Reply::Partial` (how many bytes of it the receiver holds durably);
+/// `Refusal::ClientNotAllowed`, for a client certificate no `[[clusters]]` table of the
+/// receiver allows.
 pub const PROTOCOL_VERSION: u16 = 5;
 /// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
 /// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
@@ -204,6 +206,11 @@ pub enum Refusal {
         min_rate: u64,
         grace_secs: u64,
     },
+    /// The receiver serves several clusters and no `[[clusters]]` table lists this client
+    /// certificate in `allowed_clients`; `subject` is the certificate's subject, as the receiver
+    /// read it. Nothing was read or written.
+    #[error("the receiver allows client certificate {subject} to write to none of its clusters; nothing was stored. Add its name to allowed_clients of this primary's [[clusters]] table in receiver.toml (and restart serve), or give this sender the certificate issued for its cluster (walship-receiver certs --client-name)")]
+    ClientNotAllowed { subject: String },
 }
 
 /// Where the standby was promoted, for the fenced refusal: an LSN, or, while `promote` runs and
@@ -491,9 +498,10 @@ mod tests {
         else {
             panic!("not a malformed-request refusal")
         };
+        let ours = format!("protocol version {PROTOCOL_VERSION}");
         for needle in [
             "protocol version 3",
-            "protocol version 5",
+            ours.as_str(),
             "upgrade walship-sender on the primary",
             RELEASE,
         ] {
@@ -502,25 +510,37 @@ mod tests {
         assert!(!reason.contains('\n'), "{reason}");
     }
 
-    /// A newer sender (protocol 6 and later) gets the typed refusal in its own version, and the
+    /// A newer sender (protocol 4 and later) gets the typed refusal in its own version, and the
     /// encoding of `UnsupportedVersion` is the one it was in protocol 1: variants 2 and 7, two
     /// u16 (varint).
     #[test]
     fn a_newer_sender_gets_the_typed_refusal_in_its_own_version() {
+        let newer = PROTOCOL_VERSION + 1;
         let refusal = Refusal::UnsupportedVersion {
             receiver: PROTOCOL_VERSION,
-            sender: 6,
+            sender: newer,
         };
         let bytes = Reply::Refused(refusal.clone()).encode();
-        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 6);
-        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 5, 6]);
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), newer);
+        assert_eq!(
+            &bytes[PREAMBLE_LEN..],
+            &[2, 7, PROTOCOL_VERSION as u8, newer as u8]
+        );
+        // A sender of protocol 4 (before ClientNotAllowed) gets it in its own version too.
+        let bytes = Reply::Refused(Refusal::UnsupportedVersion {
+            receiver: PROTOCOL_VERSION,
+            sender: 4,
+        })
+        .encode();
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 4);
+        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, PROTOCOL_VERSION as u8, 4]);
         let text = refusal.to_string();
         assert!(
             text.contains("upgrade walship-receiver on the standby"),
             "{text}"
         );
         let older = Refusal::UnsupportedVersion {
-            receiver: 6,
+            receiver: newer,
             sender: PROTOCOL_VERSION,
         };
         assert!(older
@@ -677,6 +697,12 @@ mod tests {
                 },
                 vec![N, "100", " 7 ", "31s", "65536", "30s", "min_upload_rate"],
             ),
+            (
+                Refusal::ClientNotAllowed {
+                    subject: "CN=walship-sender".into(),
+                },
+                vec!["CN=walship-sender", "allowed_clients", "--client-name"],
+            ),
         ]
     }
 
@@ -711,12 +737,12 @@ mod tests {
     fn variant_count(r: &Refusal) -> usize {
         use Refusal::*;
         match r {
-            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 18,
-            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 18,
-            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 18,
-            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 18,
-            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 18,
-            PromotionInProgress { .. } | TooSlow { .. } => 18,
+            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 19,
+            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 19,
+            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 19,
+            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 19,
+            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 19,
+            PromotionInProgress { .. } | TooSlow { .. } | ClientNotAllowed { .. } => 19,
         }
     }
 

@@ -90,6 +90,20 @@ pub enum ConfigError {
         key: &'static str,
         example: &'static str,
     },
+    /// A many-cluster config that cannot be used as a whole (both forms, duplicate names or
+    /// archive_dirs, a client allowed for two clusters), or one `[[clusters]]` table's problem.
+    #[error("config {}: {message}", path.display())]
+    Clusters { path: PathBuf, message: String },
+    #[error("config {} configures several clusters ({}): pass --cluster NAME to say which", path.display(), names.join(", "))]
+    ClusterRequired { path: PathBuf, names: Vec<String> },
+    #[error("config {} has no cluster named {name:?} (configured: {}): check --cluster", path.display(), names.join(", "))]
+    UnknownCluster {
+        path: PathBuf,
+        name: String,
+        names: Vec<String>,
+    },
+    #[error("config {} configures a single cluster (top-level archive_dir, no [[clusters]] tables): drop --cluster {name}", path.display())]
+    NotClustered { path: PathBuf, name: String },
     /// A value of the right type that cannot be used; `value` as written in the file.
     #[error("config {}{}: {key} = {value}: {reason}{}", path.display(), Excerpt::line_of(at), Excerpt::block_of(at))]
     Invalid {
@@ -179,6 +193,23 @@ pub struct ReceiverFile {
     pub min_upload_rate: Option<Scalar>,
     pub retain_for: Option<Scalar>,
     pub metrics_listen: Option<String>,
+    /// Many clusters on one receiver: one `[[clusters]]` table each, instead of the top-level
+    /// `archive_dir`, `pgdata` and `conninfo`.
+    pub clusters: Option<Vec<ClusterFile>>,
+}
+
+/// One `[[clusters]]` table of receiver.toml as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub name: Option<String>,
+    pub archive_dir: Option<PathBuf>,
+    pub pgdata: Option<PathBuf>,
+    pub conninfo: Option<String>,
+    /// Client certificate names (their common name, as given to `certs --client-name`) that
+    /// may write to this cluster.
+    pub allowed_clients: Option<Vec<String>>,
+    pub retain_for: Option<Scalar>,
 }
 
 /// A duration or a size as written in TOML: a number, or a string with or without a unit
@@ -285,6 +316,25 @@ pub struct ReceiverSettings {
     pub retain_for: Duration,
     /// The plain-HTTP Prometheus endpoint of `serve` (`metrics_listen`; none: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// The `[[clusters]]` table this view is for (`--cluster`); none in the single-cluster form.
+    pub cluster: Option<String>,
+    /// Client certificate names allowed to write to this view's archive (empty in the
+    /// single-cluster form, where any certificate from `client_ca` may).
+    pub allowed_clients: Vec<String>,
+    /// Every `[[clusters]]` table, in file order (empty in the single-cluster form): what
+    /// `serve` serves, see [`ReceiverSettings::views`].
+    pub clusters: Vec<ClusterSettings>,
+}
+
+/// One `[[clusters]]` table, resolved: the per-archive keys of [`ReceiverSettings`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    pub name: String,
+    pub archive_dir: PathBuf,
+    pub pgdata: Option<PathBuf>,
+    pub conninfo: Option<String>,
+    pub allowed_clients: Vec<String>,
+    pub retain_for: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -332,16 +382,115 @@ pub const DEFAULT_STATE_SUBDIR: &str = "walship_sender";
 pub const MIN_MAX_BACKLOG: u64 = 1 << 20;
 
 impl ReceiverSettings {
+    /// The settings of the one cluster `path` configures: the single-cluster form, or a
+    /// many-cluster config with exactly one `[[clusters]]` table (more need
+    /// [`ReceiverSettings::load_cluster`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_cluster(path, None)
+    }
+
+    /// The settings of cluster `name` (`--cluster NAME`): required when several clusters are
+    /// configured, refused in the single-cluster form.
+    pub fn load_cluster(path: &Path, name: Option<&str>) -> Result<Self, ConfigError> {
+        Self::load_all(path)?.select(name)
+    }
+
+    /// What `serve` needs: every cluster (see [`ReceiverSettings::views`]); this view is the
+    /// first cluster's.
+    pub fn load_all(path: &Path) -> Result<Self, ConfigError> {
+        let mut settings = Self::parse(path)?;
+        if let Some(first) = settings.clusters.first().cloned() {
+            settings.apply(&first);
+        }
+        Ok(settings)
+    }
+
+    /// One view per cluster, in file order (the single-cluster form: itself). Each carries
+    /// the top-level settings and its cluster's archive_dir, pgdata, conninfo, retain_for and
+    /// allowed clients.
+    pub fn views(&self) -> Vec<ReceiverSettings> {
+        if self.clusters.is_empty() {
+            return vec![self.clone()];
+        }
+        self.clusters
+            .iter()
+            .map(|c| {
+                let mut view = self.clone();
+                view.apply(c);
+                view
+            })
+            .collect()
+    }
+
+    /// The names of the configured clusters (empty in the single-cluster form).
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    fn select(mut self, name: Option<&str>) -> Result<Self, ConfigError> {
+        let path = self.config_path.clone();
+        let chosen = match (name, self.clusters.len()) {
+            (Some(name), 0) => {
+                return Err(ConfigError::NotClustered {
+                    path,
+                    name: name.to_string(),
+                })
+            }
+            (None, 0) => return Ok(self),
+            (None, 1) => self.clusters[0].clone(),
+            (None, _) => {
+                return Err(ConfigError::ClusterRequired {
+                    path,
+                    names: self.cluster_names(),
+                })
+            }
+            (Some(name), _) => match self.clusters.iter().find(|c| c.name == name) {
+                Some(c) => c.clone(),
+                None => {
+                    return Err(ConfigError::UnknownCluster {
+                        path,
+                        name: name.to_string(),
+                        names: self.cluster_names(),
+                    })
+                }
+            },
+        };
+        self.apply(&chosen);
+        Ok(self)
+    }
+
+    fn apply(&mut self, c: &ClusterSettings) {
+        self.cluster = Some(c.name.clone());
+        self.archive_dir = c.archive_dir.clone();
+        self.pgdata = c.pgdata.clone();
+        self.conninfo = c.conninfo.clone();
+        self.retain_for = c.retain_for;
+        self.allowed_clients = c.allowed_clients.clone();
+    }
+
+    fn parse(path: &Path) -> Result<Self, ConfigError> {
         let src = Source::read(path)?;
-        let file: ReceiverFile = src.parse()?;
+        let mut file: ReceiverFile = src.parse()?;
         let base = base_dir(path);
+        let single = [
+            ("archive_dir", file.archive_dir.is_some()),
+            ("pgdata", file.pgdata.is_some()),
+            ("conninfo", file.conninfo.is_some()),
+        ];
         let listen = src.required(file.listen, "listen", "\"0.0.0.0:7443\"")?;
-        let archive_dir = src.required(
-            file.archive_dir,
-            "archive_dir",
-            "\"/var/lib/walship/archive\"",
-        )?;
+        let retain_for = src.retain_for(&file.retain_for)?;
+        let clusters = match file.clusters.take() {
+            Some(tables) => src.clusters(&base, single, tables, retain_for)?,
+            None => Vec::new(),
+        };
+        let archive_dir = match clusters.first() {
+            Some(c) => c.archive_dir.clone(),
+            None => base.join(src.required(
+                file.archive_dir,
+                "archive_dir",
+                "\"/var/lib/walship/archive\"",
+            )?),
+        };
         let cert = src.required(file.cert, "cert", "\"/etc/walship/server.pem\"")?;
         let key = src.required(file.key, "key", "\"/etc/walship/server.key\"")?;
         let client_ca = src.required(file.client_ca, "client_ca", "\"/etc/walship/ca.pem\"")?;
@@ -362,7 +511,7 @@ impl ReceiverSettings {
         Ok(ReceiverSettings {
             config_path: path.to_path_buf(),
             listen,
-            archive_dir: base.join(archive_dir),
+            archive_dir,
             cert: base.join(cert),
             key: base.join(key),
             client_ca: base.join(client_ca),
@@ -389,8 +538,11 @@ impl ReceiverSettings {
                 MIN_UPLOAD_RATE_RANGE,
                 true,
             )?,
-            retain_for: src.retain_for(&file.retain_for)?,
+            retain_for,
             metrics_listen: src.metrics_listen(file.metrics_listen)?,
+            cluster: None,
+            allowed_clients: Vec::new(),
+            clusters,
         })
     }
 
@@ -596,6 +748,95 @@ impl Source {
             key,
             example,
         })
+    }
+
+    /// The `[[clusters]]` tables, resolved and checked: not with the single-cluster keys
+    /// (`single`: which of them are set), each
+    /// with a safe unique name, its own archive_dir, and its allowed clients (a client
+    /// certificate name in one cluster only: the certificate decides the cluster).
+    fn clusters(
+        &self,
+        base: &Path,
+        single: [(&'static str, bool); 3],
+        tables: Vec<ClusterFile>,
+        retain_for: Duration,
+    ) -> Result<Vec<ClusterSettings>, ConfigError> {
+        let fail = |message: String| ConfigError::Clusters {
+            path: self.path.clone(),
+            message,
+        };
+        if let Some((key, _)) = single.iter().find(|(_, set)| *set) {
+            return Err(fail(format!(
+                "top-level {key} and [[clusters]] tables are both set: use one form; with [[clusters]], put archive_dir, pgdata and conninfo in each cluster's table"
+            )));
+        }
+        if tables.is_empty() {
+            return Err(fail(
+                "clusters is empty: add one [[clusters]] table per cluster (name, archive_dir, allowed_clients)".into(),
+            ));
+        }
+        let mut out: Vec<ClusterSettings> = Vec::with_capacity(tables.len());
+        for (i, t) in tables.into_iter().enumerate() {
+            let at = match &t.name {
+                Some(n) => format!("[[clusters]] table {} (name = {n:?})", i + 1),
+                None => format!("[[clusters]] table {}", i + 1),
+            };
+            let missing = |key: &str, example: &str| {
+                fail(format!(
+                    "{at}: required key `{key}` is missing; add it, e.g. {key} = {example}"
+                ))
+            };
+            let name = t.name.clone().ok_or_else(|| missing("name", "\"sales\""))?;
+            crate::clusters::check_name(&name)
+                .map_err(|reason| fail(format!("{at}: name = {name:?}: {reason}")))?;
+            if out.iter().any(|c| c.name == name) {
+                return Err(fail(format!(
+                    "{at}: the name {name:?} is used by an earlier table: give each cluster its own name"
+                )));
+            }
+            let archive_dir = base.join(
+                t.archive_dir
+                    .ok_or_else(|| missing("archive_dir", "\"/var/lib/walship/sales\""))?,
+            );
+            let archive_dir: PathBuf = archive_dir.components().collect();
+            if let Some(other) = out.iter().find(|c| c.archive_dir == archive_dir) {
+                return Err(fail(format!(
+                    "{at}: archive_dir {} is also cluster {:?}'s: give each cluster its own archive_dir (its pin, fence and restore records live there)",
+                    archive_dir.display(),
+                    other.name
+                )));
+            }
+            let allowed = t
+                .allowed_clients
+                .ok_or_else(|| missing("allowed_clients", "[\"sales-primary\"]"))?;
+            for client in &allowed {
+                crate::clusters::check_name(client).map_err(|reason| {
+                    fail(format!(
+                        "{at}: allowed_clients: {client:?}: {reason} (the name given to walship-receiver certs --client-name)"
+                    ))
+                })?;
+                if let Some(other) = out.iter().find(|c| c.allowed_clients.contains(client)) {
+                    return Err(fail(format!(
+                        "{at}: allowed_clients: {client:?} is also allowed for cluster {:?}: a client certificate may write to one cluster only; issue one per cluster (walship-receiver certs --client-name)",
+                        other.name
+                    )));
+                }
+            }
+            let retain_for = match &t.retain_for {
+                Some(v) => crate::human::parse_duration_or_zero(&v.bare())
+                    .map_err(|r| fail(format!("{at}: retain_for = {}: {r}", v.literal())))?,
+                None => retain_for,
+            };
+            out.push(ClusterSettings {
+                name,
+                archive_dir,
+                pgdata: t.pgdata.map(|p| base.join(p)),
+                conninfo: t.conninfo,
+                allowed_clients: allowed,
+                retain_for,
+            });
+        }
+        Ok(out)
     }
 
     /// `key = value` cannot be used, for `reason`; points at the value in the file.
@@ -923,6 +1164,148 @@ mod tests {
             std::fs::write(&path, format!("{base}retain_for = {value}\n")).unwrap();
             let err = ReceiverSettings::load(&path).unwrap_err().to_string();
             assert!(err.contains("retain_for"), "{value}: {err}");
+        }
+    }
+
+    const TOP: &str = "listen = \"127.0.0.1:7443\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\nretain_for = \"1h\"\n";
+
+    fn cluster_table(name: &str, dir: &str, clients: &str) -> String {
+        format!("\n[[clusters]]\nname = \"{name}\"\narchive_dir = \"{dir}\"\nallowed_clients = [{clients}]\n")
+    }
+
+    /// The error loading `text` as receiver.toml with `--cluster cluster`.
+    fn receiver_error(text: &str, cluster: Option<&str>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        std::fs::write(&path, text).unwrap();
+        ReceiverSettings::load_cluster(&path, cluster)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn many_clusters_resolve_per_cluster_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        let text = format!(
+            "{TOP}{}pgdata = \"/pg/a\"\nconninfo = \"host=a\"\nretain_for = \"2d\"\n{}",
+            cluster_table("a", "arch/a", "\"pa\", \"pa2\""),
+            cluster_table("b", "./arch/b", "\"pb\"")
+        );
+        std::fs::write(&path, text).unwrap();
+        let all = ReceiverSettings::load_all(&path).unwrap();
+        assert_eq!(all.cluster_names(), ["a", "b"]);
+        let views = all.views();
+        assert_eq!(views.len(), 2);
+        let (a, b) = (&views[0], &views[1]);
+        assert_eq!(a.cluster.as_deref(), Some("a"));
+        assert_eq!(a.archive_dir, dir.path().join("arch/a"));
+        assert_eq!(a.pgdata, Some(PathBuf::from("/pg/a")));
+        assert_eq!(a.conninfo.as_deref(), Some("host=a"));
+        assert_eq!(a.retain_for, Duration::from_secs(2 * 86_400));
+        assert_eq!(a.allowed_clients, ["pa", "pa2"]);
+        assert_eq!(b.archive_dir, dir.path().join("arch/b"));
+        assert_eq!((b.pgdata.as_ref(), b.conninfo.as_ref()), (None, None));
+        // The top-level retain_for is the default of every cluster.
+        assert_eq!(b.retain_for, Duration::from_secs(3600));
+        assert_eq!(b.listen, a.listen);
+
+        let b2 = ReceiverSettings::load_cluster(&path, Some("b")).unwrap();
+        assert_eq!(b2.archive_dir, b.archive_dir);
+        assert_eq!(b2.allowed_clients, ["pb"]);
+        let err = ReceiverSettings::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("several clusters (a, b)") && err.contains("--cluster NAME"),
+            "{err}"
+        );
+        let err = ReceiverSettings::load_cluster(&path, Some("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no cluster named \"c\" (configured: a, b)"),
+            "{err}"
+        );
+
+        // One cluster: --cluster is optional.
+        std::fs::write(&path, format!("{TOP}{}", cluster_table("only", "x", ""))).unwrap();
+        let s = ReceiverSettings::load(&path).unwrap();
+        assert_eq!(s.cluster.as_deref(), Some("only"));
+        assert!(s.allowed_clients.is_empty());
+    }
+
+    #[test]
+    fn the_single_cluster_form_is_unchanged_and_takes_no_cluster_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        std::fs::write(&path, format!("{TOP}archive_dir = \"a\"\n")).unwrap();
+        let s = ReceiverSettings::load(&path).unwrap();
+        assert_eq!((s.cluster.as_ref(), s.clusters.len()), (None, 0));
+        assert_eq!(s.views().len(), 1);
+        assert_eq!(s.archive_dir, dir.path().join("a"));
+        let err = ReceiverSettings::load_cluster(&path, Some("a"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("single cluster") && err.contains("drop --cluster a"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn many_clusters_are_checked_at_load() {
+        let a = cluster_table("a", "arch-a", "\"pa\"");
+        for (text, says) in [
+            (
+                format!("{TOP}archive_dir = \"x\"\n{a}"),
+                "top-level archive_dir and [[clusters]] tables are both set",
+            ),
+            (
+                format!("{TOP}conninfo = \"x\"\n{a}"),
+                "top-level conninfo and [[clusters]]",
+            ),
+            (format!("{TOP}clusters = []\n"), "clusters is empty"),
+            (
+                format!("{TOP}{a}{}", cluster_table("a", "arch-b", "\"pb\"")),
+                "table 2 (name = \"a\"): the name \"a\" is used by an earlier table",
+            ),
+            (
+                format!("{TOP}{a}{}", cluster_table("b", "./arch-a", "\"pb\"")),
+                "is also cluster \"a\"'s",
+            ),
+            (
+                format!("{TOP}{a}{}", cluster_table("b", "arch-b", "\"pb\", \"pa\"")),
+                "\"pa\" is also allowed for cluster \"a\"",
+            ),
+            (
+                format!("{TOP}{}", cluster_table("a/b", "x", "")),
+                "name = \"a/b\": it contains '/'",
+            ),
+            (
+                format!("{TOP}{}", cluster_table("a", "x", "\"bad name\"")),
+                "allowed_clients: \"bad name\"",
+            ),
+            (
+                format!("{TOP}[[clusters]]\nname = \"a\"\narchive_dir = \"x\"\n"),
+                "required key `allowed_clients` is missing",
+            ),
+            (
+                format!("{TOP}[[clusters]]\narchive_dir = \"x\"\nallowed_clients = []\n"),
+                "[[clusters]] table 1: required key `name` is missing",
+            ),
+            (
+                format!("{TOP}{a}retain_for = \"forever\"\n"),
+                "retain_for = \"forever\"",
+            ),
+            (
+                format!("{TOP}{a}archive = \"x\"\n"),
+                "unknown key `archive`",
+            ),
+        ] {
+            let err = receiver_error(&text, None);
+            assert!(
+                err.contains(says) && err.contains("receiver.toml"),
+                "{says}: {err}"
+            );
         }
     }
 
