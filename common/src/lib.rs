@@ -1,6 +1,8 @@
 //! walship-common: everything that *decides*, with no sockets and no runtime.
 //!
 //! Module map:
+//! - [`basebackup`]: base backups: what to skip in a data directory, paths from the wire
+//!   kept inside the target, what a target may be replaced, the marker, the standby settings.
 //! - [`lookahead`]: the sender daemon's book of `.ready` files shipped ahead, tied to file
 //!   identity.
 //! - [`lsn`]: `Lsn`, printed like PostgreSQL (`0/3000028`).
@@ -37,6 +39,7 @@
 //!   readiness.
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
+pub mod basebackup;
 pub mod check;
 pub mod handshake;
 pub mod http;

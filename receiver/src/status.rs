@@ -38,6 +38,9 @@ pub struct Status {
     pub restore: RestoreStatus,
     /// Absent when no conninfo is configured.
     pub standby: Option<StandbyStatus>,
+    /// The standby's data directory (`pgdata`) as a base backup target: absent when it holds
+    /// a data directory with no unfinished backup, or when no pgdata is configured.
+    pub pgdata: Option<PgdataStatus>,
     /// The pid of the `serve` holding archive_dir's lock (as it wrote it; "unknown" if not
     /// yet), null when none runs.
     pub serve_pid: Option<String>,
@@ -67,6 +70,16 @@ pub struct RestoreStatus {
     pub last_missed: Option<WalFileName>,
     #[serde(serialize_with = "rfc3339")]
     pub last_missed_at: Option<SystemTime>,
+}
+
+#[derive(Serialize)]
+pub struct PgdataStatus {
+    pub path: String,
+    /// "absent" (no data directory yet) or "unfinished_backup" (PostgreSQL will not start).
+    pub state: &'static str,
+    /// For an unfinished backup: its label and when it started (RFC 3339).
+    pub label: Option<String>,
+    pub started: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -123,6 +136,7 @@ pub async fn gather(
             last_missed_at,
         },
         standby,
+        pgdata: pgdata_status(settings),
         serve_pid: serve.as_ref().ok().cloned().flatten(),
         healthy: true,
         problems: Vec::new(),
@@ -167,6 +181,20 @@ pub fn problems(
             sb.error.as_deref().unwrap_or("no answer")
         ));
     }
+    if let Some(p) = &st.pgdata {
+        out.push(match p.state {
+            "absent" => format!(
+                "no standby yet: pgdata {} does not exist (run walship-sender basebackup on the primary)",
+                p.path
+            ),
+            _ => format!(
+                "pgdata {} holds an unfinished base backup ({:?}, started {}): PostgreSQL will not start there; run walship-sender basebackup on the primary again (it replaces it)",
+                p.path,
+                p.label.as_deref().unwrap_or(""),
+                p.started.as_deref().unwrap_or("?")
+            ),
+        });
+    }
     // Here goes the gap the pg_wal valve records (issue 11 item 2), once there is one.
     if let Some(max) = max_age {
         match (&st.newest_segment, st.newest_segment_age_seconds) {
@@ -185,6 +213,25 @@ pub fn problems(
         }
     }
     out
+}
+
+fn pgdata_status(settings: &ReceiverSettings) -> Option<PgdataStatus> {
+    let path = settings.pgdata.as_ref()?;
+    let shown = path.display().to_string();
+    match crate::target::status(Some(path))? {
+        crate::target::TargetStatus::Absent => Some(PgdataStatus {
+            path: shown,
+            state: "absent",
+            label: None,
+            started: None,
+        }),
+        crate::target::TargetStatus::Unfinished(m) => Some(PgdataStatus {
+            path: shown,
+            state: "unfinished_backup",
+            label: Some(m.label),
+            started: Some(m.started),
+        }),
+    }
 }
 
 async fn standby_status(conninfo: &str) -> StandbyStatus {
@@ -278,6 +325,17 @@ pub fn print_human(s: &Status) {
         event(&s.restore.last_missed, s.restore.last_missed_at)
     );
     println!("standby:          {}", standby_line(s.standby.as_ref()));
+    if let Some(p) = &s.pgdata {
+        match p.state {
+            "absent" => println!("pgdata:           {} does not exist yet (no base backup)", p.path),
+            _ => println!(
+                "pgdata:           {}: UNFINISHED base backup {:?} (started {}); PostgreSQL will not start there",
+                p.path,
+                p.label.as_deref().unwrap_or(""),
+                p.started.as_deref().unwrap_or("?")
+            ),
+        }
+    }
     match &s.serve_pid {
         Some(pid) => println!("serve:            running, pid {pid}"),
         None => println!("serve:            not running"),
@@ -371,6 +429,7 @@ mod tests {
                 last_missed: None,
                 last_missed_at: None,
             },
+            pgdata: None,
             standby: Some(StandbyStatus {
                 reachable: true,
                 accepts_queries: true,

@@ -31,7 +31,9 @@ pub const ALPN: &[u8] = b"walship/1";
 /// refusals for history, backup and partial files checked by content; the digest is always the
 /// trailer (`Request` has no digest field); a request of another version is answered in the
 /// sender's version with advice on which side to upgrade.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: a request is a [`WireRequest`]: a WAL file as before, or a step of a base backup
+/// ([`BackupRequest`], `walship-sender basebackup`); refusals for base backups.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
 /// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
 const LAST_UNDIRECTED_VERSION: u16 = 3;
@@ -39,7 +41,7 @@ const LAST_UNDIRECTED_VERSION: u16 = 3;
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 /// What `--version` prints after the program's name: the release and the protocol it speaks,
 /// so that an operator comparing the two hosts sees at once whether they can talk.
-pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 4)");
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 5)");
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"WSHP";
 /// magic (4) + version (2) + body length (4).
@@ -112,6 +114,60 @@ pub struct Request {
     pub encoding: Encoding,
 }
 
+/// What a sender asks on one stream (protocol 5 and later): a WAL file, or one step of a base
+/// backup. [`Request::encode`] frames a WAL request as `WireRequest::Wal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireRequest {
+    Wal(Request),
+    Backup(BackupRequest),
+}
+
+/// One step of a base backup (`walship-sender basebackup`), each on its own stream and each
+/// answered with one [`Reply`]: `Stored` when done and durable, or a refusal. `backup` is the
+/// id chosen by the sender at `Begin`; the receiver refuses steps of any other backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupRequest {
+    /// Check the receiver's `pgdata` (absent, empty or an unfinished backup; a finished
+    /// standby only with `force`), pin the archive to `system_id`, write the marker.
+    Begin {
+        backup: u64,
+        label: String,
+        system_id: u64,
+        force: bool,
+    },
+    /// Create a directory (parents first); `mode` as on the primary (permission bits).
+    Dir { backup: u64, path: String, mode: u32 },
+    /// A file: `size` plain bytes follow in `encoding`, then the digest trailer, as for WAL.
+    File {
+        backup: u64,
+        path: String,
+        size: u64,
+        mode: u32,
+        encoding: Encoding,
+    },
+    /// Every file was sent: check the counts and that `end_segment` (the WAL segment holding
+    /// the backup's end, archived by `pg_backup_stop`) is stored, write `backup_label` (from
+    /// `pg_backup_stop`), `standby.signal` and the restore settings, put `global/pg_control`
+    /// in place and remove the marker.
+    End {
+        backup: u64,
+        files: u64,
+        bytes: u64,
+        end_segment: String,
+        backup_label: String,
+    },
+}
+
+impl WireRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+    /// Decode a request body (after [`REQUEST`]'s preamble check).
+    pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body(body)
+    }
+}
+
 /// The receiver's one answer per stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -121,6 +177,9 @@ pub enum Reply {
     AlreadyHad,
     /// Not stored; the reason says why and what to do.
     Refused(Refusal),
+    /// A base backup's `End` is done: the standby in `pgdata` (the receiver's path) is ready to
+    /// start (protocol 5).
+    Ready { pgdata: String },
 }
 
 /// Why the receiver refused a file. Displayed by the sender in PostgreSQL's log.
@@ -187,6 +246,22 @@ pub enum Refusal {
         min_rate: u64,
         grace_secs: u64,
     },
+    #[error("the receiver has no `pgdata` in its config: set pgdata in receiver.toml to the standby's data directory (absent or empty) and restart walship-receiver serve")]
+    NoTarget,
+    #[error("the standby's data directory {path} is not empty and holds no unfinished walship backup; nothing there was touched: empty it, or point pgdata in receiver.toml elsewhere")]
+    TargetNotEmpty { path: String },
+    #[error("the standby's data directory {path} already holds a PostgreSQL cluster (a finished standby); nothing there was touched: rerun basebackup with --force to replace it")]
+    StandbyExists { path: String },
+    #[error("the standby's data directory {path} has a postmaster.pid: PostgreSQL may be running there; nothing was touched: stop it first (pg_ctl -D {path} stop)")]
+    TargetRunning { path: String },
+    #[error("{path:?} is not an acceptable path in a base backup ({reason})")]
+    BadPath { path: String, reason: String },
+    #[error("the receiver has no base backup in progress with this id (it restarted, or another basebackup replaced this one): run basebackup again")]
+    BackupGone,
+    #[error("the base backup is incomplete ({reason}); run basebackup again")]
+    BackupIncomplete { reason: String },
+    #[error("the backup's end segment {segment} is not in this receiver's archive: archive_command on the primary must be walship-sender push to this receiver; fix it and run basebackup again")]
+    EndNotArchived { segment: String },
 }
 
 /// Where the standby was promoted, for the fenced refusal: an LSN, or, while `promote` runs and
@@ -297,12 +372,18 @@ pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T
 }
 
 impl Request {
+    /// The request frame of a WAL file (a [`WireRequest::Wal`]).
     pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+        encode(&WireRequest::Wal(self.clone()))
     }
-    /// Decode a request body (after [`REQUEST`]'s preamble check).
+    /// Decode a WAL request body (after [`REQUEST`]'s preamble check).
     pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
-        decode_body(body)
+        match decode_body(body)? {
+            WireRequest::Wal(r) => Ok(r),
+            WireRequest::Backup(_) => Err(FrameError::Decode(
+                "a base backup request where a WAL file was expected".into(),
+            )),
+        }
     }
 }
 
@@ -474,7 +555,7 @@ mod tests {
         };
         for needle in [
             "protocol version 3",
-            "protocol version 4",
+            "protocol version 5",
             "upgrade walship-sender on the primary",
             RELEASE,
         ] {
@@ -483,25 +564,25 @@ mod tests {
         assert!(!reason.contains('\n'), "{reason}");
     }
 
-    /// A newer sender (protocol 5 and later) gets the typed refusal in its own version, and the
+    /// A newer sender (protocol 6 and later) gets the typed refusal in its own version, and the
     /// encoding of `UnsupportedVersion` is the one it was in protocol 1: variants 2 and 7, two
     /// u16 (varint).
     #[test]
     fn a_newer_sender_gets_the_typed_refusal_in_its_own_version() {
         let refusal = Refusal::UnsupportedVersion {
             receiver: PROTOCOL_VERSION,
-            sender: 5,
+            sender: 6,
         };
         let bytes = Reply::Refused(refusal.clone()).encode();
-        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 5);
-        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 4, 5]);
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 6);
+        assert_eq!(&bytes[PREAMBLE_LEN..], &[2, 7, 5, 6]);
         let text = refusal.to_string();
         assert!(
             text.contains("upgrade walship-receiver on the standby"),
             "{text}"
         );
         let older = Refusal::UnsupportedVersion {
-            receiver: 5,
+            receiver: 6,
             sender: PROTOCOL_VERSION,
         };
         assert!(older
@@ -658,6 +739,39 @@ mod tests {
                 },
                 vec![N, "100", " 7 ", "31s", "65536", "30s", "min_upload_rate"],
             ),
+            (Refusal::NoTarget, vec!["pgdata", "receiver.toml"]),
+            (
+                Refusal::TargetNotEmpty { path: "/d".into() },
+                vec!["/d", "not empty", "nothing"],
+            ),
+            (
+                Refusal::StandbyExists { path: "/d".into() },
+                vec!["/d", "--force", "nothing"],
+            ),
+            (
+                Refusal::TargetRunning { path: "/d".into() },
+                vec!["/d", "postmaster.pid", "stop"],
+            ),
+            (
+                Refusal::BadPath {
+                    path: "../x".into(),
+                    reason: "r4".into(),
+                },
+                vec!["../x", "r4"],
+            ),
+            (Refusal::BackupGone, vec!["run basebackup again"]),
+            (
+                Refusal::BackupIncomplete {
+                    reason: "r5".into(),
+                },
+                vec!["r5", "again"],
+            ),
+            (
+                Refusal::EndNotArchived {
+                    segment: s(),
+                },
+                vec![N, "archive_command"],
+            ),
         ]
     }
 
@@ -692,12 +806,15 @@ mod tests {
     fn variant_count(r: &Refusal) -> usize {
         use Refusal::*;
         match r {
-            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 18,
-            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 18,
-            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 18,
-            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 18,
-            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 18,
-            PromotionInProgress { .. } | TooSlow { .. } => 18,
+            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 26,
+            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 26,
+            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 26,
+            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 26,
+            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 26,
+            PromotionInProgress { .. } | TooSlow { .. } => 26,
+            NoTarget | TargetNotEmpty { .. } | StandbyExists { .. } => 26,
+            TargetRunning { .. } | BadPath { .. } | BackupGone => 26,
+            BackupIncomplete { .. } | EndNotArchived { .. } => 26,
         }
     }
 
