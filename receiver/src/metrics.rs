@@ -134,7 +134,7 @@ impl Metrics {
 }
 
 /// Every `reason` label value, one per [`Refusal`] variant.
-const REFUSAL_REASONS: [&str; 18] = [
+const REFUSAL_REASONS: [&str; 26] = [
     "bad_name",
     "foreign_cluster",
     "conflicting_content",
@@ -153,6 +153,14 @@ const REFUSAL_REASONS: [&str; 18] = [
     "bad_backup",
     "promotion_in_progress",
     "too_slow",
+    "no_target",
+    "target_not_empty",
+    "standby_exists",
+    "target_running",
+    "bad_path",
+    "backup_gone",
+    "backup_incomplete",
+    "end_not_archived",
 ];
 
 /// The `reason` label of a refusal.
@@ -176,6 +184,14 @@ fn reason(r: &Refusal) -> &'static str {
         Refusal::BadBackup { .. } => "bad_backup",
         Refusal::PromotionInProgress { .. } => "promotion_in_progress",
         Refusal::TooSlow { .. } => "too_slow",
+        Refusal::NoTarget => "no_target",
+        Refusal::TargetNotEmpty { .. } => "target_not_empty",
+        Refusal::StandbyExists { .. } => "standby_exists",
+        Refusal::TargetRunning { .. } => "target_running",
+        Refusal::BadPath { .. } => "bad_path",
+        Refusal::BackupGone => "backup_gone",
+        Refusal::BackupIncomplete { .. } => "backup_incomplete",
+        Refusal::EndNotArchived { .. } => "end_not_archived",
     }
 }
 

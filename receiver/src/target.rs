@@ -294,7 +294,9 @@ impl Target {
                 })
             }
         }
-        let durable_err = |name: &str| move |e: DurableError| storage_refusal(name, &e);
+        fn durable_err(name: &'static str) -> impl Fn(DurableError) -> Refusal {
+            move |e| storage_refusal(name, &e)
+        }
         // Written fresh: the sender never sends these names (BackupPath refuses them).
         durable::publish_new(&dir, "backup_label", backup_label.as_bytes(), FILE_MODE)
             .map_err(durable_err("backup_label"))?;

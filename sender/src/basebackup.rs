@@ -31,7 +31,7 @@ use tokio_postgres::{Client, NoTls};
 use walship_common::basebackup::{self, Walk, CONTROL};
 use walship_common::proto::backup::OutgoingFile;
 use walship_common::proto::frame::{WireRequest, CLOSE_DONE};
-use walship_common::proto::{BackupRequest, Encoding, Refusal, Reply};
+use walship_common::proto::{BackupRequest, Encoding, Reply};
 use walship_common::sys::config::SenderSettings;
 use walship_common::{human, Lsn};
 
