@@ -322,7 +322,9 @@ impl Marker {
 }
 
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The lines appended to the standby's `postgresql.auto.conf`: `restore_command` and
@@ -330,7 +332,9 @@ fn one_line(s: &str) -> String {
 pub fn standby_settings(program: &str, config: &str) -> String {
     let run = format!("{} --config {}", shell_word(program), shell_word(config));
     let mut out = String::new();
-    out.push_str("# Added by walship basebackup: this standby restores WAL from walship's archive.\n");
+    out.push_str(
+        "# Added by walship basebackup: this standby restores WAL from walship's archive.\n",
+    );
     let _ = writeln!(
         out,
         "restore_command = '{}'",
@@ -364,7 +368,9 @@ fn conf_escape(s: &str) -> String {
 pub fn label_ok(label: &str) -> bool {
     !label.is_empty()
         && label.len() <= 100
-        && label.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\'')
+        && label
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'\'')
 }
 
 /// Rounded MB/s (10^6 bytes) for `bytes` in `secs`, as the summary prints it.
@@ -394,7 +400,11 @@ mod tests {
             ("pg_wal", true, Walk::EmptyDir),
             ("pg_wal/archive_status", true, Walk::EmptyDir),
             ("pg_wal/000000010000000000000001", false, Walk::Skip),
-            ("pg_wal/archive_status/000000010000000000000001.ready", false, Walk::Skip),
+            (
+                "pg_wal/archive_status/000000010000000000000001.ready",
+                false,
+                Walk::Skip,
+            ),
             ("pg_replslot", true, Walk::EmptyDir),
             ("pg_replslot/slot1", true, Walk::Skip),
             ("pg_stat_tmp/global.stat", false, Walk::Skip),
@@ -420,7 +430,12 @@ mod tests {
 
     #[test]
     fn paths_from_the_wire_stay_inside_the_target() {
-        for good in ["base/1/1259", "PG_VERSION", "global/pg_control", "pg_wal/archive_status"] {
+        for good in [
+            "base/1/1259",
+            "PG_VERSION",
+            "global/pg_control",
+            "pg_wal/archive_status",
+        ] {
             assert_eq!(BackupPath::parse(good).unwrap().as_str(), good);
         }
         let deep = vec!["a"; MAX_DEPTH + 1].join("/");
@@ -437,7 +452,10 @@ mod tests {
             (deep.as_str(), PathError::TooDeep),
             (long.as_str(), PathError::TooLong),
             ("backup_label", PathError::Reserved("backup_label".into())),
-            ("standby.signal", PathError::Reserved("standby.signal".into())),
+            (
+                "standby.signal",
+                PathError::Reserved("standby.signal".into()),
+            ),
             (MARKER, PathError::Reserved(MARKER.into())),
             (HELD_CONTROL, PathError::Reserved(HELD_CONTROL.into())),
             (
@@ -452,7 +470,10 @@ mod tests {
         let control = BackupPath::parse(CONTROL).unwrap();
         assert_eq!(control.stored_as(), HELD_CONTROL);
         assert_eq!(
-            BackupPath::parse("base/1/2").unwrap().components().collect::<Vec<_>>(),
+            BackupPath::parse("base/1/2")
+                .unwrap()
+                .components()
+                .collect::<Vec<_>>(),
             ["base", "1", "2"]
         );
     }
@@ -463,18 +484,36 @@ mod tests {
         let state = |v: &[&str]| TargetState::classify(Some(&names(v)));
         assert_eq!(TargetState::classify(None), TargetState::Absent);
         assert_eq!(state(&[]), TargetState::Empty);
-        assert_eq!(state(&["PG_VERSION", "base", MARKER]), TargetState::Unfinished);
+        assert_eq!(
+            state(&["PG_VERSION", "base", MARKER]),
+            TargetState::Unfinished
+        );
         assert_eq!(state(&["PG_VERSION", "base"]), TargetState::Cluster);
-        assert_eq!(state(&["PG_VERSION", "postmaster.pid", MARKER]), TargetState::Running);
+        assert_eq!(
+            state(&["PG_VERSION", "postmaster.pid", MARKER]),
+            TargetState::Running
+        );
         assert_eq!(state(&["notes.txt"]), TargetState::Other);
 
         assert_eq!(decide(TargetState::Absent, false), Ok(Decision::Create));
         assert_eq!(decide(TargetState::Empty, false), Ok(Decision::Use));
-        assert_eq!(decide(TargetState::Unfinished, false), Ok(Decision::Replace));
-        assert_eq!(decide(TargetState::Cluster, false), Err(TargetRefusal::Cluster));
+        assert_eq!(
+            decide(TargetState::Unfinished, false),
+            Ok(Decision::Replace)
+        );
+        assert_eq!(
+            decide(TargetState::Cluster, false),
+            Err(TargetRefusal::Cluster)
+        );
         assert_eq!(decide(TargetState::Cluster, true), Ok(Decision::Replace));
-        assert_eq!(decide(TargetState::Running, true), Err(TargetRefusal::Running));
-        assert_eq!(decide(TargetState::Other, true), Err(TargetRefusal::NotEmpty));
+        assert_eq!(
+            decide(TargetState::Running, true),
+            Err(TargetRefusal::Running)
+        );
+        assert_eq!(
+            decide(TargetState::Other, true),
+            Err(TargetRefusal::NotEmpty)
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use walship_common::handshake;
-use walship_common::proto::frame::{CLOSE_EVICTED, CLOSE_SHUTDOWN, REQUEST};
 use walship_common::proto::backup::IncomingFile;
+use walship_common::proto::frame::{CLOSE_EVICTED, CLOSE_SHUTDOWN, REQUEST};
 use walship_common::proto::{
     BackupRequest, Encoding, FrameError, Incoming, Refusal, Reply, Request, WireRequest,
     PROTOCOL_VERSION,
@@ -595,7 +595,10 @@ async fn stream(
         }
         Reply::Ready { pgdata } => {
             span.record("outcome", "ready");
-            info!(ms, "base backup complete: the standby in {pgdata} is ready to start");
+            info!(
+                ms,
+                "base backup complete: the standby in {pgdata} is ready to start"
+            );
         }
         Reply::AlreadyHad => {
             metrics::already_had();
@@ -920,7 +923,17 @@ async fn backup_step(
         } => {
             span.record("segment", path.as_str());
             span.record("bytes", size);
-            backup_file(recv, conn_uploads, shared, backup, &path, size, mode, encoding).await
+            backup_file(
+                recv,
+                conn_uploads,
+                shared,
+                backup,
+                &path,
+                size,
+                mode,
+                encoding,
+            )
+            .await
         }
     }
 }
@@ -954,11 +967,10 @@ async fn backup_file(
         size,
         encoding,
     };
-    let (incoming, tmp) =
-        match pump(recv, incoming, tmp, &mut pace, &request, shared.idle).await {
-            Ok(v) => v,
-            Err(outcome) => return outcome,
-        };
+    let (incoming, tmp) = match pump(recv, incoming, tmp, &mut pace, &request, shared.idle).await {
+        Ok(v) => v,
+        Err(outcome) => return outcome,
+    };
     let verified = incoming.finish();
     drop(permit);
     let (path, bytes) = match verified {

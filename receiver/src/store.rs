@@ -62,10 +62,10 @@ impl Archive {
         let pinned = state::read_pin(&dir)?;
         // A data directory without global/pg_control is not a standby yet: absent (to be
         // made by `basebackup`) or an unfinished backup. The pin decides until then.
-        let standby_pgdata = settings
-            .pgdata
-            .as_ref()
-            .filter(|p| p.join(walship_common::pg_control::CONTROL_FILE_PATH).exists());
+        let standby_pgdata = settings.pgdata.as_ref().filter(|p| {
+            p.join(walship_common::pg_control::CONTROL_FILE_PATH)
+                .exists()
+        });
         if let (Some(pgdata), None) = (&settings.pgdata, standby_pgdata) {
             info!(pgdata = %pgdata.display(), "no standby in pgdata yet (no global/pg_control): waiting for walship-sender basebackup");
         }

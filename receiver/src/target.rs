@@ -188,7 +188,12 @@ impl Target {
     }
 
     /// A temp file for `path` of backup `id`, in its (created if missing) parent directory.
-    pub fn temp(&self, id: u64, path: &BackupPath, mode: u32) -> Result<(TempFile, String), Refusal> {
+    pub fn temp(
+        &self,
+        id: u64,
+        path: &BackupPath,
+        mode: u32,
+    ) -> Result<(TempFile, String), Refusal> {
         let dir = self.check(id)?;
         let stored = path.stored_as();
         let (parents, name) = match stored.rsplit_once('/') {

@@ -88,8 +88,16 @@ impl Summary {
 /// One entry to send.
 #[derive(Debug, Clone)]
 enum Entry {
-    Dir { rel: String, mode: u32 },
-    File { rel: String, path: PathBuf, size: u64, mode: u32 },
+    Dir {
+        rel: String,
+        mode: u32,
+    },
+    File {
+        rel: String,
+        path: PathBuf,
+        size: u64,
+        mode: u32,
+    },
 }
 
 pub async fn run(settings: &SenderSettings, opts: &Options) -> Result<Summary, SenderError> {
@@ -107,10 +115,12 @@ pub async fn run(settings: &SenderSettings, opts: &Options) -> Result<Summary, S
             settings.config_path.display()
         ))
     })?;
-    let label = opts
-        .label
-        .clone()
-        .unwrap_or_else(|| format!("walship basebackup {}", human::timestamp(std::time::SystemTime::now())));
+    let label = opts.label.clone().unwrap_or_else(|| {
+        format!(
+            "walship basebackup {}",
+            human::timestamp(std::time::SystemTime::now())
+        )
+    });
     if !basebackup::label_ok(&label) {
         return Err(setup(format!(
             "--label {label:?}: use at most 100 printable ASCII characters, no quote"
@@ -323,7 +333,10 @@ async fn backup_stop(client: &Client, version: i32) -> Result<(Lsn, String), Sen
 
 async fn walfile_name(client: &Client, lsn: Lsn) -> Result<String, SenderError> {
     let row = client
-        .query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&lsn.to_string()])
+        .query_one(
+            "SELECT pg_walfile_name($1::text::pg_lsn)",
+            &[&lsn.to_string()],
+        )
         .await
         .map_err(|e| backup_error("end segment name", &e))?;
     Ok(row.get(0))
@@ -400,7 +413,10 @@ fn walk_dir(pgdata: &Path) -> Result<Vec<Entry>, SenderError> {
                 match basebackup::walk(&child, true) {
                     Walk::Skip => {}
                     Walk::EmptyDir => {
-                        dirs.push(Entry::Dir { rel: child.clone(), mode });
+                        dirs.push(Entry::Dir {
+                            rel: child.clone(),
+                            mode,
+                        });
                         if child == "pg_wal" {
                             dirs.push(Entry::Dir {
                                 rel: "pg_wal/archive_status".into(),
@@ -413,7 +429,10 @@ fn walk_dir(pgdata: &Path) -> Result<Vec<Entry>, SenderError> {
                             tracing::warn!("{} loops back through a link: skipped", path.display());
                             continue;
                         }
-                        dirs.push(Entry::Dir { rel: child.clone(), mode });
+                        dirs.push(Entry::Dir {
+                            rel: child.clone(),
+                            mode,
+                        });
                         stack.push((path, child));
                     }
                 }
@@ -448,7 +467,9 @@ fn walk_dir(pgdata: &Path) -> Result<Vec<Entry>, SenderError> {
         Entry::File { .. } => 0,
     });
     // pg_wal/archive_status may be listed twice (a real one, and the one added above).
-    dirs.dedup_by(|a, b| matches!((a, b), (Entry::Dir { rel: x, .. }, Entry::Dir { rel: y, .. }) if x == y));
+    dirs.dedup_by(
+        |a, b| matches!((a, b), (Entry::Dir { rel: x, .. }, Entry::Dir { rel: y, .. }) if x == y),
+    );
     let mut out = dirs;
     // Large files first: the tail of the backup is many small files in parallel, not one big.
     files.sort_by_key(|f| match f {
@@ -568,10 +589,7 @@ impl Ctx {
         }
         match read_verdict(&mut rx, &fail).await? {
             Reply::Stored => Ok(Some(size)),
-            Reply::Refused(refusal) => Err(SenderError::BackupRefused {
-                what: rel,
-                refusal,
-            }),
+            Reply::Refused(refusal) => Err(SenderError::BackupRefused { what: rel, refusal }),
             other => Err(SenderError::Setup(format!(
                 "receiver {} answered {rel} with {other:?}",
                 self.settings.receiver
@@ -747,9 +765,7 @@ impl Display {
                 let secs = started.elapsed().as_secs_f64();
                 let rate = done as f64 / secs.max(0.001);
                 let eta = if rate > 0.0 {
-                    human::duration(Duration::from_secs_f64(
-                        (total_bytes - done) as f64 / rate,
-                    ))
+                    human::duration(Duration::from_secs_f64((total_bytes - done) as f64 / rate))
                 } else {
                     "?".into()
                 };

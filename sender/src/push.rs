@@ -344,7 +344,9 @@ pub async fn transfer(
     match read_verdict(&mut rx, &fail).await? {
         Reply::Stored => Ok(Pushed::Stored),
         Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
-        Reply::Ready { .. } => Err(fail.lost("the receiver answered a WAL file as a base backup".into())),
+        Reply::Ready { .. } => {
+            Err(fail.lost("the receiver answered a WAL file as a base backup".into()))
+        }
         Reply::Refused(refusal) => Err(SenderError::Refused {
             name: name.clone(),
             refusal,

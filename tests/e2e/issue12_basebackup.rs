@@ -82,7 +82,8 @@ fn issue12_basebackup() {
     let out = backup(&sc, &sender, &[]);
     out.assert_code(0);
     assert!(
-        out.stderr.contains(&format!("pg_ctl -D {} start", target.display())),
+        out.stderr
+            .contains(&format!("pg_ctl -D {} start", target.display())),
         "no start command in the summary\n{out}"
     );
     assert!(out.stderr.contains("MB/s"), "{out}");
@@ -140,7 +141,11 @@ fn issue12_basebackup() {
     assert_eq!(standby.sql("select pg_is_in_recovery()"), "t");
     standby.sql("select pg_promote(true, 60)");
     assert_eq!(standby.sql("select pg_is_in_recovery()"), "f");
-    assert_eq!(pgbench_digest(&standby), expected, "data differ after promote");
+    assert_eq!(
+        pgbench_digest(&standby),
+        expected,
+        "data differ after promote"
+    );
     standby.stop();
 
     // A finished standby: refused without --force, nothing touched; replaced with it.
@@ -161,6 +166,8 @@ fn issue12_basebackup() {
         "went away",
         "connection lost",
         "removing the previous contents",
+        "is not empty and holds no unfinished walship backup",
+        "already holds a PostgreSQL cluster",
     ]);
 }
 
@@ -175,7 +182,10 @@ fn not_empty_is_refused(sc: &Scenario, sender: &Path, target: &Path) {
     assert!(out.stderr.contains("not empty"), "{out}");
     assert_eq!(out.stderr.lines().count(), 1, "one line\n{out}");
     assert_eq!(listing(target), before);
-    assert_eq!(fs::read(target.join("notes.txt")).expect("read"), b"keep me");
+    assert_eq!(
+        fs::read(target.join("notes.txt")).expect("read"),
+        b"keep me"
+    );
     fs::remove_dir_all(target).expect("remove target");
 }
 
@@ -228,7 +238,10 @@ fn kill_when_copying(sc: &Scenario, mut child: Child, target: &Path, rx: Option<
             rx.kill9();
             let status = wait_deadline(&mut child, Duration::from_secs(120))
                 .expect("the sender did not give up after the receiver died");
-            assert!(!status.success(), "the sender succeeded without its receiver");
+            assert!(
+                !status.success(),
+                "the sender succeeded without its receiver"
+            );
         }
     }
     let _ = sc;
@@ -249,7 +262,10 @@ fn assert_unstartable(sc: &Scenario, config: &Path, target: &Path) {
         .args(["-w", "-t", "20", "start"])
         .timeout(Duration::from_secs(40));
     let out = sc.run(&start);
-    assert!(!out.success(), "PostgreSQL started on an unfinished backup\n{out}");
+    assert!(
+        !out.success(),
+        "PostgreSQL started on an unfinished backup\n{out}"
+    );
     let out = run_receiver(sc, config, "status", &["--json"]);
     out.assert_code(1);
     let st: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");

@@ -224,7 +224,10 @@ mod tests {
         for enc in [Encoding::Plain, Encoding::Zstd] {
             let (wire, padded) = send(body.len() as u64, enc, &[&body[..10], &body[10..]]);
             assert_eq!(padded, 0);
-            assert_eq!(receive("base/1/2", body.len() as u64, enc, &wire).unwrap(), body);
+            assert_eq!(
+                receive("base/1/2", body.len() as u64, enc, &wire).unwrap(),
+                body
+            );
         }
     }
 

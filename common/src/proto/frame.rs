@@ -136,7 +136,11 @@ pub enum BackupRequest {
         force: bool,
     },
     /// Create a directory (parents first); `mode` as on the primary (permission bits).
-    Dir { backup: u64, path: String, mode: u32 },
+    Dir {
+        backup: u64,
+        path: String,
+        mode: u32,
+    },
     /// A file: `size` plain bytes follow in `encoding`, then the digest trailer, as for WAL.
     File {
         backup: u64,
@@ -767,9 +771,7 @@ mod tests {
                 vec!["r5", "again"],
             ),
             (
-                Refusal::EndNotArchived {
-                    segment: s(),
-                },
+                Refusal::EndNotArchived { segment: s() },
                 vec![N, "archive_command"],
             ),
         ]
