@@ -450,9 +450,22 @@ mod tests {
     fn request_and_replies_round_trip() {
         let r = request();
         assert_eq!(
-            decode_frame::<Request>(&r.encode(), MAX_HEADER_BYTES).unwrap(),
-            r
+            decode_frame::<WireRequest>(&r.encode(), MAX_HEADER_BYTES).unwrap(),
+            WireRequest::Wal(r.clone())
         );
+        let step = WireRequest::Backup(BackupRequest::File {
+            backup: 7,
+            path: "base/1/1259".into(),
+            size: 8192,
+            mode: 0o600,
+            encoding: Encoding::Zstd,
+        });
+        assert_eq!(
+            decode_frame::<WireRequest>(&step.encode(), MAX_HEADER_BYTES).unwrap(),
+            step
+        );
+        // A base backup step is never taken for a WAL file.
+        assert!(Request::decode_body(&step.encode()[PREAMBLE_LEN..]).is_err());
         let replies = [
             Reply::Stored,
             Reply::AlreadyHad,
@@ -483,13 +496,13 @@ mod tests {
         let mut buf = request().encode();
         buf[0] = b'X';
         assert!(matches!(
-            decode_frame::<Request>(&buf, MAX_HEADER_BYTES),
+            decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES),
             Err(FrameError::BadMagic(_))
         ));
 
         let mut buf = request().encode();
         buf[4..6].copy_from_slice(&1u16.to_be_bytes());
-        let err = decode_frame::<Request>(&buf, MAX_HEADER_BYTES).unwrap_err();
+        let err = decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES).unwrap_err();
         assert_eq!(
             err,
             FrameError::Version {
@@ -502,14 +515,14 @@ mod tests {
         let mut buf = request().encode();
         buf[6..10].copy_from_slice(&(MAX_HEADER_BYTES as u32 + 1).to_be_bytes());
         assert!(matches!(
-            decode_frame::<Request>(&buf, MAX_HEADER_BYTES),
+            decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES),
             Err(FrameError::TooLong { .. })
         ));
 
         let mut buf = request().encode();
         buf.push(0);
         assert!(
-            decode_frame::<Request>(&buf, MAX_HEADER_BYTES).is_err(),
+            decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES).is_err(),
             "length lie"
         );
 
@@ -518,7 +531,7 @@ mod tests {
         garbage.extend_from_slice(&8u32.to_be_bytes());
         garbage.extend_from_slice(&[0xff; 8]);
         assert!(matches!(
-            decode_frame::<Request>(&garbage, MAX_HEADER_BYTES),
+            decode_frame::<WireRequest>(&garbage, MAX_HEADER_BYTES),
             Err(FrameError::Decode(_))
         ));
     }
