@@ -169,7 +169,14 @@ pub async fn run(settings: &SenderSettings, opts: &Options) -> Result<Summary, S
         let (files, bytes) = send_entries(&ctx, entries).await?;
         let (stop_lsn, backup_label) = backup_stop(&client, version).await?;
         let end_segment = walfile_name(&client, stop_lsn).await?;
-        let reply = ctx
+        // A new connection for the end: the receiver knows the backup by its id, and the first
+        // connection sat idle through pg_backup_stop (a receiver short of sending slots may
+        // have evicted it meanwhile).
+        let end = Ctx {
+            conn: target.connect().await?,
+            ..ctx.clone()
+        };
+        let reply = end
             .exchange(
                 "the end of the base backup",
                 BackupRequest::End {
@@ -187,6 +194,7 @@ pub async fn run(settings: &SenderSettings, opts: &Options) -> Result<Summary, S
                 settings.receiver
             )));
         };
+        end.conn.close(VarInt::from_u32(CLOSE_DONE), b"done");
         Ok(Summary {
             files,
             bytes,
