@@ -347,6 +347,17 @@ mod tests {
                 min_rate: 1,
                 grace_secs: 1,
             },
+            Refusal::NoTarget,
+            Refusal::TargetNotEmpty { path: s() },
+            Refusal::StandbyExists { path: s() },
+            Refusal::TargetRunning { path: s() },
+            Refusal::BadPath {
+                path: s(),
+                reason: s(),
+            },
+            Refusal::BackupGone,
+            Refusal::BackupIncomplete { reason: s() },
+            Refusal::EndNotArchived { segment: name() },
         ];
         let labels: Vec<&str> = all.iter().map(reason).collect();
         assert_eq!(labels, REFUSAL_REASONS);

@@ -475,6 +475,7 @@ mod tests {
                 "replay_lsn": "0/3000060",
                 "error": null
             },
+            "pgdata": null,
             "serve_pid": "4242",
             "healthy": true,
             "problems": []
