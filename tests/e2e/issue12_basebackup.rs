@@ -168,6 +168,8 @@ fn issue12_basebackup() {
         "removing the previous contents",
         "is not empty and holds no unfinished walship backup",
         "already holds a PostgreSQL cluster",
+        // A push the receiver's SIGKILL interrupted.
+        "removed leftover of an interrupted transfer",
     ]);
 }
 
