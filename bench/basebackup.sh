@@ -77,7 +77,9 @@ EOF
 chown postgres:postgres "$W"/*.toml
 as_pg "$PGBIN/pg_ctl" -D "$W/primary" -l "$W/primary.log" -w start >/dev/null
 as_pg "$PGBIN/pgbench" -h "$W" -p "$PGPORT" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
-as_pg "$W/walship-receiver" --config "$W/receiver.toml" serve >"$W/receiver.log" 2>&1 &
+# setpriv execs (runuser would fork and keep the receiver out of reach of the trap's kill).
+setpriv --reuid postgres --regid postgres --init-groups \
+    "$W/walship-receiver" --config "$W/receiver.toml" serve >"$W/receiver.log" 2>&1 &
 RX_PID=$!
 for _ in $(seq 100); do grep -q listening "$W/receiver.log" && break; sleep 0.1; done
 
