@@ -1,6 +1,8 @@
 //! walship-common: everything that *decides*, with no sockets and no runtime.
 //!
 //! Module map:
+//! - [`basebackup`]: base backups: what to skip in a data directory, paths from the wire
+//!   kept inside the target, what a target may be replaced, the marker, the standby settings.
 //! - [`lookahead`]: the sender daemon's book of `.ready` files shipped ahead, tied to file
 //!   identity.
 //! - [`lsn`]: `Lsn`, printed like PostgreSQL (`0/3000028`).
@@ -41,6 +43,7 @@
 //!   readiness.
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
+pub mod basebackup;
 pub mod check;
 pub mod clusters;
 pub mod handshake;
@@ -60,3 +63,7 @@ pub use lsn::Lsn;
 pub use pg_control::SystemId;
 pub use wal::header::LongPageHeader;
 pub use wal::name::{SegNo, SegmentName, TimelineId, WalFileName};
+
+/// The default `state_dir` of the sender under `pgdata` (see `sys::config`): PostgreSQL ignores
+/// it and walship's base backups skip it.
+pub const DEFAULT_SENDER_STATE_SUBDIR: &str = "walship_sender";

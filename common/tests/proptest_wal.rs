@@ -123,13 +123,13 @@ proptest! {
 mod frames {
     use proptest::prelude::*;
     use walship_common::proto::frame::{decode_frame, MAX_HEADER_BYTES, MAX_REPLY_BYTES};
-    use walship_common::proto::{ArchiveFacts, Refusal, Reply, Request, Upload};
+    use walship_common::proto::{ArchiveFacts, Refusal, Reply, Request, Upload, WireRequest};
 
     proptest! {
         #[test]
         fn request_round_trips(name in "[0-9A-F.a-z/]{0,64}", size in any::<u64>()) {
             let r = Request { name, size, encoding: walship_common::proto::Encoding::Plain, dropped: Vec::new(), append_at: None };
-            prop_assert_eq!(decode_frame::<Request>(&r.encode(), MAX_HEADER_BYTES).unwrap(), r);
+            prop_assert_eq!(decode_frame::<WireRequest>(&r.encode(), MAX_HEADER_BYTES).unwrap(), WireRequest::Wal(r));
         }
 
         #[test]
@@ -146,7 +146,7 @@ mod frames {
 
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode_frame::<Request>(&bytes, MAX_HEADER_BYTES);
+            let _ = decode_frame::<WireRequest>(&bytes, MAX_HEADER_BYTES);
             let _ = decode_frame::<Reply>(&bytes, MAX_REPLY_BYTES);
             let _ = Request::decode_body(&bytes);
             let _ = Reply::decode_body(&bytes);

@@ -5,6 +5,7 @@
 //! 1. entry points, one per subcommand: [`serve`], [`restore`], [`promote`], [`status`],
 //!    [`certs`], [`cleanup`], [`check`]. None calls another.
 //! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment),
+//!    [`target`] (the standby's data directory as a base backup's target),
 //!    [`standby`] (talking to the standby PostgreSQL) and [`metrics`] (`serve`'s metrics and
 //!    their rendering for the `metrics_listen` endpoint);
 //! 3. [`state`] (the archive's state files: pin, fence and its lock, restore records,
@@ -26,3 +27,4 @@ pub mod standby;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod target;

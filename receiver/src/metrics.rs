@@ -193,7 +193,7 @@ impl Metrics {
 }
 
 /// Every `reason` label value, one per [`Refusal`] variant.
-const REFUSAL_REASONS: [&str; 19] = [
+const REFUSAL_REASONS: [&str; 27] = [
     "bad_name",
     "foreign_cluster",
     "conflicting_content",
@@ -213,6 +213,14 @@ const REFUSAL_REASONS: [&str; 19] = [
     "promotion_in_progress",
     "too_slow",
     "client_not_allowed",
+    "no_target",
+    "target_not_empty",
+    "standby_exists",
+    "target_running",
+    "bad_path",
+    "backup_gone",
+    "backup_incomplete",
+    "end_not_archived",
 ];
 
 /// The `reason` label of a refusal.
@@ -237,6 +245,14 @@ fn reason(r: &Refusal) -> &'static str {
         Refusal::PromotionInProgress { .. } => "promotion_in_progress",
         Refusal::TooSlow { .. } => "too_slow",
         Refusal::ClientNotAllowed { .. } => "client_not_allowed",
+        Refusal::NoTarget => "no_target",
+        Refusal::TargetNotEmpty { .. } => "target_not_empty",
+        Refusal::StandbyExists { .. } => "standby_exists",
+        Refusal::TargetRunning { .. } => "target_running",
+        Refusal::BadPath { .. } => "bad_path",
+        Refusal::BackupGone => "backup_gone",
+        Refusal::BackupIncomplete { .. } => "backup_incomplete",
+        Refusal::EndNotArchived { .. } => "end_not_archived",
     }
 }
 
@@ -449,6 +465,17 @@ mod tests {
                 grace_secs: 1,
             },
             Refusal::ClientNotAllowed { subject: s() },
+            Refusal::NoTarget,
+            Refusal::TargetNotEmpty { path: s() },
+            Refusal::StandbyExists { path: s() },
+            Refusal::TargetRunning { path: s() },
+            Refusal::BadPath {
+                path: s(),
+                reason: s(),
+            },
+            Refusal::BackupGone,
+            Refusal::BackupIncomplete { reason: s() },
+            Refusal::EndNotArchived { segment: name() },
         ];
         let labels: Vec<&str> = all.iter().map(reason).collect();
         assert_eq!(labels, REFUSAL_REASONS);

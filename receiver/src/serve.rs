@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use walship_common::handshake;
+use walship_common::proto::backup::IncomingFile;
 use walship_common::proto::frame::{CLOSE_EVICTED, CLOSE_SHUTDOWN, REQUEST};
 use walship_common::proto::{
-    Encoding, FrameError, Incoming, Refusal, Reply, Request, PROTOCOL_VERSION,
+    BackupRequest, Encoding, FrameError, Incoming, Refusal, Reply, Request, WireRequest,
+    PROTOCOL_VERSION,
 };
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::durable::{is_disk_full, TempFile};
@@ -26,6 +28,7 @@ use walship_common::sys::tls;
 use crate::error::ReceiverError;
 use crate::metrics;
 use crate::store::{storage_refusal, Archive};
+use crate::target::Target;
 
 // Memory. The receiver's memory is bounded whatever the number of senders, connections and
 // streams. With the defaults of the receiver.toml keys in [brackets]:
@@ -138,6 +141,13 @@ pub async fn run_with(
             name: view.cluster.clone(),
             allowed: view.allowed_clients.clone(),
             archive: Arc::new(archive),
+            // The standby's data directory, for base backups (`pgdata`; may not exist yet).
+            target: Arc::new(Target::new(
+                view.pgdata.clone(),
+                std::env::current_exe().unwrap_or_else(|_| "walship-receiver".into()),
+                std::path::absolute(&view.config_path)
+                    .unwrap_or_else(|_| view.config_path.clone()),
+            )),
         });
     }
     let clusters = Arc::new(clusters);
@@ -196,6 +206,7 @@ pub async fn run_with(
             archive: None,
             cluster: None,
             subject: Arc::from(""),
+            target: None,
             sending: sending.clone(),
             uploads: uploads.clone(),
             holders: holders.clone(),
@@ -373,6 +384,7 @@ struct Served {
     name: Option<String>,
     allowed: Vec<String>,
     archive: Arc<Archive>,
+    target: Arc<Target>,
 }
 
 /// What every stream task needs.
@@ -387,6 +399,8 @@ struct Shared {
     cluster: Option<String>,
     /// The subject of the connection's client certificate.
     subject: Arc<str>,
+    /// The chosen cluster's standby data directory, for base backups (none with the archive).
+    target: Option<Arc<Target>>,
     /// `max_connections` permits: one per connection with stream credit.
     sending: Arc<Semaphore>,
     /// `max_uploads` permits: one per upload decoding and writing.
@@ -438,6 +452,7 @@ async fn connection(
     match route(&shared.clusters, common_name.as_deref()) {
         Some(served) => {
             shared.archive = Some(served.archive.clone());
+            shared.target = Some(served.target.clone());
             shared.cluster = served.name.clone();
             if let Some(name) = &served.name {
                 tracing::Span::current().record("cluster", name.as_str());
@@ -485,10 +500,10 @@ async fn connection(
             outcome = tracing::field::Empty
         );
         let busy = Busy::new(holder.clone());
-        let (conn_uploads, shared) = (conn_uploads.clone(), shared.clone());
+        let (conn_uploads, shared, conn) = (conn_uploads.clone(), shared.clone(), conn.clone());
         tracker.spawn(
             async move {
-                stream(send, recv, &conn_uploads, &shared).await;
+                stream(send, recv, &conn_uploads, &shared, conn).await;
                 drop(busy);
             }
             .instrument(span),
@@ -669,11 +684,12 @@ async fn stream(
     mut recv: RecvStream,
     conn_uploads: &Arc<Semaphore>,
     shared: &Shared,
+    conn: quinn::Connection,
 ) {
     let started = Instant::now();
     let span = tracing::Span::current();
     let idle = shared.idle;
-    let outcome = receive(&mut recv, conn_uploads, shared, started).await;
+    let outcome = receive(&mut recv, conn_uploads, shared, started, conn).await;
     let reply = match outcome {
         Outcome::Gone(why) => {
             span.record("outcome", "abandoned");
@@ -687,6 +703,13 @@ async fn stream(
         Reply::Stored => {
             span.record("outcome", "stored");
             info!(ms, "stored");
+        }
+        Reply::Ready { pgdata } => {
+            span.record("outcome", "ready");
+            info!(
+                ms,
+                "base backup complete: the standby in {pgdata} is ready to start"
+            );
         }
         Reply::AlreadyHad => {
             metrics::already_had(shared.cluster.as_deref());
@@ -711,6 +734,7 @@ async fn stream(
                 Refusal::ConflictingContent { .. }
                 | Refusal::ClientNotAllowed { .. }
                 | Refusal::HistoryConflict { .. }
+                | Refusal::NoTarget
                 | Refusal::DiskFull { .. }
                 | Refusal::StorageFailed { .. } => error!("refused: {r}"),
                 _ => warn!("refused: {r}"),
@@ -732,10 +756,14 @@ async fn receive(
     conn_uploads: &Arc<Semaphore>,
     shared: &Shared,
     started: Instant,
+    conn: quinn::Connection,
 ) -> Outcome {
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let request = match read_request(recv, shared.idle).await {
-        Ok(r) => r,
+        Ok(WireRequest::Wal(r)) => r,
+        Ok(WireRequest::Backup(b)) => {
+            return backup_step(recv, conn_uploads, shared, b, conn).await;
+        }
         Err(outcome) => return outcome,
     };
     let span = tracing::Span::current();
@@ -854,7 +882,7 @@ async fn record_gaps(dir: &std::path::Path, request: &Request) -> Result<(), Ref
 /// The request header, whole within one idle timeout (not one per read: a header trickled a
 /// byte at a time would otherwise hold the stream, and the connection's sending slot, for
 /// ever). A sender of another protocol version is answered from its preamble alone.
-async fn read_request(recv: &mut RecvStream, idle: Duration) -> Result<Request, Outcome> {
+async fn read_request(recv: &mut RecvStream, idle: Duration) -> Result<WireRequest, Outcome> {
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let due = tokio::time::Instant::now() + idle;
     let body = match read_frame(recv, REQUEST, Some(due)).await {
@@ -873,7 +901,7 @@ async fn read_request(recv: &mut RecvStream, idle: Duration) -> Result<Request, 
         Err(ReadError::Deadline) => return Err(Outcome::Gone(format!("no data for {idle:?}"))),
         Err(e @ (ReadError::Ended | ReadError::Io(_))) => return Err(Outcome::Gone(e.to_string())),
     };
-    Request::decode_body(&body).map_err(|e| {
+    WireRequest::decode_body(&body).map_err(|e| {
         refuse(Refusal::Malformed {
             reason: e.to_string(),
         })
@@ -882,14 +910,14 @@ async fn read_request(recv: &mut RecvStream, idle: Duration) -> Result<Request, 
 
 /// Move the stream's wire bytes through `incoming` into `tmp` until the sender finishes, in
 /// batches (decoded and written on the blocking pool), keeping the sender to `pace`.
-async fn pump(
+async fn pump<S: Feed>(
     recv: &mut RecvStream,
-    mut incoming: Incoming,
+    mut incoming: S,
     mut tmp: Sink,
     pace: &mut Pace,
     request: &Request,
     idle: Duration,
-) -> Result<(Incoming, Sink), Outcome> {
+) -> Result<(S, Sink), Outcome> {
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let batch = match incoming.encoding() {
         Encoding::Plain => WRITE_BUF,
@@ -953,10 +981,222 @@ enum Sink {
     Memory(Vec<u8>),
 }
 
+/// What [`pump`] feeds through: a WAL upload ([`Incoming`]) or a base backup file ([`IncomingFile`]).
+trait Feed: Send + 'static {
+    fn name(&self) -> String;
+    fn encoding(&self) -> Encoding;
+    fn max_wire(&self) -> u64;
+    fn plain_bytes(&self) -> u64;
+    fn absorb(
+        &mut self,
+        wire: &[u8],
+        write: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal>;
+}
+
+impl Feed for Incoming {
+    fn name(&self) -> String {
+        Incoming::name(self).to_string()
+    }
+    fn encoding(&self) -> Encoding {
+        Incoming::encoding(self)
+    }
+    fn max_wire(&self) -> u64 {
+        Incoming::max_wire(self)
+    }
+    fn plain_bytes(&self) -> u64 {
+        Incoming::plain_bytes(self)
+    }
+    fn absorb(
+        &mut self,
+        wire: &[u8],
+        write: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        Incoming::absorb(self, wire, write)
+    }
+}
+
+impl Feed for IncomingFile {
+    fn name(&self) -> String {
+        self.path().to_string()
+    }
+    fn encoding(&self) -> Encoding {
+        IncomingFile::encoding(self)
+    }
+    fn max_wire(&self) -> u64 {
+        IncomingFile::max_wire(self)
+    }
+    fn plain_bytes(&self) -> u64 {
+        IncomingFile::plain_bytes(self)
+    }
+    fn absorb(
+        &mut self,
+        wire: &[u8],
+        write: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        IncomingFile::absorb(self, wire, write)
+    }
+}
+
+/// One step of a base backup: `Begin`, `Dir` and `End` are quick file system work; `File`
+/// streams like a WAL upload (an upload slot, the pace) into the target.
+async fn backup_step(
+    recv: &mut RecvStream,
+    conn_uploads: &Arc<Semaphore>,
+    shared: &Shared,
+    step: BackupRequest,
+    conn: quinn::Connection,
+) -> Outcome {
+    let span = tracing::Span::current();
+    // The client certificate decides the cluster, hence the target; none allowed: refused.
+    let (Some(target), Some(archive)) = (shared.target.clone(), shared.archive.clone()) else {
+        return Outcome::Reply(Reply::Refused(Refusal::ClientNotAllowed {
+            subject: shared.subject.to_string(),
+        }));
+    };
+    let target_path = target.path();
+    let blocking = |f: Box<dyn FnOnce() -> Result<(), Refusal> + Send>| async move {
+        let result = tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+            Err(Refusal::StorageFailed {
+                name: "base backup".into(),
+                detail: e.to_string(),
+            })
+        });
+        Outcome::Reply(match result {
+            Ok(()) => Reply::Stored,
+            Err(r) => Reply::Refused(r),
+        })
+    };
+    match step {
+        BackupRequest::Begin {
+            backup,
+            label,
+            system_id,
+            force,
+        } => {
+            span.record("segment", "basebackup: begin");
+            blocking(Box::new(move || {
+                target.begin(
+                    backup,
+                    &label,
+                    walship_common::SystemId(system_id),
+                    force,
+                    conn,
+                    &archive,
+                )
+            }))
+            .await
+        }
+        BackupRequest::Dir { backup, path, mode } => {
+            span.record("segment", path.as_str());
+            blocking(Box::new(move || target.dir_step(backup, &path, mode))).await
+        }
+        BackupRequest::End {
+            backup,
+            files,
+            bytes,
+            end_segment,
+            backup_label,
+        } => {
+            span.record("segment", "basebackup: end");
+            let pgdata = target_path;
+            match blocking(Box::new(move || {
+                target.end(backup, files, bytes, &end_segment, &backup_label, &archive)
+            }))
+            .await
+            {
+                Outcome::Reply(Reply::Stored) => Outcome::Reply(Reply::Ready { pgdata }),
+                other => other,
+            }
+        }
+        BackupRequest::File {
+            backup,
+            path,
+            size,
+            mode,
+            encoding,
+        } => {
+            span.record("segment", path.as_str());
+            span.record("bytes", size);
+            backup_file(
+                recv,
+                conn_uploads,
+                shared,
+                backup,
+                &path,
+                size,
+                mode,
+                encoding,
+            )
+            .await
+        }
+    }
+}
+
+/// Receive one base backup file into the target.
+#[allow(clippy::too_many_arguments)]
+async fn backup_file(
+    recv: &mut RecvStream,
+    conn_uploads: &Arc<Semaphore>,
+    shared: &Shared,
+    backup: u64,
+    path: &str,
+    size: u64,
+    mode: u32,
+    encoding: Encoding,
+) -> Outcome {
+    let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
+    let Some(target) = shared.target.clone() else {
+        return refuse(Refusal::ClientNotAllowed {
+            subject: shared.subject.to_string(),
+        });
+    };
+    let incoming = match IncomingFile::begin(path, size, encoding) {
+        Ok(i) => i,
+        Err(r) => return refuse(r),
+    };
+    let permit = upload_slot(conn_uploads, &shared.uploads, &shared.limits).await;
+    let mut pace = Pace::new(shared.idle, shared.limits.min_upload_rate);
+    let (tmp, name) = match target.temp(backup, incoming.path(), mode) {
+        Ok(t) => t,
+        Err(r) => return refuse(r),
+    };
+    // For the pace's and the pump's messages, which name the request.
+    let request = Request {
+        name: incoming.path().to_string(),
+        size,
+        encoding,
+        dropped: Vec::new(),
+        append_at: None,
+    };
+    let (incoming, tmp) =
+        match pump(recv, incoming, Sink::Temp(tmp), &mut pace, &request, shared.idle).await {
+            Ok((i, Sink::Temp(t))) => (i, t),
+            Ok((_, Sink::Memory(_))) => unreachable!("a backup file is pumped into a temp file"),
+            Err(outcome) => return outcome,
+        };
+    let verified = incoming.finish();
+    drop(permit);
+    let (path, bytes) = match verified {
+        Ok(v) => v,
+        Err(r) => return refuse(r),
+    };
+    let result =
+        tokio::task::spawn_blocking(move || target.commit(backup, &path, tmp, &name, bytes)).await;
+    match result {
+        Ok(Ok(())) => Outcome::Reply(Reply::Stored),
+        Ok(Err(r)) => refuse(r),
+        Err(e) => refuse(Refusal::StorageFailed {
+            name: request.name,
+            detail: e.to_string(),
+        }),
+    }
+}
+
 /// Blocking: one batch of wire bytes through `incoming`, its plain bytes written to `tmp`.
-fn absorb(incoming: &mut Incoming, tmp: &mut Sink, wire: &[u8]) -> Result<(), Refusal> {
+fn absorb<S: Feed>(incoming: &mut S, tmp: &mut Sink, wire: &[u8]) -> Result<(), Refusal> {
     use std::io::Write;
-    let name = incoming.name().to_string();
+    let name = incoming.name();
     let before = incoming.plain_bytes();
     incoming.absorb(wire, &mut |plain| match tmp {
         Sink::Temp(t) => t

@@ -41,6 +41,9 @@ pub struct Status {
     pub restore: RestoreStatus,
     /// Absent when no conninfo is configured.
     pub standby: Option<StandbyStatus>,
+    /// The standby's data directory (`pgdata`) as a base backup target: absent when it holds
+    /// a data directory with no unfinished backup, or when no pgdata is configured.
+    pub pgdata: Option<PgdataStatus>,
     /// The pid of the `serve` holding archive_dir's lock (as it wrote it; "unknown" if not
     /// yet), null when none runs.
     pub serve_pid: Option<String>,
@@ -89,6 +92,16 @@ pub struct RestoreStatus {
     pub last_missed: Option<WalFileName>,
     #[serde(serialize_with = "rfc3339")]
     pub last_missed_at: Option<SystemTime>,
+}
+
+#[derive(Serialize)]
+pub struct PgdataStatus {
+    pub path: String,
+    /// "absent" (no data directory yet) or "unfinished_backup" (PostgreSQL will not start).
+    pub state: &'static str,
+    /// For an unfinished backup: its label and when it started (RFC 3339).
+    pub label: Option<String>,
+    pub started: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -160,6 +173,7 @@ pub async fn gather(
             last_missed_at,
         },
         standby,
+        pgdata: pgdata_status(settings),
         serve_pid: serve.as_ref().ok().cloned().flatten(),
         gaps: all_gaps,
         healthy: true,
@@ -214,6 +228,20 @@ pub fn problems(
             sb.error.as_deref().unwrap_or("no answer")
         ));
     }
+    if let Some(p) = &st.pgdata {
+        out.push(match p.state {
+            "absent" => format!(
+                "no standby yet: pgdata {} does not exist (run walship-sender basebackup on the primary)",
+                p.path
+            ),
+            _ => format!(
+                "pgdata {} holds an unfinished base backup ({:?}, started {}): PostgreSQL will not start there; run walship-sender basebackup on the primary again (it replaces it)",
+                p.path,
+                p.label.as_deref().unwrap_or(""),
+                p.started.as_deref().unwrap_or("?")
+            ),
+        });
+    }
     // The gaps the pg_wal valve left are added by `Status::judged` (see `state::gap_ranges`).
     if let Some(max) = max_age {
         match (&st.newest_segment, st.newest_segment_age_seconds) {
@@ -232,6 +260,25 @@ pub fn problems(
         }
     }
     out
+}
+
+fn pgdata_status(settings: &ReceiverSettings) -> Option<PgdataStatus> {
+    let path = settings.pgdata.as_ref()?;
+    let shown = path.display().to_string();
+    match crate::target::status(Some(path))? {
+        crate::target::TargetStatus::Absent => Some(PgdataStatus {
+            path: shown,
+            state: "absent",
+            label: None,
+            started: None,
+        }),
+        crate::target::TargetStatus::Unfinished(m) => Some(PgdataStatus {
+            path: shown,
+            state: "unfinished_backup",
+            label: Some(m.label),
+            started: Some(m.started),
+        }),
+    }
 }
 
 async fn standby_status(conninfo: &str) -> StandbyStatus {
@@ -345,6 +392,17 @@ pub fn print_human(s: &Status) {
             g.first, g.last, g.segments
         );
     }
+    if let Some(p) = &s.pgdata {
+        match p.state {
+            "absent" => println!("pgdata:           {} does not exist yet (no base backup)", p.path),
+            _ => println!(
+                "pgdata:           {}: UNFINISHED base backup {:?} (started {}); PostgreSQL will not start there",
+                p.path,
+                p.label.as_deref().unwrap_or(""),
+                p.started.as_deref().unwrap_or("?")
+            ),
+        }
+    }
     match &s.serve_pid {
         Some(pid) => println!("serve:            running, pid {pid}"),
         None => println!("serve:            not running"),
@@ -443,6 +501,7 @@ mod tests {
                 last_missed: None,
                 last_missed_at: None,
             },
+            pgdata: None,
             standby: Some(StandbyStatus {
                 reachable: true,
                 accepts_queries: true,
@@ -491,6 +550,7 @@ mod tests {
                 "replay_lsn": "0/3000060",
                 "error": null
             },
+            "pgdata": null,
             "serve_pid": "4242",
             "gaps": [],
             "healthy": true,

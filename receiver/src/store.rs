@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
 use walship_common::state::newest_segment;
 use walship_common::sys::config::ReceiverSettings;
@@ -64,7 +64,16 @@ impl Archive {
             warn!(path = %path.display(), "removed leftover of an interrupted transfer");
         }
         let pinned = state::read_pin(&dir)?;
-        let cluster = match &settings.pgdata {
+        // A data directory without global/pg_control is not a standby yet: absent (to be
+        // made by `basebackup`) or an unfinished backup. The pin decides until then.
+        let standby_pgdata = settings.pgdata.as_ref().filter(|p| {
+            p.join(walship_common::pg_control::CONTROL_FILE_PATH)
+                .exists()
+        });
+        if let (Some(pgdata), None) = (&settings.pgdata, standby_pgdata) {
+            info!(pgdata = %pgdata.display(), "no standby in pgdata yet (no global/pg_control): waiting for walship-sender basebackup");
+        }
+        let cluster = match standby_pgdata {
             Some(pgdata) => {
                 let standby = sys::pg_control::read_system_id(pgdata)?;
                 match pinned {
@@ -104,6 +113,29 @@ impl Archive {
     /// The cluster this archive holds, when known. Never sent to a sender: only logged.
     pub fn cluster(&self) -> Option<SystemId> {
         *self.cluster.lock().expect("cluster lock poisoned")
+    }
+
+    /// Pin the archive to the cluster a base backup comes from (blocking): refused when the
+    /// archive already holds another cluster's WAL.
+    pub fn pin_to(&self, id: SystemId) -> Result<(), Refusal> {
+        let mut cluster = self.cluster.lock().expect("cluster lock poisoned");
+        match *cluster {
+            Some(c) if c != id => {
+                error!("base backup of cluster {id} refused: this archive holds cluster {c}; move archive_dir away or use another");
+                Err(Refusal::ForeignCluster {
+                    name: "the base backup".into(),
+                    segment: id.0,
+                })
+            }
+            Some(_) => Ok(()),
+            None => {
+                state::write_pin(&self.dir, id)
+                    .map_err(|e| storage_refusal(walship_common::state::PIN_FILE, &e))?;
+                info!(system_identifier = %id, "archive pinned to cluster {id} by a base backup");
+                *cluster = Some(id);
+                Ok(())
+            }
+        }
     }
 
     /// Facts for a new upload of `name`. Reads the fence file each time: `promote` writes it

@@ -34,6 +34,21 @@ pub enum Command {
     /// fix): config, key, certificates (WARN within 30 days of expiry), the receiver over mutual
     /// TLS, and with `conninfo` wal_level, archive_mode, archive_command and a WAL switch
     /// archived end to end. Exit 0 when nothing failed, 1 otherwise.
+    /// Take an online base backup of the primary (`pgdata`, through `conninfo`) and write it
+    /// over the link into the receiver's `pgdata` as a standby ready to start. Needs
+    /// archive_command already pushing to that receiver. Exit 0 once the standby and the
+    /// backup's end WAL segment are durable there; 2 when the receiver refused its target
+    /// (not empty, a finished standby without --force, PostgreSQL running there), nothing
+    /// touched; 1 for any other failure (run it again: an unfinished backup is replaced).
+    Basebackup {
+        /// Replace a finished standby (or another PostgreSQL data directory) in the receiver's
+        /// pgdata.
+        #[arg(long)]
+        force: bool,
+        /// The backup label (shown in backup_label and the primary's log).
+        #[arg(long)]
+        label: Option<String>,
+    },
     Check {
         /// Longest wait for the switched segment to be archived ("60s", "2m"; a number alone
         /// means seconds).

@@ -98,6 +98,11 @@ pub enum SenderError {
     BadReply(FrameError, String),
     #[error("receiver refused {name}: {refusal}")]
     Refused { name: String, refusal: Refusal },
+    #[error("cannot use the primary through conninfo {conninfo:?}: {detail}")]
+    Primary { conninfo: String, detail: String },
+    /// The receiver refused a step of a base backup.
+    #[error("receiver refused {what}: {refusal}")]
+    BackupRefused { what: String, refusal: Refusal },
     /// A setup problem, already worded with what to do.
     #[error("{0}")]
     Setup(String),

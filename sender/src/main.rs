@@ -2,7 +2,8 @@
 //!
 //! Exit codes: `push` 0 when the receiver stored the file or already had identical content,
 //! 1 for anything else (PostgreSQL retries); `check` 0 when no check failed (warnings allowed),
-//! 1 otherwise. Never above 125.
+//! 1 otherwise; `basebackup` 0 when the standby is ready, 2 when the receiver refused its target
+//! (nothing touched), 1 otherwise. Never above 125.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use walship_common::sys::config::{self, SenderSettings};
 
 use walship_sender::cli::{Cli, Command};
 use walship_sender::error::SenderError;
-use walship_sender::{check, daemon, handoff, push, valve};
+use walship_sender::{basebackup, check, daemon, handoff, push, valve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,6 +37,20 @@ fn main() -> ExitCode {
         Command::Check { timeout } => {
             walship_common::sys::logging::init("warn");
             ExitCode::from(check::command(cli.config.as_deref(), timeout))
+        }
+        Command::Basebackup { force, label } => {
+            walship_common::sys::logging::init("warn");
+            let opts = basebackup::Options { force, label };
+            match run_basebackup(cli.config, &opts) {
+                Ok(summary) => {
+                    eprint!("{}", summary.render());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("walship-sender basebackup: {e}");
+                    ExitCode::from(basebackup_code(&e))
+                }
+            }
         }
         Command::Push { path, name } => {
             walship_common::sys::logging::init("warn");
@@ -110,4 +125,34 @@ fn dropped_or(
     // One line: it lands in PostgreSQL's log.
     eprintln!("walship-sender: {message}");
     Ok(push::Pushed::Dropped)
+}
+
+fn run_basebackup(
+    config: Option<PathBuf>,
+    opts: &basebackup::Options,
+) -> Result<basebackup::Summary, SenderError> {
+    let settings = SenderSettings::load(config::require(config.as_deref())?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| SenderError::Runtime { source })?;
+    runtime.block_on(basebackup::run(&settings, opts))
+}
+
+/// `basebackup`'s exit code: 2 when the receiver refused its target before touching it, 1 for
+/// anything else.
+fn basebackup_code(e: &SenderError) -> u8 {
+    use walship_common::proto::Refusal;
+    match e {
+        SenderError::BackupRefused {
+            refusal:
+                Refusal::TargetNotEmpty { .. }
+                | Refusal::StandbyExists { .. }
+                | Refusal::TargetRunning { .. }
+                | Refusal::NoTarget,
+            ..
+        } => 2,
+        _ => 1,
+    }
 }

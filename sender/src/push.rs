@@ -30,7 +30,7 @@ use crate::error::SenderError;
 const KEEP_ALIVE_MAX: Duration = Duration::from_millis(500);
 
 /// How long to let the connection close go out before exiting.
-pub(crate) const CLOSE_FLUSH: Duration = Duration::from_millis(2);
+pub const CLOSE_FLUSH: Duration = Duration::from_millis(2);
 /// Read size when hashing and sending.
 const CHUNK: usize = 256 << 10;
 
@@ -357,6 +357,9 @@ pub async fn transfer(
     match verdict {
         Reply::Stored => Ok(Pushed::Stored),
         Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
+        Reply::Ready { .. } => {
+            Err(fail.lost("the receiver answered a WAL file as a base backup".into()))
+        }
         Reply::Refused(refusal) => Err(SenderError::Refused {
             name: name.clone(),
             refusal,
@@ -462,7 +465,7 @@ async fn send_content(
 }
 
 /// The receiver's one reply frame.
-async fn read_verdict(
+pub(crate) async fn read_verdict(
     rx: &mut quinn::RecvStream,
     fail: &Failures<'_>,
 ) -> Result<Reply, SenderError> {
@@ -489,14 +492,14 @@ async fn read_verdict(
 }
 
 /// How a transfer's stream failures are reported: which receiver, which file.
-struct Failures<'a> {
-    receiver: &'a str,
-    server_name: &'a str,
-    name: &'a str,
+pub(crate) struct Failures<'a> {
+    pub(crate) receiver: &'a str,
+    pub(crate) server_name: &'a str,
+    pub(crate) name: &'a str,
 }
 
 impl Failures<'_> {
-    fn lost(&self, detail: String) -> SenderError {
+    pub(crate) fn lost(&self, detail: String) -> SenderError {
         SenderError::ConnectionLost {
             addr: self.receiver.to_string(),
             name: self.name.to_string(),
@@ -506,14 +509,14 @@ impl Failures<'_> {
 
     /// In TLS 1.3 the server judges our certificate after we think the handshake is done: a
     /// rejection shows up as the connection closing on the first stream operation.
-    fn conn(&self, e: quinn::ConnectionError) -> SenderError {
+    pub(crate) fn conn(&self, e: quinn::ConnectionError) -> SenderError {
         match walship_common::sys::quic::tls_failure(&e) {
             Some(_) => handshake_error(self.receiver, self.server_name, e),
             None => self.lost(e.to_string()),
         }
     }
 
-    fn write(&self, e: quinn::WriteError) -> SenderError {
+    pub(crate) fn write(&self, e: quinn::WriteError) -> SenderError {
         match e {
             quinn::WriteError::ConnectionLost(c) => self.conn(c),
             e => self.lost(e.to_string()),
@@ -588,7 +591,7 @@ fn produce(
 }
 
 /// Fill `buf` unless the file ends first; the number of bytes read.
-fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {

@@ -34,6 +34,7 @@ mod issue11_valve;
 mod issue12_way_back;
 mod issue13_partial;
 mod issue14_clusters;
+mod issue12_basebackup;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;

@@ -138,6 +138,24 @@ impl PgCluster {
         standby
     }
 
+    /// A cluster whose data directory `name` exists already (made by `walship-sender
+    /// basebackup`), with its own port and `conf` appended. Not started.
+    pub fn adopt(sc: &Scenario, name: &str, conf: &[&str]) -> PgCluster {
+        let pg = PgCluster {
+            sc: sc.clone(),
+            name: name.into(),
+            data: sc.path(name),
+            port: free_tcp_port(),
+            running: false,
+        };
+        let mut extra = format!("\n# walship e2e: adopted {name}\nport = {}\n", pg.port);
+        for line in conf {
+            let _ = writeln!(extra, "{line}");
+        }
+        pg.append_conf(&extra);
+        pg
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

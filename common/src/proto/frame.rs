@@ -37,6 +37,8 @@ pub const ALPN: &[u8] = b"walship/1";
 /// `Reply::Partial` (how many bytes of it the receiver holds durably);
 /// `Refusal::ClientNotAllowed`, for a client certificate no `[[clusters]]` table of the
 /// receiver allows.
+/// Also in version 5: a request is a [`WireRequest`]: a WAL file as before, or a step of a
+/// base backup ([`BackupRequest`], `walship-sender basebackup`); refusals for base backups.
 pub const PROTOCOL_VERSION: u16 = 5;
 /// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
 /// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
@@ -128,6 +130,64 @@ pub struct Request {
     pub append_at: Option<u64>,
 }
 
+/// What a sender asks on one stream (protocol 5 and later): a WAL file, or one step of a base
+/// backup. [`Request::encode`] frames a WAL request as `WireRequest::Wal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireRequest {
+    Wal(Request),
+    Backup(BackupRequest),
+}
+
+/// One step of a base backup (`walship-sender basebackup`), each on its own stream and each
+/// answered with one [`Reply`]: `Stored` when done and durable, or a refusal. `backup` is the
+/// id chosen by the sender at `Begin`; the receiver refuses steps of any other backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupRequest {
+    /// Check the receiver's `pgdata` (absent, empty or an unfinished backup; a finished
+    /// standby only with `force`), pin the archive to `system_id`, write the marker.
+    Begin {
+        backup: u64,
+        label: String,
+        system_id: u64,
+        force: bool,
+    },
+    /// Create a directory (parents first); `mode` as on the primary (permission bits).
+    Dir {
+        backup: u64,
+        path: String,
+        mode: u32,
+    },
+    /// A file: `size` plain bytes follow in `encoding`, then the digest trailer, as for WAL.
+    File {
+        backup: u64,
+        path: String,
+        size: u64,
+        mode: u32,
+        encoding: Encoding,
+    },
+    /// Every file was sent: check the counts and that `end_segment` (the WAL segment holding
+    /// the backup's end, archived by `pg_backup_stop`) is stored, write `backup_label` (from
+    /// `pg_backup_stop`), `standby.signal` and the restore settings, put `global/pg_control`
+    /// in place and remove the marker.
+    End {
+        backup: u64,
+        files: u64,
+        bytes: u64,
+        end_segment: String,
+        backup_label: String,
+    },
+}
+
+impl WireRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+    /// Decode a request body (after [`REQUEST`]'s preamble check).
+    pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body(body)
+    }
+}
+
 /// The receiver's one answer per stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -140,6 +200,9 @@ pub enum Reply {
     /// To an append ([`Request::append_at`]): the receiver now holds `bytes` bytes of the
     /// partial durably (the append's end if it was taken; otherwise where to append from).
     Partial { bytes: u64 },
+    /// A base backup's `End` is done: the standby in `pgdata` (the receiver's path) is ready to
+    /// start (protocol 5).
+    Ready { pgdata: String },
 }
 
 /// Why the receiver refused a file. Displayed by the sender in PostgreSQL's log.
@@ -211,6 +274,22 @@ pub enum Refusal {
     /// read it. Nothing was read or written.
     #[error("the receiver allows client certificate {subject} to write to none of its clusters; nothing was stored. Add its name to allowed_clients of this primary's [[clusters]] table in receiver.toml (and restart serve), or give this sender the certificate issued for its cluster (walship-receiver certs --client-name)")]
     ClientNotAllowed { subject: String },
+    #[error("the receiver has no `pgdata` in its config: set pgdata in receiver.toml to the standby's data directory (absent or empty) and restart walship-receiver serve")]
+    NoTarget,
+    #[error("the standby's data directory {path} is not empty and holds no unfinished walship backup; nothing there was touched: empty it, or point pgdata in receiver.toml elsewhere")]
+    TargetNotEmpty { path: String },
+    #[error("the standby's data directory {path} already holds a PostgreSQL cluster (a finished standby); nothing there was touched: rerun basebackup with --force to replace it")]
+    StandbyExists { path: String },
+    #[error("the standby's data directory {path} has a postmaster.pid: PostgreSQL may be running there; nothing was touched: stop it first (pg_ctl -D {path} stop)")]
+    TargetRunning { path: String },
+    #[error("{path:?} is not an acceptable path in a base backup ({reason})")]
+    BadPath { path: String, reason: String },
+    #[error("the receiver has no base backup in progress with this id (it restarted, or another basebackup replaced this one): run basebackup again")]
+    BackupGone,
+    #[error("the base backup is incomplete ({reason}); run basebackup again")]
+    BackupIncomplete { reason: String },
+    #[error("the backup's end segment {segment} is not in this receiver's archive: archive_command on the primary must be walship-sender push to this receiver; fix it and run basebackup again")]
+    EndNotArchived { segment: String },
 }
 
 /// Where the standby was promoted, for the fenced refusal: an LSN, or, while `promote` runs and
@@ -321,12 +400,18 @@ pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T
 }
 
 impl Request {
+    /// The request frame of a WAL file (a [`WireRequest::Wal`]).
     pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+        encode(&WireRequest::Wal(self.clone()))
     }
-    /// Decode a request body (after [`REQUEST`]'s preamble check).
+    /// Decode a WAL request body (after [`REQUEST`]'s preamble check).
     pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
-        decode_body(body)
+        match decode_body(body)? {
+            WireRequest::Wal(r) => Ok(r),
+            WireRequest::Backup(_) => Err(FrameError::Decode(
+                "a base backup request where a WAL file was expected".into(),
+            )),
+        }
     }
 }
 
@@ -391,9 +476,22 @@ mod tests {
     fn request_and_replies_round_trip() {
         let r = request();
         assert_eq!(
-            decode_frame::<Request>(&r.encode(), MAX_HEADER_BYTES).unwrap(),
-            r
+            decode_frame::<WireRequest>(&r.encode(), MAX_HEADER_BYTES).unwrap(),
+            WireRequest::Wal(r.clone())
         );
+        let step = WireRequest::Backup(BackupRequest::File {
+            backup: 7,
+            path: "base/1/1259".into(),
+            size: 8192,
+            mode: 0o600,
+            encoding: Encoding::Zstd,
+        });
+        assert_eq!(
+            decode_frame::<WireRequest>(&step.encode(), MAX_HEADER_BYTES).unwrap(),
+            step
+        );
+        // A base backup step is never taken for a WAL file.
+        assert!(Request::decode_body(&step.encode()[PREAMBLE_LEN..]).is_err());
         let replies = [
             Reply::Stored,
             Reply::AlreadyHad,
@@ -424,13 +522,13 @@ mod tests {
         let mut buf = request().encode();
         buf[0] = b'X';
         assert!(matches!(
-            decode_frame::<Request>(&buf, MAX_HEADER_BYTES),
+            decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES),
             Err(FrameError::BadMagic(_))
         ));
 
         let mut buf = request().encode();
         buf[4..6].copy_from_slice(&1u16.to_be_bytes());
-        let err = decode_frame::<Request>(&buf, MAX_HEADER_BYTES).unwrap_err();
+        let err = decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES).unwrap_err();
         assert_eq!(
             err,
             FrameError::Version {
@@ -443,14 +541,14 @@ mod tests {
         let mut buf = request().encode();
         buf[6..10].copy_from_slice(&(MAX_HEADER_BYTES as u32 + 1).to_be_bytes());
         assert!(matches!(
-            decode_frame::<Request>(&buf, MAX_HEADER_BYTES),
+            decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES),
             Err(FrameError::TooLong { .. })
         ));
 
         let mut buf = request().encode();
         buf.push(0);
         assert!(
-            decode_frame::<Request>(&buf, MAX_HEADER_BYTES).is_err(),
+            decode_frame::<WireRequest>(&buf, MAX_HEADER_BYTES).is_err(),
             "length lie"
         );
 
@@ -459,7 +557,7 @@ mod tests {
         garbage.extend_from_slice(&8u32.to_be_bytes());
         garbage.extend_from_slice(&[0xff; 8]);
         assert!(matches!(
-            decode_frame::<Request>(&garbage, MAX_HEADER_BYTES),
+            decode_frame::<WireRequest>(&garbage, MAX_HEADER_BYTES),
             Err(FrameError::Decode(_))
         ));
     }
@@ -703,6 +801,37 @@ mod tests {
                 },
                 vec!["CN=walship-sender", "allowed_clients", "--client-name"],
             ),
+            (Refusal::NoTarget, vec!["pgdata", "receiver.toml"]),
+            (
+                Refusal::TargetNotEmpty { path: "/d".into() },
+                vec!["/d", "not empty", "nothing"],
+            ),
+            (
+                Refusal::StandbyExists { path: "/d".into() },
+                vec!["/d", "--force", "nothing"],
+            ),
+            (
+                Refusal::TargetRunning { path: "/d".into() },
+                vec!["/d", "postmaster.pid", "stop"],
+            ),
+            (
+                Refusal::BadPath {
+                    path: "../x".into(),
+                    reason: "r4".into(),
+                },
+                vec!["../x", "r4"],
+            ),
+            (Refusal::BackupGone, vec!["run basebackup again"]),
+            (
+                Refusal::BackupIncomplete {
+                    reason: "r5".into(),
+                },
+                vec!["r5", "again"],
+            ),
+            (
+                Refusal::EndNotArchived { segment: s() },
+                vec![N, "archive_command"],
+            ),
         ]
     }
 
@@ -737,12 +866,15 @@ mod tests {
     fn variant_count(r: &Refusal) -> usize {
         use Refusal::*;
         match r {
-            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 19,
-            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 19,
-            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 19,
-            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 19,
-            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 19,
-            PromotionInProgress { .. } | TooSlow { .. } | ClientNotAllowed { .. } => 19,
+            BadName { .. } | ForeignCluster { .. } | ConflictingContent { .. } => 27,
+            ChecksumMismatch { .. } | SizeMismatch { .. } | TooLarge { .. } => 27,
+            BadSegment { .. } | UnsupportedVersion { .. } | Malformed { .. } => 27,
+            DiskFull { .. } | StorageFailed { .. } | Fenced { .. } | ShuttingDown => 27,
+            BadHistory { .. } | HistoryConflict { .. } | BadBackup { .. } => 27,
+            PromotionInProgress { .. } | TooSlow { .. } | ClientNotAllowed { .. } => 27,
+            NoTarget | TargetNotEmpty { .. } | StandbyExists { .. } => 27,
+            TargetRunning { .. } | BadPath { .. } | BackupGone => 27,
+            BackupIncomplete { .. } | EndNotArchived { .. } => 27,
         }
     }
 

@@ -15,10 +15,12 @@
 //! - [`upload`]: the checks of one file's plain bytes (name, header, cluster, history, fence);
 //! - [`incoming`] (receiver) and [`outgoing`] (sender): the whole stream, wire bytes to a
 //!   verified file and back;
+//! - [`backup`]: one base backup file's stream (path checked, zeros for a file that shrank);
 //! - [`handoff`]: the local hand-off between `push` and the sender daemon (Unix socket).
 //!
 //! Reading frames from a socket is IO: [`crate::sys::frame_io`].
 
+pub mod backup;
 pub mod digest;
 pub mod encoding;
 pub mod frame;
@@ -28,7 +30,9 @@ pub mod outgoing;
 pub mod upload;
 
 pub use encoding::{BodyDecoder, BodyEncoder, DecodeError, Encoding};
-pub use frame::{FrameError, Refusal, Reply, Request, ALPN, PROTOCOL_VERSION};
+pub use frame::{
+    BackupRequest, FrameError, Refusal, Reply, Request, WireRequest, ALPN, PROTOCOL_VERSION,
+};
 pub use incoming::Incoming;
 pub use outgoing::Outgoing;
 pub use upload::{ArchiveFacts, Upload, Verified};

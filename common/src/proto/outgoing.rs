@@ -100,8 +100,8 @@ mod tests {
         let body = b"plain bytes of a file".to_vec();
         let mut out = Outgoing::new(request(body.len() as u64), 1).unwrap();
         assert_eq!(
-            decode_frame::<Request>(&out.header(), MAX_HEADER_BYTES).unwrap(),
-            request(body.len() as u64)
+            decode_frame::<crate::proto::WireRequest>(&out.header(), MAX_HEADER_BYTES).unwrap(),
+            crate::proto::WireRequest::Wal(request(body.len() as u64))
         );
         let mut wire = Vec::new();
         out.encode(&body[..5], &mut wire).unwrap();

@@ -377,7 +377,7 @@ pub struct SenderSettings {
 
 /// Default `state_dir` under `pgdata`: a name of walship's own, which PostgreSQL ignores and
 /// walship's base backups must skip.
-pub const DEFAULT_STATE_SUBDIR: &str = "walship_sender";
+pub const DEFAULT_STATE_SUBDIR: &str = crate::DEFAULT_SENDER_STATE_SUBDIR;
 /// Smallest `max_backlog`: one segment of the smallest size PostgreSQL makes (1 MiB).
 pub const MIN_MAX_BACKLOG: u64 = 1 << 20;
 
