@@ -1,6 +1,8 @@
 //! walship-common: everything that *decides*, with no sockets and no runtime.
 //!
 //! Module map:
+//! - [`fanout`]: what the sender knows about each of several receivers, and whether the
+//!   `require` policy can be met (`walship-sender status`).
 //! - [`lookahead`]: the sender daemon's book of `.ready` files shipped ahead, tied to file
 //!   identity.
 //! - [`lsn`]: `Lsn`, printed like PostgreSQL (`0/3000028`).
@@ -38,6 +40,7 @@
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
 pub mod check;
+pub mod fanout;
 pub mod handshake;
 pub mod http;
 pub mod human;

@@ -1,5 +1,5 @@
 //! walship-sender as a library: the binary (`main.rs`) parses the command line and calls the
-//! entry points here (`push`, `daemon`, `check`); tests drive them in process. `cli` holds the clap
+//! entry points here (`push`, `daemon`, `check`, `status`); tests drive them in process. `cli` holds the clap
 //! definitions of the command line (also read by the man page and completion generator);
 //! `metrics` the daemon's metrics (`metrics_listen`).
 
@@ -10,3 +10,4 @@ pub mod error;
 pub mod handoff;
 pub mod metrics;
 pub mod push;
+pub mod status;

@@ -1,8 +1,9 @@
 //! walship-sender: the primary side of walship; `push` is PostgreSQL's archive_command.
 //!
-//! Exit codes: `push` 0 when the receiver stored the file or already had identical content,
-//! 1 for anything else (PostgreSQL retries); `check` 0 when no check failed (warnings allowed),
-//! 1 otherwise. Never above 125.
+//! Exit codes: `push` 0 when the receivers (`require` of them) stored the file or already had
+//! identical content, 1 for anything else (PostgreSQL retries); `check` 0 when no check failed
+//! (warnings allowed), 1 otherwise; `status` 0 when the policy can be met, 1 otherwise. Never
+//! above 125.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use walship_common::sys::config::{self, SenderSettings};
 
 use walship_sender::cli::{Cli, Command};
 use walship_sender::error::SenderError;
-use walship_sender::{check, daemon, handoff, push};
+use walship_sender::{check, daemon, handoff, push, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Status { json } => {
+            walship_common::sys::logging::init("warn");
+            ExitCode::from(status::command(cli.config.as_deref(), json))
         }
         Command::Check { timeout } => {
             walship_common::sys::logging::init("warn");
