@@ -178,6 +178,8 @@ struct Daemon {
 /// what it owes.
 struct Link {
     receiver: ReceiverTarget,
+    /// The only receiver: its failures reach `push` as they are, no need to log them here.
+    alone: bool,
     target: Target,
     /// The warm connection; replaced when it closes.
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
@@ -543,6 +545,7 @@ impl Link {
     ) -> Result<Link, SenderError> {
         Ok(Link {
             receiver: receiver.clone(),
+            alone: settings.receivers.len() == 1,
             target: Target::new(settings, receiver).await?,
             conn: tokio::sync::Mutex::new(None),
             slots: tokio::sync::Semaphore::new(TRANSFER_SLOTS),
@@ -640,7 +643,10 @@ impl Link {
             Err(e @ SenderError::Refused { refusal, .. })
                 if !matches!(refusal, walship_common::proto::Refusal::ShuttingDown) =>
             {
-                tracing::warn!(receiver = %self.address(), "{e}");
+                // With several receivers a refusal may hide behind `require = N`: say it here.
+                if !self.alone {
+                    tracing::warn!(receiver = %self.address(), "{e}");
+                }
                 self.state().failed(e.to_string());
                 self.forget(name);
             }
@@ -652,6 +658,10 @@ impl Link {
                     | SenderError::Handshake { .. }
                     | SenderError::Connect { .. } => self.state().down(e.to_string(), now),
                     e => self.state().failed(e.to_string()),
+                }
+                // The only receiver owes nothing: PostgreSQL retries until it has the file.
+                if self.alone {
+                    return;
                 }
                 let n = {
                     let mut owed = self.owed();
