@@ -3,6 +3,8 @@
 //! Module map:
 //! - [`basebackup`]: base backups: what to skip in a data directory, paths from the wire
 //!   kept inside the target, what a target may be replaced, the marker, the standby settings.
+//! - [`fanout`]: what the sender knows about each of several receivers, and whether the
+//!   `require` policy can be met (`walship-sender status`).
 //! - [`lookahead`]: the sender daemon's book of `.ready` files shipped ahead, tied to file
 //!   identity.
 //! - [`lsn`]: `Lsn`, printed like PostgreSQL (`0/3000028`).
@@ -46,6 +48,7 @@
 pub mod basebackup;
 pub mod check;
 pub mod clusters;
+pub mod fanout;
 pub mod handshake;
 pub mod http;
 pub mod human;

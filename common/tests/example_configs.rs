@@ -69,9 +69,10 @@ fn load_text<T>(
 fn assert_every_key_shown(name: &str, text: &str, keys: &[String]) {
     assert!(keys.len() >= 10, "{keys:?}");
     for key in keys {
+        // An array of tables (`[[receivers]]`) is shown by its header, indented in a comment.
         let shown = text.lines().any(|l| {
             let l = l.strip_prefix("# ").unwrap_or(l);
-            l.starts_with(&format!("{key} = ")) || l == format!("[[{key}]]")
+            l.starts_with(&format!("{key} = ")) || l.trim() == format!("[[{key}]]")
         });
         assert!(shown, "deploy/{name} does not show `{key}`");
     }
@@ -110,8 +111,9 @@ fn sender_example_loads_as_shipped_and_uncommented() {
     let text = example("sender.toml");
     let (_dir, path, s) = load_text("sender.toml", &text, SenderSettings::load);
     let base = path.parent().unwrap();
-    assert_eq!(s.receiver, "standby.example.com:7443");
-    assert_eq!(s.server_name, "standby.example.com");
+    assert_eq!(s.receivers.len(), 1);
+    assert_eq!(s.receivers[0].address, "standby.example.com:7443");
+    assert_eq!(s.receivers[0].server_name, "standby.example.com");
     assert_eq!(s.key, base.join("certs/client.key"));
     assert_eq!((s.socket.as_ref(), s.pgdata.as_ref()), (None, None));
 

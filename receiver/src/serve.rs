@@ -145,8 +145,7 @@ pub async fn run_with(
             target: Arc::new(Target::new(
                 view.pgdata.clone(),
                 std::env::current_exe().unwrap_or_else(|_| "walship-receiver".into()),
-                std::path::absolute(&view.config_path)
-                    .unwrap_or_else(|_| view.config_path.clone()),
+                std::path::absolute(&view.config_path).unwrap_or_else(|_| view.config_path.clone()),
             )),
         });
     }
@@ -1169,12 +1168,20 @@ async fn backup_file(
         dropped: Vec::new(),
         append_at: None,
     };
-    let (incoming, tmp) =
-        match pump(recv, incoming, Sink::Temp(tmp), &mut pace, &request, shared.idle).await {
-            Ok((i, Sink::Temp(t))) => (i, t),
-            Ok((_, Sink::Memory(_))) => unreachable!("a backup file is pumped into a temp file"),
-            Err(outcome) => return outcome,
-        };
+    let (incoming, tmp) = match pump(
+        recv,
+        incoming,
+        Sink::Temp(tmp),
+        &mut pace,
+        &request,
+        shared.idle,
+    )
+    .await
+    {
+        Ok((i, Sink::Temp(t))) => (i, t),
+        Ok((_, Sink::Memory(_))) => unreachable!("a backup file is pumped into a temp file"),
+        Err(outcome) => return outcome,
+    };
     let verified = incoming.finish();
     drop(permit);
     let (path, bytes) = match verified {

@@ -53,7 +53,9 @@ async fn bad_name_is_refused_by_the_sender_and_by_the_receiver() {
         other => panic!("expected BadName from the sender, got {other:?}"),
     }
     // A sender that skipped that check (an older or hostile one) meets the receiver's.
-    let target = Target::new(&sender).await.expect("target");
+    let target = Target::new(&sender, &sender.receivers[0])
+        .await
+        .expect("target");
     let conn = target.connect().await.expect("connect");
     let request = Request {
         name: bad.to_string(),
@@ -62,8 +64,15 @@ async fn bad_name_is_refused_by_the_sender_and_by_the_receiver() {
         dropped: Vec::new(),
         append_at: None,
     };
-    let result =
-        walship_sender::push::transfer(&sender, &conn, &path, request, &Progress::default()).await;
+    let result = walship_sender::push::transfer(
+        &sender,
+        &sender.receivers[0],
+        &conn,
+        &path,
+        request,
+        &Progress::default(),
+    )
+    .await;
     match refusal(result) {
         Refusal::BadName { name, .. } => assert_eq!(name, bad),
         other => panic!("expected Refusal::BadName, got {other:?}"),

@@ -32,7 +32,7 @@ use walship_common::basebackup::{self, Walk, CONTROL};
 use walship_common::proto::backup::OutgoingFile;
 use walship_common::proto::frame::{WireRequest, CLOSE_DONE};
 use walship_common::proto::{BackupRequest, Encoding, Reply};
-use walship_common::sys::config::SenderSettings;
+use walship_common::sys::config::{ReceiverTarget, SenderSettings};
 use walship_common::{human, Lsn};
 
 use crate::error::SenderError;
@@ -132,11 +132,14 @@ pub async fn run(settings: &SenderSettings, opts: &Options) -> Result<Summary, S
     let client = connect(&conninfo).await?;
     let version = preflight(&client, &conninfo, &pgdata).await?;
 
-    let target = Target::new(settings).await?;
+    // With several receivers (fan-out), the standby is made on the first one listed.
+    let receiver = settings.receivers[0].clone();
+    let target = Target::new(settings, &receiver).await?;
     let conn = target.connect().await?;
     let backup = backup_id();
     let ctx = Ctx {
         settings: Arc::new(settings.clone()),
+        receiver: receiver.clone(),
         conn: conn.clone(),
         backup,
     };
@@ -153,7 +156,7 @@ pub async fn run(settings: &SenderSettings, opts: &Options) -> Result<Summary, S
         .await?;
         eprintln!(
             "walship-sender basebackup: receiver {} accepted the backup; starting it on the primary (checkpoint)",
-            settings.receiver
+            receiver.address
         );
         let start = backup_start(&client, version, &label).await?;
         eprintln!("walship-sender basebackup: backup started at {start}; copying {}", pgdata.display());
@@ -191,7 +194,7 @@ pub async fn run(settings: &SenderSettings, opts: &Options) -> Result<Summary, S
         let Reply::Ready { pgdata } = reply else {
             return Err(SenderError::Setup(format!(
                 "receiver {} answered the end of the base backup with {reply:?}, not ready",
-                settings.receiver
+                receiver.address
             )));
         };
         end.conn.close(VarInt::from_u32(CLOSE_DONE), b"done");
@@ -493,6 +496,8 @@ fn walk_dir(pgdata: &Path) -> Result<Vec<Entry>, SenderError> {
 #[derive(Clone)]
 struct Ctx {
     settings: Arc<SenderSettings>,
+    /// The receiver that writes the standby (the first one listed).
+    receiver: ReceiverTarget,
     conn: quinn::Connection,
     backup: u64,
 }
@@ -504,7 +509,7 @@ impl Ctx {
             Reply::Stored => Ok(()),
             other => Err(SenderError::Setup(format!(
                 "receiver {} answered {what} with {other:?}",
-                self.settings.receiver
+                self.receiver.address
             ))),
         }
     }
@@ -512,8 +517,8 @@ impl Ctx {
     /// One request with no content, and its reply (a refusal is an error).
     async fn exchange(&self, what: &str, request: BackupRequest) -> Result<Reply, SenderError> {
         let fail = Failures {
-            receiver: &self.settings.receiver,
-            server_name: &self.settings.server_name,
+            receiver: &self.receiver.address,
+            server_name: &self.receiver.server_name,
             name: what,
         };
         let (mut tx, mut rx) = self.conn.open_bi().await.map_err(|e| fail.conn(e))?;
@@ -552,8 +557,8 @@ impl Ctx {
             })?
             .len();
         let fail = Failures {
-            receiver: &self.settings.receiver,
-            server_name: &self.settings.server_name,
+            receiver: &self.receiver.address,
+            server_name: &self.receiver.server_name,
             name: &rel,
         };
         let encoding = self.settings.compression;
@@ -600,7 +605,7 @@ impl Ctx {
             Reply::Refused(refusal) => Err(SenderError::BackupRefused { what: rel, refusal }),
             other => Err(SenderError::Setup(format!(
                 "receiver {} answered {rel} with {other:?}",
-                self.settings.receiver
+                self.receiver.address
             ))),
         }
     }

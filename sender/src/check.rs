@@ -26,7 +26,7 @@ use walship_common::check::{
 use walship_common::proto::frame::{CLOSE_DONE, PREAMBLE_LEN, REPLY};
 use walship_common::proto::{Encoding, FrameError, Refusal, Reply, Request, PROTOCOL_VERSION};
 use walship_common::sys::check::{self as files, chain, PathResolver};
-use walship_common::sys::config::SenderSettings;
+use walship_common::sys::config::{ReceiverTarget, SenderSettings};
 use walship_common::sys::frame_io::{read_frame, ReadError};
 
 use crate::push::{connection_lost, handshake_error, Target, CLOSE_FLUSH};
@@ -43,11 +43,15 @@ pub fn command(config: Option<&Path>, wait: Duration) -> u8 {
     let Some(settings) = files::settings(config, SenderSettings::load, &mut note) else {
         return 1;
     };
-    files::tls_files(
-        &settings.key,
-        &[("CA", &settings.ca), ("certificate", &settings.cert)],
-        &mut note,
-    );
+    // Each distinct CA (a receiver may have its own), then our certificate.
+    let mut certs: Vec<(&'static str, &Path)> = Vec::new();
+    for receiver in &settings.receivers {
+        if !certs.iter().any(|(_, p)| *p == receiver.ca) {
+            certs.push(("CA", &receiver.ca));
+        }
+    }
+    certs.push(("certificate", &settings.cert));
+    files::tls_files(&settings.key, &certs, &mut note);
     valve(&settings, &mut note);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,7 +67,26 @@ pub fn command(config: Option<&Path>, wait: Duration) -> u8 {
         }
     };
     runtime.block_on(async {
-        note(format!("receiver {}", settings.receiver), probe(&settings).await);
+        // Every receiver at once: a down one costs its connect_timeout, not the sum.
+        let verdicts = probe_all(&settings).await;
+        let reachable = verdicts.iter().filter(|v| !matches!(v, Verdict::Fail { .. })).count();
+        for (receiver, verdict) in settings.receivers.iter().zip(verdicts) {
+            note(format!("receiver {}", receiver.address), verdict);
+        }
+        if settings.receivers.len() > 1 {
+            let need = settings.require.needed(settings.receivers.len());
+            let what = format!("require = {}", settings.require);
+            let found = format!(
+                "{reachable} of {} receivers reachable, {need} needed",
+                settings.receivers.len()
+            );
+            let verdict = if reachable >= need {
+                Verdict::Ok(found)
+            } else {
+                Verdict::fail(found, "pushes fail until enough receivers answer; see the lines above")
+            };
+            note(what, verdict);
+        }
         match &settings.conninfo {
             Some(conninfo) => primary(&settings, conninfo, wait, &mut note).await,
             None => note(
@@ -144,9 +167,36 @@ fn valve(settings: &SenderSettings, note: &mut impl FnMut(String, Verdict)) {
     }
 }
 
+/// [`probe`] every receiver concurrently; the verdicts in the order of the config.
+pub async fn probe_all(settings: &SenderSettings) -> Vec<Verdict> {
+    let shared = std::sync::Arc::new(settings.clone());
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, receiver) in settings.receivers.iter().enumerate() {
+        let (shared, receiver) = (shared.clone(), receiver.clone());
+        probes.spawn(async move { (i, probe(&shared, &receiver).await) });
+    }
+    let mut verdicts: Vec<Option<Verdict>> = settings.receivers.iter().map(|_| None).collect();
+    while let Some(done) = probes.join_next().await {
+        if let Ok((i, verdict)) = done {
+            verdicts[i] = Some(verdict);
+        }
+    }
+    verdicts
+        .into_iter()
+        .map(|v| {
+            v.unwrap_or_else(|| {
+                Verdict::fail(
+                    "the probe task failed".to_string(),
+                    "this is a bug in walship-sender, please report it",
+                )
+            })
+        })
+        .collect()
+}
+
 /// Connect as `push` does, then the preamble-only exchange (see the module doc).
-async fn probe(settings: &SenderSettings) -> Verdict {
-    let target = match Target::new(settings).await {
+pub async fn probe(settings: &SenderSettings, receiver: &ReceiverTarget) -> Verdict {
+    let target = match Target::new(settings, receiver).await {
         Ok(t) => t,
         Err(e) => return Verdict::fail(e.to_string(), ""),
     };
@@ -158,7 +208,7 @@ async fn probe(settings: &SenderSettings) -> Verdict {
             return Verdict::fail(text, "");
         }
     };
-    let verdict = timeout(settings.connect_timeout, exchange(settings, &conn))
+    let verdict = timeout(settings.connect_timeout, exchange(receiver, &conn))
         .await
         .unwrap_or_else(|_| {
             Verdict::fail(
@@ -174,9 +224,9 @@ async fn probe(settings: &SenderSettings) -> Verdict {
     verdict
 }
 
-async fn exchange(settings: &SenderSettings, conn: &quinn::Connection) -> Verdict {
+async fn exchange(receiver: &ReceiverTarget, conn: &quinn::Connection) -> Verdict {
     let lost = |e: quinn::ConnectionError| {
-        let e = handshake_error(&settings.receiver, &settings.server_name, e);
+        let e = handshake_error(&receiver.address, &receiver.server_name, e);
         Verdict::fail(e.to_string(), "")
     };
     let (mut tx, mut rx) = match conn.open_bi().await {

@@ -19,17 +19,26 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// archive_command: push the file at PATH as NAME (`push %p %f`); exit 0 only once the
-    /// receiver has verified and durably stored it.
+    /// receivers (`require` of them) have verified and durably stored it.
     Push {
         /// Path of the file (%p), relative to the data directory when run by PostgreSQL.
         path: PathBuf,
         /// WAL file name (%f).
         name: String,
     },
-    /// Run beside the primary: keep a warm connection to the receiver, answer `push` on the
+    /// Run beside the primary: keep a warm connection to each receiver, answer `push` on the
     /// Unix socket `socket`, and with `pgdata` ship `.ready` segments ahead (`lookahead`).
     /// Foreground; SIGTERM or SIGINT stops it (exit 0).
     Daemon,
+    /// Each receiver's state (reachable, or down since when and the last error), the newest
+    /// segment it acknowledged, what it still owes and what it missed, from the running daemon
+    /// (or, without one, by probing every receiver now). Exit 0 when the `require` policy can
+    /// be met, 1 otherwise.
+    Status {
+        /// One JSON object instead of lines, for machines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check this primary's side of the pair now, one line per check (ok, WARN, FAIL with the
     /// fix): config, key, certificates (WARN within 30 days of expiry), the receiver over mutual
     /// TLS, and with `conninfo` wal_level, archive_mode, archive_command and a WAL switch

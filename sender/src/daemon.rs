@@ -1,24 +1,37 @@
-//! `walship-sender daemon`: runs beside the primary, keeps a warm QUIC connection to the
+//! `walship-sender daemon`: runs beside the primary, keeps a warm QUIC connection to each
 //! receiver, answers `push` on a Unix socket, and (with `pgdata`) ships the segments PostgreSQL
 //! has marked `.ready` ahead of the archiver, several at once, one QUIC stream each.
+//!
+//! Fan-out: every file goes to every receiver at once, each on its own link (connection,
+//! transfer slots, state). The answer to `push` comes as soon as `require` receivers stored it
+//! (or as soon as that has become impossible); the others go on in the background. A receiver
+//! that failed a file owes it: the link's catch-up task ships what it owes, oldest first, once
+//! the receiver answers again, as long as the file is still in pg_wal; a file gone by then is
+//! counted as missed (WARN, `status`, metrics). A receiver known to be down is not waited for:
+//! its transfer fails at once and the file is owed.
 //!
 //! It never writes in the data directory: it reads `pg_wal/archive_status` and the segments,
 //! nothing else. What it answers `push` for an already-shipped segment rests on the book in
 //! `walship_common::lookahead`: the acknowledgement counts only for the file identity read.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use quinn::VarInt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::timeout;
+use walship_common::fanout::{FanoutStatus, ReceiverStatus};
 use walship_common::lookahead::{self, Book, FileIdentity, Lookup, Outcome, SETTLE};
 use walship_common::proto::frame::{close_meaning, CLOSE_DONE};
-use walship_common::proto::handoff::{Handoff, HandoffReply, HANDOFF};
-use walship_common::sys::config::SenderSettings;
+use walship_common::proto::handoff::{
+    encode_status, Handoff, HandoffReply, StatusRequest, HANDOFF, STATUS, STATUS_MAGIC,
+};
+use walship_common::proto::Request;
+use walship_common::sys::config::{ReceiverTarget, Require, SenderSettings};
 use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::WalFileName;
 
@@ -41,6 +54,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TRANSFER_SLOTS: usize = walship_common::sys::config::MAX_LOOKAHEAD + 2;
 /// A `push` that connects must send its request at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle catch-up task looks whether its receiver owes files and answers (it is
+/// also woken when a file becomes owed or the connection opens).
+const CATCH_UP_POLL: Duration = Duration::from_secs(1);
 
 pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
     let socket = settings.socket.clone().ok_or_else(|| {
@@ -69,17 +85,22 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
         .map_err(|source| SenderError::Runtime { source })?;
     runtime.block_on(async move {
         let listener = bind(&socket)?;
-        let target = Target::new(&settings).await?;
+        let mut links = Vec::new();
+        for receiver in &settings.receivers {
+            links.push(Arc::new(Link::new(&settings, receiver).await?));
+        }
         let scrapes = metrics_endpoint(&settings).await?;
         let daemon = Arc::new(Daemon {
-            target,
+            links,
             settings,
-            conn: tokio::sync::Mutex::new(None),
             book: Mutex::new(Book::new()),
-            slots: tokio::sync::Semaphore::new(TRANSFER_SLOTS),
             changed: tokio::sync::watch::channel(0).0,
         });
-        let warm = tokio::spawn(daemon.clone().keep_warm());
+        let mut tasks = Vec::new();
+        for link in &daemon.links {
+            tasks.push(tokio::spawn(link.clone().keep_warm()));
+            tasks.push(tokio::spawn(daemon.clone().catch_up(link.clone())));
+        }
         if let Some(dir) = status_dir {
             tokio::spawn(daemon.clone().look_ahead(dir));
         }
@@ -95,11 +116,13 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
             Some(dir) => dir.display().to_string(),
             None => "none".into(),
         };
+        let receivers: Vec<&str> = daemon.links.iter().map(|l| l.address()).collect();
         tracing::info!(
             socket = %socket.display(),
             lookahead = daemon.settings.lookahead,
             %pgdata,
-            receiver = %daemon.settings.receiver,
+            receiver = %receivers.join(", "),
+            require = %daemon.settings.require,
             "listening"
         );
         // The handlers exist before systemd hears "ready": a SIGTERM right after it must stop
@@ -115,15 +138,17 @@ pub fn run(settings: SenderSettings) -> Result<(), SenderError> {
         if let Some(task) = scrapes {
             task.abort();
         }
-        warm.abort();
-        if let Some(conn) = daemon.conn.lock().await.take() {
-            conn.close(VarInt::from_u32(CLOSE_DONE), b"daemon stopping");
+        for task in tasks {
+            task.abort();
         }
-        let _ = timeout(
-            Duration::from_millis(100),
-            daemon.target.endpoint.wait_idle(),
-        )
-        .await;
+        for link in &daemon.links {
+            if let Some(conn) = link.conn.lock().await.take() {
+                conn.close(VarInt::from_u32(CLOSE_DONE), b"daemon stopping");
+            }
+        }
+        for link in &daemon.links {
+            let _ = timeout(Duration::from_millis(100), link.target.endpoint.wait_idle()).await;
+        }
         result
     })
 }
@@ -150,7 +175,7 @@ impl Stop {
     }
 }
 
-/// The segment the daemon ships as a partial, and what the receiver holds of it.
+/// The segment the daemon ships as a partial, and what one receiver holds of it.
 #[derive(Debug, Default)]
 struct OpenSegment {
     segment: Option<walship_common::SegmentName>,
@@ -162,14 +187,30 @@ struct OpenSegment {
 
 struct Daemon {
     settings: SenderSettings,
+    /// One per receiver, in the order of the config.
+    links: Vec<Arc<Link>>,
+    book: Mutex<Book>,
+    /// Bumped whenever a transfer ends, for pushes waiting on one.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// One receiver: its endpoint, warm connection, transfer slots, what is known about it and
+/// what it owes.
+struct Link {
+    receiver: ReceiverTarget,
+    /// The only receiver: its failures reach `push` as they are, no need to log them here.
+    alone: bool,
     target: Target,
     /// The warm connection; replaced when it closes.
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
-    book: Mutex<Book>,
-    /// Bounds the transfers running at once (and so the daemon's memory).
+    /// Bounds the transfers running at once to this receiver (and so the daemon's memory: a
+    /// down or slow receiver holds only its own slots).
     slots: tokio::sync::Semaphore,
-    /// Bumped whenever a transfer ends, for pushes waiting on one.
-    changed: tokio::sync::watch::Sender<u64>,
+    state: Mutex<ReceiverStatus>,
+    /// Files it failed and that others may have stored: name to path in pg_wal.
+    owed: Mutex<BTreeMap<String, PathBuf>>,
+    /// Wakes the catch-up task.
+    wake: tokio::sync::Notify,
 }
 
 impl Daemon {
@@ -209,7 +250,34 @@ impl Daemon {
 
     async fn serve_client(self: Arc<Self>, mut stream: UnixStream) {
         let due = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        let body = read_frame(&mut stream, HANDOFF, Some(due)).await;
+        // The magic says which request this is: a push's hand-off or `status`.
+        let mut magic = [0u8; 4];
+        let filled = match tokio::time::timeout_at(due, read_up_to(&mut stream, &mut magic)).await {
+            // Connected and closed without a byte: a liveness probe (a second daemon checking
+            // whether this one is alive).
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::warn!("unreadable request on the daemon socket: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("a client connected to the daemon socket and sent no request within {REQUEST_TIMEOUT:?}");
+                return;
+            }
+        };
+        let magic = &magic[..filled];
+        if magic == STATUS_MAGIC {
+            let mut reader = magic.chain(&mut stream);
+            let body = read_frame(&mut reader, STATUS, Some(due)).await;
+            if let Err(e) = body.map(|b| StatusRequest::decode_body(&b)) {
+                tracing::warn!("unreadable status request on the daemon socket: {e}");
+                return;
+            }
+            let _ = stream.write_all(&encode_status(&self.status())).await;
+            return;
+        }
+        let body = read_frame(&mut magic.chain(&mut stream), HANDOFF, Some(due)).await;
         let request = match body.map(|b| Handoff::decode_body(&b).map_err(ReadError::Frame)) {
             Ok(Ok(r)) => r,
             // Connected and closed without a byte: a liveness probe (a second daemon checking
@@ -234,7 +302,7 @@ impl Daemon {
 
     /// Answer one `push`: from the book when look-ahead shipped exactly this file, else by
     /// shipping it now on the warm connection.
-    async fn handle(&self, request: &Handoff) -> HandoffReply {
+    async fn handle(self: &Arc<Self>, request: &Handoff) -> HandoffReply {
         let failed = |e: SenderError| HandoffReply::Failed {
             message: e.to_string(),
         };
@@ -331,7 +399,11 @@ impl Daemon {
     }
 
     /// Ship `path` as `name` and say what the receiver's acknowledgement may be trusted for.
-    async fn ship(&self, path: &Path, name: &str) -> (Result<Pushed, SenderError>, Outcome) {
+    async fn ship(
+        self: &Arc<Self>,
+        path: &Path,
+        name: &str,
+    ) -> (Result<Pushed, SenderError>, Outcome) {
         let mut before = match identity(path).await {
             Ok(id) => id,
             Err(e) => return (Err(e), Outcome::Failed),
@@ -351,64 +423,45 @@ impl Daemon {
         (result, outcome)
     }
 
-    /// One attempt, retried once on a fresh connection when the warm one turns out dead
-    /// (the receiver restarted): the receiver answers "already had" if the first got through.
-    async fn ship_once(&self, path: &Path, name: &str) -> Result<Pushed, SenderError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("the transfer semaphore is never closed");
-        let _active = metrics::upload();
-        let started = Instant::now();
-        let settings = &self.settings;
-        let request = push::prepare_blocking(path, name, settings.compression).await?;
-        let size = request.size;
-        let attempt = |conn: quinn::Connection| {
-            let request = request.clone();
-            async move {
-                let progress = push::Progress::default();
-                timeout(
-                    settings.timeout,
-                    push::transfer(settings, &conn, path, request, &progress),
-                )
-                .await
-                .unwrap_or_else(|_| Err(progress.timeout_error(settings, name)))
-            }
-        };
-        let conn = self.connection().await?;
-        let result = match attempt(conn.clone()).await {
-            Err(SenderError::ConnectionLost { .. } | SenderError::Handshake { .. })
-                if conn.close_reason().is_some() =>
-            {
-                tracing::info!(%name, "warm connection was gone; retrying on a new one");
-                attempt(self.connection().await?).await
-            }
-            other => other,
-        };
-        match &result {
-            Ok(Pushed::Stored) => metrics::shipped(size, started.elapsed()),
-            Ok(Pushed::AlreadyHad) => metrics::already_had(),
-            Ok(Pushed::ShippedAhead | Pushed::Dropped) => {}
-            Err(_) => metrics::failed(),
+    /// Send the file to every receiver at once and answer as soon as the policy is decided:
+    /// met (`require` stored it) or out of reach (too many failed). Transfers still running go
+    /// on; each link records its own outcome (and owes the file on failure).
+    async fn ship_once(self: &Arc<Self>, path: &Path, name: &str) -> Result<Pushed, SenderError> {
+        let request = push::prepare_blocking(path, name, self.settings.compression).await?;
+        let total = self.links.len();
+        let need = self.settings.require.needed(total);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(total);
+        for (i, link) in self.links.iter().enumerate() {
+            let (daemon, link, tx) = (self.clone(), link.clone(), tx.clone());
+            let (path, name, request) = (path.to_path_buf(), name.to_string(), request.clone());
+            tokio::spawn(async move {
+                let result = link.ship(&daemon.settings, &path, &name, request).await;
+                link.record(&name, &path, &result);
+                let _ = tx.send((i, result)).await;
+            });
         }
-        result
-    }
-
-    /// The warm connection, or a new one if it closed.
-    async fn connection(&self) -> Result<quinn::Connection, SenderError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+        drop(tx);
+        let mut results: Vec<(&str, Result<Pushed, SenderError>)> = Vec::new();
+        let (mut stored, mut failed) = (0, 0);
+        while let Some((i, result)) = rx.recv().await {
+            match &result {
+                Ok(_) => stored += 1,
+                Err(_) => failed += 1,
+            }
+            results.push((self.links[i].address(), result));
+            if stored >= need || failed > total - need {
+                break;
             }
         }
-        let conn = self.target.connect().await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        if total == 1 {
+            if let Some((_, result)) = results.pop() {
+                return result;
+            }
+        }
+        push::tally(&self.settings, name, results)
     }
 
-    /// Every `every`: append the open segment's newly flushed bytes to the receiver's
+    /// Every `every`: append the open segment's newly flushed bytes to each receiver's
     /// `NAME.partial` (see [`crate::partial`]). Problems are logged once each (a WARN when one
     /// starts, an INFO when shipping works again) and retried at the next round.
     async fn ship_open_segment(
@@ -420,57 +473,77 @@ impl Daemon {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut primary: Option<partial::Primary> = None;
-        let mut open = OpenSegment::default();
-        let mut problem: Option<String> = None;
+        let mut open: Vec<OpenSegment> =
+            self.links.iter().map(|_| OpenSegment::default()).collect();
+        let mut problem: Vec<Option<String>> = self.links.iter().map(|_| None).collect();
         loop {
             tick.tick().await;
-            match self
-                .partial_round(&mut primary, &mut open, &pgdata, &conninfo)
-                .await
-            {
-                Ok(()) => {
-                    if problem.take().is_some() {
-                        tracing::info!("shipping the open segment again");
-                    }
-                }
+            let flushed = match self.flushed(&mut primary, &conninfo).await {
+                Ok(f) => f,
                 Err(e) => {
-                    if problem.as_deref() != Some(e.as_str()) {
+                    if problem[0].as_deref() != Some(e.as_str()) {
                         tracing::warn!("open segment not shipped: {e}; retrying every {every:?}");
-                        problem = Some(e);
+                        problem[0] = Some(e);
+                    }
+                    continue;
+                }
+            };
+            for (i, link) in self.links.iter().enumerate() {
+                match self
+                    .partial_round(link, flushed, &mut open[i], &pgdata)
+                    .await
+                {
+                    Ok(()) => {
+                        if problem[i].take().is_some() {
+                            tracing::info!(receiver = %link.address(), "shipping the open segment again");
+                        }
+                    }
+                    Err(e) => {
+                        if problem[i].as_deref() != Some(e.as_str()) {
+                            tracing::warn!(receiver = %link.address(), "open segment not shipped: {e}; retrying every {every:?}");
+                            problem[i] = Some(e);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// One round: the flush position, then the appends up to it. When the open segment
-    /// changed, the previous one is completed first (all of it is flushed), so that its WAL
-    /// is on the receiver before the archiver's copy of it arrives.
-    async fn partial_round(
+    /// The primary's flush position and segment size, reconnecting when needed.
+    async fn flushed(
         &self,
         primary: &mut Option<partial::Primary>,
-        open: &mut OpenSegment,
-        pgdata: &Path,
         conninfo: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(partial::Flushed, u64), String> {
         if primary.as_ref().is_none_or(|p| p.is_closed()) {
             *primary = Some(partial::Primary::connect(conninfo).await?);
         }
         let p = primary.as_ref().expect("connected just above");
-        let seg_size = p.seg_size;
-        let flushed = match p.flushed().await {
-            Ok(f) => f,
+        match p.flushed().await {
+            Ok(f) => Ok((f, p.seg_size)),
             Err(e) => {
                 *primary = None;
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// One round for one receiver: the appends up to the flush position. When the open
+    /// segment changed, the previous one is completed first (all of it is flushed), so that
+    /// its WAL is on the receiver before the archiver's copy of it arrives.
+    async fn partial_round(
+        &self,
+        link: &Link,
+        (flushed, seg_size): (partial::Flushed, u64),
+        open: &mut OpenSegment,
+        pgdata: &Path,
+    ) -> Result<(), String> {
         let (name, upto) = partial::open_segment(flushed, seg_size);
         if open.segment != Some(name) {
             if let Some(prev) = open.segment {
                 if !open.done && prev.timeline == name.timeline {
                     // Best effort: the archiver ships the finished segment anyway.
-                    if let Err(e) = self.append_upto(prev, seg_size, open, pgdata).await {
+                    if let Err(e) = self.append_upto(link, prev, seg_size, open, pgdata).await {
                         tracing::debug!(segment = %prev, "finishing the previous partial: {e}");
                     }
                 }
@@ -483,13 +556,14 @@ impl Daemon {
         if upto == 0 {
             return Ok(());
         }
-        self.append_upto(name, upto, open, pgdata).await
+        self.append_upto(link, name, upto, open, pgdata).await
     }
 
     /// Append `pg_wal/NAME` up to `target` bytes to the receiver's `NAME.partial`, from what
     /// it holds (asked first when not known: a restarted daemon or receiver resumes there).
     async fn append_upto(
         &self,
+        link: &Link,
         name: walship_common::SegmentName,
         target: u64,
         open: &mut OpenSegment,
@@ -515,10 +589,10 @@ impl Daemon {
                     .await
                     .map_err(|e| e.to_string())??
             };
-            let conn = self.connection().await.map_err(|e| e.to_string())?;
+            let conn = link.connection().await.map_err(|e| e.to_string())?;
             let reply = timeout(
                 settings.timeout,
-                push::append(settings, &conn, &pname, from, &bytes),
+                push::append(settings, &link.receiver, &conn, &pname, from, &bytes),
             )
             .await
             .map_err(|_| format!("{pname}: no reply within {:?}", settings.timeout))?
@@ -536,38 +610,71 @@ impl Daemon {
         }
     }
 
-    /// Keep a connection open, reconnecting with backoff, so `push` finds one ready.
-    async fn keep_warm(self: Arc<Self>) {
+    /// What the daemon knows about every receiver, for `status`.
+    fn status(&self) -> FanoutStatus {
+        let total = self.links.len();
+        FanoutStatus {
+            require: match self.settings.require {
+                Require::All => "all".into(),
+                Require::AtLeast(n) => n.to_string(),
+            },
+            needed: self.settings.require.needed(total),
+            receivers: self
+                .links
+                .iter()
+                .map(|l| {
+                    let mut s = l.state().clone();
+                    s.owed = l.owed().len() as u64;
+                    s
+                })
+                .collect(),
+        }
+    }
+
+    /// Ship what `link`'s receiver owes, oldest first, whenever it answers; a file gone from
+    /// pg_wal by then is missed for good.
+    async fn catch_up(self: Arc<Self>, link: Arc<Link>) {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.connection().await {
-                Ok(conn) => {
-                    metrics::connected(true);
-                    let reason = conn.closed().await;
-                    metrics::connected(false);
-                    // In TLS 1.3 the receiver judges our certificate after we consider the
-                    // handshake done: its refusal arrives as the connection closing. Say so,
-                    // with the advice, and back off rather than reconnect at once.
-                    if walship_common::sys::quic::tls_failure(&reason).is_some() {
-                        let settings = &self.settings;
-                        let e = push::handshake_error(
-                            &settings.receiver,
-                            &settings.server_name,
-                            reason,
-                        );
-                        tracing::warn!("{e}; retrying in {backoff:?}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    } else {
-                        backoff = FIRST_BACKOFF;
-                        tracing::info!(
-                            "connection to receiver closed: {}; reconnecting",
-                            closed_how(&reason)
-                        );
-                    }
+            let next = if link.state().reachable {
+                link.owed()
+                    .first_key_value()
+                    .map(|(n, p)| (n.clone(), p.clone()))
+            } else {
+                None
+            };
+            let Some((name, path)) = next else {
+                tokio::select! {
+                    _ = link.wake.notified() => {}
+                    _ = tokio::time::sleep(CATCH_UP_POLL) => {}
+                }
+                continue;
+            };
+            let request = match push::prepare_blocking(&path, &name, self.settings.compression)
+                .await
+            {
+                Ok(r) => r,
+                Err(SenderError::ReadFile { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    link.missed(&name);
+                    continue;
                 }
                 Err(e) => {
-                    tracing::warn!("{e}; retrying in {backoff:?}");
+                    tracing::warn!(receiver = %link.address(), %name, "catch-up: {e}; not shipping it to this receiver");
+                    link.forget(&name);
+                    continue;
+                }
+            };
+            let result = link.ship(&self.settings, &path, &name, request).await;
+            link.record(&name, &path, &result);
+            match result {
+                Ok(pushed) => {
+                    backoff = FIRST_BACKOFF;
+                    tracing::info!(receiver = %link.address(), %name, ?pushed, owed = link.owed().len(), "caught up");
+                }
+                Err(e) => {
+                    tracing::debug!(receiver = %link.address(), %name, "catch-up: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -633,6 +740,222 @@ impl Daemon {
     }
 }
 
+impl Link {
+    async fn new(
+        settings: &SenderSettings,
+        receiver: &ReceiverTarget,
+    ) -> Result<Link, SenderError> {
+        Ok(Link {
+            receiver: receiver.clone(),
+            alone: settings.receivers.len() == 1,
+            target: Target::new(settings, receiver).await?,
+            conn: tokio::sync::Mutex::new(None),
+            slots: tokio::sync::Semaphore::new(TRANSFER_SLOTS),
+            state: Mutex::new(ReceiverStatus::new(
+                &receiver.address,
+                &receiver.server_name,
+            )),
+            owed: Mutex::new(BTreeMap::new()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn address(&self) -> &str {
+        &self.receiver.address
+    }
+
+    // A panic while holding these locks cannot leave them half-updated in a way that matters:
+    // every change is a single field or map operation.
+    fn state(&self) -> std::sync::MutexGuard<'_, ReceiverStatus> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn owed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PathBuf>> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One transfer to this receiver, retried once on a fresh connection when the warm one
+    /// turns out dead (the receiver restarted): the receiver answers "already had" if the
+    /// first got through. A receiver known to be down fails at once (its file is then owed).
+    async fn ship(
+        &self,
+        settings: &SenderSettings,
+        path: &Path,
+        name: &str,
+        request: Request,
+    ) -> Result<Pushed, SenderError> {
+        {
+            let state = self.state();
+            if !state.reachable && state.down_since.is_some() {
+                return Err(SenderError::ReceiverDown {
+                    addr: self.address().to_string(),
+                    error: state.last_error.clone().unwrap_or_default(),
+                });
+            }
+        }
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the transfer semaphore is never closed");
+        let _active = metrics::upload();
+        let started = Instant::now();
+        let size = request.size;
+        let receiver = &self.receiver;
+        let attempt = |conn: quinn::Connection| {
+            let request = request.clone();
+            async move {
+                let progress = push::Progress::default();
+                timeout(
+                    settings.timeout,
+                    push::transfer(settings, receiver, &conn, path, request, &progress),
+                )
+                .await
+                .unwrap_or_else(|_| Err(progress.timeout_error(settings, &receiver.address, name)))
+            }
+        };
+        let conn = self.connection().await?;
+        let result = match attempt(conn.clone()).await {
+            Err(SenderError::ConnectionLost { .. } | SenderError::Handshake { .. })
+                if conn.close_reason().is_some() =>
+            {
+                tracing::info!(receiver = %self.address(), %name, "warm connection was gone; retrying on a new one");
+                attempt(self.connection().await?).await
+            }
+            other => other,
+        };
+        match &result {
+            Ok(Pushed::Stored) => metrics::shipped(self.address(), size, started.elapsed()),
+            Ok(Pushed::AlreadyHad) => metrics::already_had(self.address()),
+            Ok(Pushed::ShippedAhead | Pushed::Dropped) => {}
+            Err(_) => metrics::failed(self.address()),
+        }
+        result
+    }
+
+    /// Note a transfer's outcome: acknowledged, or owed (unless the receiver refused the
+    /// content: sending it again would be refused again, so it is reported, not retried).
+    fn record(&self, name: &str, path: &Path, result: &Result<Pushed, SenderError>) {
+        let now = SystemTime::now();
+        match result {
+            Ok(_) => {
+                self.state().acked(name, now);
+                self.forget(name);
+            }
+            Err(e @ SenderError::Refused { refusal, .. })
+                if !matches!(refusal, walship_common::proto::Refusal::ShuttingDown) =>
+            {
+                // With several receivers a refusal may hide behind `require = N`: say it here.
+                if !self.alone {
+                    tracing::warn!(receiver = %self.address(), "{e}");
+                }
+                self.state().failed(e.to_string());
+                self.forget(name);
+            }
+            Err(e) => {
+                match e {
+                    SenderError::ReceiverDown { .. } => {}
+                    SenderError::ReceiverUnreachable { .. }
+                    | SenderError::ConnectionLost { .. }
+                    | SenderError::Handshake { .. }
+                    | SenderError::Connect { .. } => self.state().down(e.to_string(), now),
+                    e => self.state().failed(e.to_string()),
+                }
+                // The only receiver owes nothing: PostgreSQL retries until it has the file.
+                if self.alone {
+                    return;
+                }
+                let n = {
+                    let mut owed = self.owed();
+                    owed.insert(name.to_string(), path.to_path_buf());
+                    owed.len()
+                };
+                metrics::owed(self.address(), n);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// `name` is no longer owed.
+    fn forget(&self, name: &str) {
+        let n = {
+            let mut owed = self.owed();
+            owed.remove(name);
+            owed.len()
+        };
+        metrics::owed(self.address(), n);
+    }
+
+    /// `name` left pg_wal before this receiver got it.
+    fn missed(&self, name: &str) {
+        tracing::warn!(
+            receiver = %self.address(),
+            "receiver {} missed {name}: it left pg_wal before the receiver came back, so that receiver's archive has a hole there; a standby fed only from it needs a new base backup",
+            self.address()
+        );
+        self.state().missed(name);
+        metrics::missed(self.address());
+        self.forget(name);
+    }
+
+    /// The warm connection, or a new one if it closed.
+    async fn connection(&self) -> Result<quinn::Connection, SenderError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = self.target.connect().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Keep a connection open, reconnecting with backoff, so `push` finds one ready.
+    async fn keep_warm(self: Arc<Self>) {
+        let mut backoff = FIRST_BACKOFF;
+        let addr = self.address().to_string();
+        loop {
+            match self.connection().await {
+                Ok(conn) => {
+                    metrics::connected(&addr, true);
+                    let came_back = !self.state().reachable;
+                    self.state().up();
+                    if came_back && !self.owed().is_empty() {
+                        tracing::info!(receiver = %addr, owed = self.owed().len(), "receiver answers again; catching it up");
+                    }
+                    self.wake.notify_one();
+                    let reason = conn.closed().await;
+                    metrics::connected(&addr, false);
+                    // In TLS 1.3 the receiver judges our certificate after we consider the
+                    // handshake done: its refusal arrives as the connection closing. Say so,
+                    // with the advice, and back off rather than reconnect at once.
+                    if walship_common::sys::quic::tls_failure(&reason).is_some() {
+                        let e = push::handshake_error(&addr, &self.receiver.server_name, reason);
+                        tracing::warn!("{e}; retrying in {backoff:?}");
+                        self.state().down(e.to_string(), SystemTime::now());
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        backoff = FIRST_BACKOFF;
+                        tracing::info!(
+                            receiver = %addr,
+                            "connection to receiver closed: {}; reconnecting",
+                            closed_how(&reason)
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; retrying in {backoff:?}");
+                    self.state().down(e.to_string(), SystemTime::now());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
 /// `ship` never drops: only a failed push is dropped, by [`Daemon::valve`].
 fn unreachable_dropped() -> HandoffReply {
     HandoffReply::Failed {
@@ -659,6 +982,18 @@ async fn metrics_endpoint(
         listener,
         metrics::renderer(),
     ))))
+}
+
+/// Read until `buf` is full or the peer stops sending; the bytes read.
+async fn read_up_to(stream: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 async fn identity(path: &Path) -> Result<FileIdentity, SenderError> {

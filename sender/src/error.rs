@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use walship_common::proto::outgoing::EncodeError;
 use walship_common::proto::{FrameError, Refusal};
-use walship_common::sys::config::ConfigError;
+use walship_common::sys::config::{ConfigError, Require};
 use walship_common::sys::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum SenderError {
         #[source]
         source: EncodeError,
     },
-    #[error("cannot resolve receiver address {addr}: {reason}; check `receiver` in {}", config.display())]
+    #[error("cannot resolve receiver address {addr}: {reason}; check the receiver's address in {}", config.display())]
     Resolve {
         addr: String,
         reason: String,
@@ -103,6 +103,18 @@ pub enum SenderError {
     /// The receiver refused a step of a base backup.
     #[error("receiver refused {what}: {refusal}")]
     BackupRefused { what: String, refusal: Refusal },
+    /// Fan-out: the daemon knows this receiver is down and did not wait for it.
+    #[error("receiver {addr} is down ({error}); the daemon ships to it when it answers again (PostgreSQL will retry)")]
+    ReceiverDown { addr: String, error: String },
+    /// Fan-out: fewer receivers than `require` stored the file; `failures` says which and why.
+    #[error("{name} stored on {stored} of {total} receivers, require = {require}: {failures} (PostgreSQL will retry)")]
+    NotEnoughReceivers {
+        name: String,
+        stored: usize,
+        total: usize,
+        require: Require,
+        failures: String,
+    },
     /// A setup problem, already worded with what to do.
     #[error("{0}")]
     Setup(String),

@@ -12,7 +12,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use walship_common::proto::handoff::{Handoff, HandoffReply, HANDOFF};
+use walship_common::fanout::FanoutStatus;
+use walship_common::proto::handoff::{
+    decode_status, Handoff, HandoffReply, StatusRequest, HANDOFF, STATUS,
+};
 use walship_common::sys::frame_io::{read_frame_blocking, ReadError};
 
 /// Why the daemon could not be used; `push` then connects to the receiver itself.
@@ -44,44 +47,7 @@ pub fn ask(
         socket: socket.to_path_buf(),
         detail,
     };
-    let me = rustix::process::geteuid().as_raw();
-    let untrusted = |found: String| Unavailable::Untrusted {
-        socket: socket.to_path_buf(),
-        found,
-        me,
-    };
-    // The file first (lstat: a symlink is not a socket), so that a stranger's socket is not
-    // even sent the segment's path.
-    match std::fs::symlink_metadata(socket) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(untrusted("it is not a socket".into()))
-        }
-        Ok(meta) if !trusted(meta.uid(), me) => {
-            return Err(untrusted(format!("the file belongs to uid {}", meta.uid())))
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Unavailable::NotStarted(socket.to_path_buf()))
-        }
-        Err(e) => return Err(no_answer(e.to_string())),
-    }
-    let mut stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Unavailable::NotStarted(socket.to_path_buf()))
-        }
-        Err(e) => return Err(no_answer(e.to_string())),
-    };
-    // Then the process that accepted: the file may have been swapped since the lstat.
-    let peer = rustix::net::sockopt::socket_peercred(&stream)
-        .map_err(|e| no_answer(format!("read the peer's credentials: {e}")))?;
-    if !trusted(peer.uid.as_raw(), me) {
-        return Err(untrusted(format!(
-            "the process listening there (pid {}) runs as uid {}",
-            peer.pid.as_raw_nonzero(),
-            peer.uid.as_raw()
-        )));
-    }
+    let mut stream = connect_trusted(socket)?;
     // %p is relative to the data directory (PostgreSQL's working directory); the daemon runs
     // elsewhere, so send an absolute path.
     let path = if path.is_absolute() {
@@ -108,6 +74,81 @@ pub fn ask(
         e => no_answer(e.to_string()),
     })?;
     HandoffReply::decode_body(&body).map_err(|e| no_answer(e.to_string()))
+}
+
+/// Ask the daemon what it knows about each receiver (`walship-sender status`).
+pub fn ask_status(socket: &Path, wait: Duration) -> Result<FanoutStatus, Unavailable> {
+    let no_answer = |detail: String| Unavailable::NoAnswer {
+        socket: socket.to_path_buf(),
+        detail,
+    };
+    let mut stream = connect_trusted(socket)?;
+    let request = StatusRequest {
+        detail: String::new(),
+    };
+    stream
+        .set_read_timeout(Some(wait))
+        .and_then(|()| stream.set_write_timeout(Some(wait)))
+        .and_then(|()| stream.write_all(&request.encode()))
+        .map_err(|e| no_answer(e.to_string()))?;
+    let body = read_frame_blocking(&mut stream, STATUS).map_err(|e| match e {
+        ReadError::Ended => no_answer(
+            "it closed the connection without an answer (a daemon older than `status`?)".into(),
+        ),
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => no_answer(
+            "it closed the connection without an answer (a daemon older than `status`?)".into(),
+        ),
+        e => no_answer(e.to_string()),
+    })?;
+    decode_status(&body).map_err(|e| no_answer(e.to_string()))
+}
+
+/// Connect to the daemon socket, trusting only a socket file and a process of our own user
+/// (or root).
+fn connect_trusted(socket: &Path) -> Result<UnixStream, Unavailable> {
+    let no_answer = |detail: String| Unavailable::NoAnswer {
+        socket: socket.to_path_buf(),
+        detail,
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let untrusted = |found: String| Unavailable::Untrusted {
+        socket: socket.to_path_buf(),
+        found,
+        me,
+    };
+    // The file first (lstat: a symlink is not a socket), so that a stranger's socket is not
+    // even sent the segment's path.
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(untrusted("it is not a socket".into()))
+        }
+        Ok(meta) if !trusted(meta.uid(), me) => {
+            return Err(untrusted(format!("the file belongs to uid {}", meta.uid())))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Unavailable::NotStarted(socket.to_path_buf()))
+        }
+        Err(e) => return Err(no_answer(e.to_string())),
+    }
+    let stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Unavailable::NotStarted(socket.to_path_buf()))
+        }
+        Err(e) => return Err(no_answer(e.to_string())),
+    };
+    // Then the process that accepted: the file may have been swapped since the lstat.
+    let peer = rustix::net::sockopt::socket_peercred(&stream)
+        .map_err(|e| no_answer(format!("read the peer's credentials: {e}")))?;
+    if !trusted(peer.uid.as_raw(), me) {
+        return Err(untrusted(format!(
+            "the process listening there (pid {}) runs as uid {}",
+            peer.pid.as_raw_nonzero(),
+            peer.uid.as_raw()
+        )));
+    }
+    Ok(stream)
 }
 
 /// Our own user, or root (who could impersonate anybody anyway).

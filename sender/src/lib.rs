@@ -1,5 +1,5 @@
 //! walship-sender as a library: the binary (`main.rs`) parses the command line and calls the
-//! entry points here (`push`, `daemon`, `check`, `basebackup`); tests drive them in process. `cli` holds the clap
+//! entry points here (`push`, `daemon`, `check`, `basebackup`, `status`); tests drive them in process. `cli` holds the clap
 //! definitions of the command line (also read by the man page and completion generator);
 //! `metrics` the daemon's metrics (`metrics_listen`); `valve` the pg_wal valve (`max_backlog`).
 
@@ -12,4 +12,5 @@ pub mod handoff;
 pub mod metrics;
 pub mod partial;
 pub mod push;
+pub mod status;
 pub mod valve;

@@ -1,9 +1,11 @@
 //! walship-sender: the primary side of walship; `push` is PostgreSQL's archive_command.
 //!
-//! Exit codes: `push` 0 when the receiver stored the file or already had identical content,
-//! 1 for anything else (PostgreSQL retries); `check` 0 when no check failed (warnings allowed),
-//! 1 otherwise; `basebackup` 0 when the standby is ready, 2 when the receiver refused its target
-//! (nothing touched), 1 otherwise. Never above 125.
+//! Exit codes: `push` 0 when the receivers (`require` of them) stored the file or already had
+//! identical content, 1 for anything else (PostgreSQL retries); `check` 0 when no check failed
+//! (warnings allowed), 1 otherwise; `status` 0 when the policy can be met, 1 otherwise. Never
+//! above 125.
+//! `basebackup` 0 when the standby is ready, 2 when the receiver refused its target (nothing
+//! touched), 1 otherwise.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use walship_common::sys::config::{self, SenderSettings};
 
 use walship_sender::cli::{Cli, Command};
 use walship_sender::error::SenderError;
-use walship_sender::{basebackup, check, daemon, handoff, push, valve};
+use walship_sender::{basebackup, check, daemon, handoff, push, status, valve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,6 +35,10 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Status { json } => {
+            walship_common::sys::logging::init("warn");
+            ExitCode::from(status::command(cli.config.as_deref(), json))
         }
         Command::Check { timeout } => {
             walship_common::sys::logging::init("warn");

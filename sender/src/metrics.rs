@@ -2,6 +2,9 @@
 //! process-wide registry; the daemon calls the event functions below where things happen (an
 //! atomic increment or a gauge set each), and the endpoint renders the registry on a scrape.
 //!
+//! With several receivers, the totals count every receiver's transfers, and the
+//! `walship_receiver_*` families say the same per receiver (label `receiver`, its `host:port`).
+//!
 //! `push` run by PostgreSQL without a daemon is a process per segment and keeps no metrics:
 //! what it ships shows in the receiver's.
 
@@ -9,6 +12,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -28,6 +32,19 @@ struct Metrics {
     connected: Gauge,
     ready: Gauge,
     dropped: Counter,
+    per_up: Family<Label, Gauge>,
+    per_shipped: Family<Label, Counter>,
+    per_failures: Family<Label, Counter>,
+    per_owed: Family<Label, Gauge>,
+    per_missed: Family<Label, Counter>,
+    per_last_acked: Family<Label, Gauge>,
+}
+
+/// `receiver="host:port"`.
+type Label = Vec<(&'static str, String)>;
+
+fn label(receiver: &str) -> Label {
+    vec![("receiver", receiver.to_string())]
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -49,6 +66,12 @@ impl Metrics {
             connected: Gauge::default(),
             ready: Gauge::default(),
             dropped: Counter::default(),
+            per_up: Family::default(),
+            per_shipped: Family::default(),
+            per_failures: Family::default(),
+            per_owed: Family::default(),
+            per_missed: Family::default(),
+            per_last_acked: Family::default(),
         };
         // The registry holds clones: they share their atomics with the fields above.
         let r = &mut m.registry;
@@ -99,8 +122,38 @@ impl Metrics {
         );
         r.register(
             "walship_receiver_connected",
-            "1 while the warm connection to the receiver is open, else 0.",
+            "Receivers whose warm connection is open (1 or 0 with one receiver).",
             m.connected.clone(),
+        );
+        r.register(
+            "walship_receiver_up",
+            "Per receiver: 1 while its warm connection is open, else 0.",
+            m.per_up.clone(),
+        );
+        r.register(
+            "walship_receiver_shipped_files",
+            "Per receiver: files it stored (or already had) from this daemon.",
+            m.per_shipped.clone(),
+        );
+        r.register(
+            "walship_receiver_ship_failures",
+            "Per receiver: transfers to it that failed.",
+            m.per_failures.clone(),
+        );
+        r.register(
+            "walship_receiver_owed_files",
+            "Per receiver: files it lacks that the daemon will ship when it answers (still in pg_wal).",
+            m.per_owed.clone(),
+        );
+        r.register(
+            "walship_receiver_missed_files",
+            "Per receiver: files it lacks that left pg_wal before it came back (a hole in its archive).",
+            m.per_missed.clone(),
+        );
+        r.register(
+            "walship_receiver_last_acked_timestamp_seconds",
+            "Per receiver: when it last acknowledged a file (Unix time; absent: not yet).",
+            m.per_last_acked.clone(),
         );
         r.register(
             "walship_ready_segments",
@@ -121,23 +174,47 @@ pub fn renderer() -> Render {
     Arc::new(|| encode(&METRICS.registry))
 }
 
-/// The receiver stored a file of `bytes` plain bytes, shipped in `took`.
-pub fn shipped(bytes: u64, took: Duration) {
+/// `receiver` stored a file of `bytes` plain bytes, shipped in `took`.
+pub fn shipped(receiver: &str, bytes: u64, took: Duration) {
     let m = &*METRICS;
+    acked(receiver);
     m.shipped_files.inc();
     m.shipped_bytes.inc_by(bytes);
     m.transfer_seconds.observe(took.as_secs_f64());
     m.last_shipped.set(unix_secs(SystemTime::now()));
 }
 
-/// The receiver already had the file.
-pub fn already_had() {
+/// `receiver` already had the file.
+pub fn already_had(receiver: &str) {
+    acked(receiver);
     METRICS.already_had.inc();
 }
 
-/// A shipping attempt failed.
-pub fn failed() {
+fn acked(receiver: &str) {
+    let m = &*METRICS;
+    m.per_shipped.get_or_create(&label(receiver)).inc();
+    m.per_last_acked
+        .get_or_create(&label(receiver))
+        .set(unix_secs(SystemTime::now()));
+}
+
+/// A shipping attempt to `receiver` failed.
+pub fn failed(receiver: &str) {
     METRICS.failures.inc();
+    METRICS.per_failures.get_or_create(&label(receiver)).inc();
+}
+
+/// Files `receiver` lacks and will be sent when it answers.
+pub fn owed(receiver: &str, n: usize) {
+    METRICS
+        .per_owed
+        .get_or_create(&label(receiver))
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+/// `receiver` missed a file for good.
+pub fn missed(receiver: &str) {
+    METRICS.per_missed.get_or_create(&label(receiver)).inc();
 }
 
 /// A `push` was answered on the socket; `ahead`: from look-ahead's acknowledgement.
@@ -153,9 +230,20 @@ pub fn dropped() {
     METRICS.dropped.inc();
 }
 
-/// Whether the warm connection is open.
-pub fn connected(open: bool) {
-    METRICS.connected.set(i64::from(open));
+/// Whether the warm connection to `receiver` is open (it was not, or was, before).
+pub fn connected(receiver: &str, open: bool) {
+    let m = &*METRICS;
+    let up = m.per_up.get_or_create(&label(receiver));
+    let was = up.set(i64::from(open));
+    match (was, open) {
+        (0, true) => {
+            m.connected.inc();
+        }
+        (1, false) => {
+            m.connected.dec();
+        }
+        _ => {}
+    }
 }
 
 /// `.ready` segments seen at the last listing.

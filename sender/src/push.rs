@@ -18,7 +18,7 @@ use walship_common::proto::frame::{CLOSE_DONE, MAX_FILE_BYTES, REPLY};
 use walship_common::proto::{
     Encoding, FrameError, Outgoing, Refusal, Reply, Request, PROTOCOL_VERSION,
 };
-use walship_common::sys::config::SenderSettings;
+use walship_common::sys::config::{ReceiverTarget, SenderSettings};
 use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::sys::tls;
 use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
@@ -46,6 +46,9 @@ pub enum Pushed {
     Dropped,
 }
 
+/// Push `path` as `name` to every receiver at once, each on its own connection and within its
+/// own `timeout`, and succeed when `require` of them stored it durably. One receiver: its own
+/// verdict, as before fan-out.
 pub async fn push(
     settings: &SenderSettings,
     path: &Path,
@@ -53,17 +56,114 @@ pub async fn push(
 ) -> Result<Pushed, SenderError> {
     let request = prepare_blocking(path, name, settings.compression).await?;
     tracing::debug!("prepared (name and header checked)");
-    let target = Target::new(settings).await?;
+    if let [only] = settings.receivers.as_slice() {
+        return push_one(settings, only, path, name, request).await;
+    }
+    let shared = Arc::new((settings.clone(), path.to_path_buf(), name.to_string()));
+    let mut attempts = tokio::task::JoinSet::new();
+    for (i, receiver) in settings.receivers.iter().enumerate() {
+        let (shared, receiver, request) = (shared.clone(), receiver.clone(), request.clone());
+        attempts.spawn(async move {
+            let (settings, path, name) = &*shared;
+            (i, push_one(settings, &receiver, path, name, request).await)
+        });
+    }
+    let mut results: Vec<Option<Result<Pushed, SenderError>>> =
+        settings.receivers.iter().map(|_| None).collect();
+    while let Some(done) = attempts.join_next().await {
+        match done {
+            Ok((i, result)) => results[i] = Some(result),
+            Err(e) => {
+                return Err(SenderError::TaskFailed {
+                    what: "push",
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+    let results = settings
+        .receivers
+        .iter()
+        .zip(results)
+        .map(|(r, result)| (r.address.as_str(), result.expect("every attempt joined")))
+        .collect::<Vec<_>>();
+    tally(settings, name, results)
+}
+
+/// The fan-out verdict: success once `require` receivers stored the file (the first success
+/// stands for all, "stored" before "already had"); the failures of the others are one WARN
+/// line then, or the error's detail otherwise.
+pub fn tally(
+    settings: &SenderSettings,
+    name: &str,
+    results: Vec<(&str, Result<Pushed, SenderError>)>,
+) -> Result<Pushed, SenderError> {
+    let total = results.len();
+    let need = settings.require.needed(total);
+    let mut stored = Vec::new();
+    let mut failures = Vec::new();
+    for (addr, result) in results {
+        match result {
+            Ok(pushed) => stored.push(pushed),
+            Err(e) => failures.push(failure_text(addr, &e)),
+        }
+    }
+    if stored.len() >= need {
+        if !failures.is_empty() {
+            tracing::warn!(
+                "{name} stored on {} of {total} receivers (require = {}); not on: {}",
+                stored.len(),
+                settings.require,
+                failures.join("; ")
+            );
+        }
+        let outcome = if stored.contains(&Pushed::Stored) {
+            Pushed::Stored
+        } else {
+            stored.first().copied().unwrap_or(Pushed::AlreadyHad)
+        };
+        return Ok(outcome);
+    }
+    Err(SenderError::NotEnoughReceivers {
+        name: name.to_string(),
+        stored: stored.len(),
+        total,
+        require: settings.require,
+        failures: failures.join("; "),
+    })
+}
+
+/// One receiver's failure inside a fan-out line: it names the receiver (most errors do
+/// already), and the "PostgreSQL will retry" is said once for the whole line.
+pub fn failure_text(addr: &str, e: &SenderError) -> String {
+    let text = e.to_string().replace(" (PostgreSQL will retry)", "");
+    let text = text.replace("; PostgreSQL will retry", "");
+    if text.contains(addr) {
+        text
+    } else {
+        format!("receiver {addr}: {text}")
+    }
+}
+
+/// One receiver, on a connection of its own, within `timeout`.
+async fn push_one(
+    settings: &SenderSettings,
+    receiver: &ReceiverTarget,
+    path: &Path,
+    name: &str,
+    request: Request,
+) -> Result<Pushed, SenderError> {
+    let target = Target::new(settings, receiver).await?;
     let progress = Progress::default();
     let result = timeout(settings.timeout, async {
         let conn = target.connect().await?;
-        let result = transfer(settings, &conn, path, request, &progress).await;
+        let result = transfer(settings, receiver, &conn, path, request, &progress).await;
         conn.close(VarInt::from_u32(CLOSE_DONE), b"done");
         result
     })
     .await
-    .unwrap_or_else(|_| Err(progress.timeout_error(settings, name)));
-    tracing::debug!("reply received");
+    .unwrap_or_else(|_| Err(progress.timeout_error(settings, &receiver.address, name)));
+    tracing::debug!(receiver = %receiver.address, "reply received");
     // The verdict is in hand. Give the endpoint driver a moment to put CONNECTION_CLOSE on the
     // wire so the receiver frees the connection at once rather than after its idle timeout,
     // but do not sit out QUIC's draining period (3 PTO, ~80 ms even on loopback): nothing the
@@ -73,9 +173,9 @@ pub async fn push(
     result
 }
 
-pub fn reply_timeout(settings: &SenderSettings, name: &str) -> SenderError {
+pub fn reply_timeout(settings: &SenderSettings, addr: &str, name: &str) -> SenderError {
     SenderError::ReplyTimeout {
-        addr: settings.receiver.clone(),
+        addr: addr.to_string(),
         name: name.to_string(),
         timeout: settings.timeout,
     }
@@ -104,12 +204,8 @@ impl Progress {
     }
 
     /// The error for a push whose `timeout` ran out at this point.
-    pub fn timeout_error(&self, settings: &SenderSettings, name: &str) -> SenderError {
-        let (addr, name, timeout) = (
-            settings.receiver.clone(),
-            name.to_string(),
-            settings.timeout,
-        );
+    pub fn timeout_error(&self, settings: &SenderSettings, addr: &str, name: &str) -> SenderError {
+        let (addr, name, timeout) = (addr.to_string(), name.to_string(), settings.timeout);
         match self.stage.load(Ordering::Relaxed) {
             STAGE_NO_STREAM => SenderError::NoSendingSlot {
                 addr,
@@ -128,7 +224,7 @@ impl Progress {
                 timeout,
             },
             // Still connecting (stage 0).
-            _ => reply_timeout(settings, &name),
+            _ => reply_timeout(settings, &addr, &name),
         }
     }
 }
@@ -148,8 +244,9 @@ pub async fn prepare_blocking(
         })?
 }
 
-/// The receiver as a place to connect to: its address, and a client endpoint with our
-/// certificate. The daemon keeps one for its whole life; `push` makes one per call.
+/// One receiver as a place to connect to: its address, and a client endpoint with our
+/// certificate and its CA. The daemon keeps one per receiver for its whole life; `push` makes
+/// one per receiver per call.
 pub struct Target {
     pub endpoint: quinn::Endpoint,
     addr: SocketAddr,
@@ -160,18 +257,26 @@ pub struct Target {
 }
 
 impl Target {
-    pub async fn new(settings: &SenderSettings) -> Result<Self, SenderError> {
-        let client = tls::client_config(&settings.ca, &settings.cert, &settings.key)?;
-        let addr = resolve(settings).await?;
+    pub async fn new(
+        settings: &SenderSettings,
+        receiver: &ReceiverTarget,
+    ) -> Result<Self, SenderError> {
+        let client = tls::client_config(&receiver.ca, &settings.cert, &settings.key)?;
+        let addr = resolve(settings, &receiver.address).await?;
         let endpoint = client_endpoint(addr, client, settings)?;
         Ok(Target {
             endpoint,
             addr,
-            receiver: settings.receiver.clone(),
-            server_name: settings.server_name.clone(),
+            receiver: receiver.address.clone(),
+            server_name: receiver.server_name.clone(),
             connect_timeout: settings.connect_timeout,
             config_path: settings.config_path.clone(),
         })
+    }
+
+    /// `host:port` as configured.
+    pub fn address(&self) -> &str {
+        &self.receiver
     }
 
     /// A new QUIC connection, mutual TLS done.
@@ -255,19 +360,16 @@ pub fn prepare(path: &Path, name: &str, encoding: Encoding) -> Result<Request, S
     })
 }
 
-async fn resolve(settings: &SenderSettings) -> Result<SocketAddr, SenderError> {
+async fn resolve(settings: &SenderSettings, address: &str) -> Result<SocketAddr, SenderError> {
     let err = |reason: String| SenderError::Resolve {
-        addr: settings.receiver.clone(),
+        addr: address.to_string(),
         reason,
         config: settings.config_path.clone(),
     };
-    let mut addrs = timeout(
-        settings.connect_timeout,
-        tokio::net::lookup_host(settings.receiver.as_str()),
-    )
-    .await
-    .map_err(|_| err(format!("no answer within {:?}", settings.connect_timeout)))?
-    .map_err(|e| err(e.to_string()))?;
+    let mut addrs = timeout(settings.connect_timeout, tokio::net::lookup_host(address))
+        .await
+        .map_err(|_| err(format!("no answer within {:?}", settings.connect_timeout)))?
+        .map_err(|e| err(e.to_string()))?;
     addrs.next().ok_or_else(|| err("no address".into()))
 }
 
@@ -317,6 +419,7 @@ fn client_endpoint(
 /// `progress` how far it got (for the error when the caller's `timeout` runs out).
 pub async fn transfer(
     settings: &SenderSettings,
+    receiver: &ReceiverTarget,
     conn: &quinn::Connection,
     path: &Path,
     mut request: Request,
@@ -328,8 +431,8 @@ pub async fn transfer(
     request.dropped = crate::valve::to_report(settings);
     let reported = request.dropped.clone();
     let fail = Failures {
-        receiver: &settings.receiver,
-        server_name: &settings.server_name,
+        receiver: &receiver.address,
+        server_name: &receiver.server_name,
         name: &name,
     };
     let outgoing = Outgoing::new(request, settings.compression_level).map_err(|source| {
@@ -376,14 +479,15 @@ pub async fn transfer(
 /// (as an error).
 pub async fn append(
     settings: &SenderSettings,
+    receiver: &ReceiverTarget,
     conn: &quinn::Connection,
     name: &str,
     offset: u64,
     bytes: &[u8],
 ) -> Result<Reply, SenderError> {
     let fail = Failures {
-        receiver: &settings.receiver,
-        server_name: &settings.server_name,
+        receiver: &receiver.address,
+        server_name: &receiver.server_name,
         name,
     };
     let request = Request {

@@ -33,8 +33,10 @@ fn sender_toml_becomes_push_settings() {
         addr,
         "compression = \"none\"\ncompression_level = 3\nsocket = \"run/sender.sock\"\nlookahead = 0",
     );
-    assert_eq!(s.receiver, "127.0.0.1:7443");
-    assert_eq!(s.server_name, support::SERVER_NAME);
+    assert_eq!(s.receivers.len(), 1);
+    assert_eq!(s.receivers[0].address, "127.0.0.1:7443");
+    assert_eq!(s.receivers[0].server_name, support::SERVER_NAME);
+    assert_eq!(s.receivers[0].ca, setup.path("certs/ca.pem"));
     // Relative paths are resolved against the config file's directory.
     assert_eq!(s.ca, setup.path("certs/ca.pem"));
     assert_eq!(s.key, setup.path("certs/client.key"));

@@ -2,12 +2,16 @@
 //! daemon's Unix socket: one [`Handoff`] frame from `push`, one [`HandoffReply`] back, then both
 //! close. Same preamble layout as the wire protocol (magic, version, length) with its own magic,
 //! so a wire peer and a local peer can never be confused.
+//!
+//! `walship-sender status` asks on the same socket with frames of their own magic ([`STATUS`]):
+//! one [`StatusRequest`], one [`FanoutStatus`] back.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::frame::{decode_body, encode_with, FrameError, FrameKind};
+use crate::fanout::FanoutStatus;
 
 /// First bytes of every hand-off frame.
 pub const HANDOFF_MAGIC: [u8; 4] = *b"WSLH";
@@ -18,6 +22,42 @@ pub const HANDOFF: FrameKind = FrameKind {
     magic: HANDOFF_MAGIC,
     max: MAX_HANDOFF_BYTES,
 };
+
+/// First bytes of a status frame, both ways.
+pub const STATUS_MAGIC: [u8; 4] = *b"WSLS";
+/// Largest status body accepted: a few hundred bytes per receiver (address, names, one error
+/// line); 256 KiB is far more than any sane number of receivers needs.
+pub const MAX_STATUS_BYTES: usize = 256 * 1024;
+/// Status frames, both ways.
+pub const STATUS: FrameKind = FrameKind {
+    magic: STATUS_MAGIC,
+    max: MAX_STATUS_BYTES,
+};
+
+/// `status` asks the daemon what it knows about each receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Reserved, so that a later request can say more; empty today.
+    pub detail: String,
+}
+
+impl StatusRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with(STATUS_MAGIC, self)
+    }
+    pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body(body)
+    }
+}
+
+/// The daemon's answer to a [`StatusRequest`].
+pub fn encode_status(status: &FanoutStatus) -> Vec<u8> {
+    encode_with(STATUS_MAGIC, status)
+}
+
+pub fn decode_status(body: &[u8]) -> Result<FanoutStatus, FrameError> {
+    decode_body(body)
+}
 
 /// `push` asks the daemon to make `path` durable on the receiver as `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

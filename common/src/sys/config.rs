@@ -274,6 +274,10 @@ impl<'de> Deserialize<'de> for Scalar {
 pub struct SenderFile {
     pub receiver: Option<String>,
     pub server_name: Option<String>,
+    /// Fan-out: one `[[receivers]]` table per receiver (instead of `receiver`/`server_name`).
+    pub receivers: Option<Vec<ReceiverEntry>>,
+    /// Fan-out policy: `"all"` (the default) or a number of receivers.
+    pub require: Option<Scalar>,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -289,6 +293,54 @@ pub struct SenderFile {
     pub max_backlog: Option<Scalar>,
     pub state_dir: Option<PathBuf>,
     pub partial_interval: Option<Scalar>,
+}
+
+/// One `[[receivers]]` table of sender.toml as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverEntry {
+    pub address: Option<String>,
+    pub server_name: Option<String>,
+    /// CA for this receiver only (default: the top-level `ca`).
+    pub ca: Option<PathBuf>,
+}
+
+/// One receiver a sender ships to, resolved: where, the name its certificate must carry, and
+/// the CA that signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverTarget {
+    /// `host:port`, resolved when connecting; also how the receiver is named in messages.
+    pub address: String,
+    pub server_name: String,
+    pub ca: PathBuf,
+}
+
+/// How many receivers must have stored a file durably before `push` exits 0 (`require`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Require {
+    /// Every receiver (`require = "all"`, the default).
+    All,
+    /// At least this many (`require = N`, 1 to the number of receivers).
+    AtLeast(usize),
+}
+
+impl Require {
+    /// Receivers that must have stored a file, out of `total`.
+    pub fn needed(self, total: usize) -> usize {
+        match self {
+            Require::All => total,
+            Require::AtLeast(n) => n.min(total),
+        }
+    }
+}
+
+impl std::fmt::Display for Require {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Require::All => f.write_str("\"all\""),
+            Require::AtLeast(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -340,9 +392,12 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone)]
 pub struct SenderSettings {
     pub config_path: PathBuf,
-    /// `host:port`, resolved when connecting.
-    pub receiver: String,
-    pub server_name: String,
+    /// Where to ship, in the order of the config: `receiver`/`server_name` (one), or one per
+    /// `[[receivers]]` table.
+    pub receivers: Vec<ReceiverTarget>,
+    /// How many of them must store a file before `push` succeeds (`require`).
+    pub require: Require,
+    /// The top-level `ca` (each target carries the CA it uses).
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -558,29 +613,12 @@ impl SenderSettings {
         let src = Source::read(path)?;
         let file: SenderFile = src.parse()?;
         let base = base_dir(path);
-        let receiver = src.required(file.receiver, "receiver", "\"standby.example.com:7443\"")?;
-        let server_name =
-            src.required(file.server_name, "server_name", "\"standby.example.com\"")?;
-        let ca = src.required(file.ca, "ca", "\"/etc/walship/ca.pem\"")?;
+        let ca = src.required(file.ca.clone(), "ca", "\"/etc/walship/ca.pem\"")?;
+        let ca = base.join(ca);
+        let receivers = src.receivers(&file, &base, &ca)?;
         let cert = src.required(file.cert, "cert", "\"/etc/walship/client.pem\"")?;
         let key = src.required(file.key, "key", "\"/etc/walship/client.key\"")?;
-        let port = receiver
-            .rsplit_once(':')
-            .map(|(host, port)| (host, port.parse::<u16>()));
-        if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
-            return Err(src.invalid(
-                "receiver",
-                format!("{receiver:?}"),
-                "expected host:port, like \"standby.example.com:7443\" or \"10.0.0.7:7443\"",
-            ));
-        }
-        check_server_name(&server_name).map_err(|reason| {
-            src.invalid(
-                "server_name",
-                format!("{server_name:?}"),
-                format!("{reason}; set it to the name or IP address the receiver's certificate was made for (walship-receiver certs --server-name)"),
-            )
-        })?;
+        let require = src.require(&file.require, receivers.len())?;
         let compression = match file.compression.as_deref() {
             None | Some("zstd") => Encoding::Zstd,
             Some("none") => Encoding::Plain,
@@ -678,9 +716,9 @@ impl SenderSettings {
                 DEFAULT_CONNECT_TIMEOUT,
             )?,
             timeout: src.duration("timeout", &file.timeout, DEFAULT_PUSH_TIMEOUT)?,
-            receiver,
-            server_name,
-            ca: base.join(ca),
+            receivers,
+            require,
+            ca,
             cert: base.join(cert),
             key: base.join(key),
         })
@@ -837,6 +875,134 @@ impl Source {
             });
         }
         Ok(out)
+    }
+
+    /// The receivers, from either form: `receiver` + `server_name` (one receiver), or
+    /// `[[receivers]]` tables; both at once, or an empty list, is an error.
+    fn receivers(
+        &self,
+        file: &SenderFile,
+        base: &Path,
+        ca: &Path,
+    ) -> Result<Vec<ReceiverTarget>, ConfigError> {
+        let Some(entries) = &file.receivers else {
+            let address = self.required(
+                file.receiver.clone(),
+                "receiver",
+                "\"standby.example.com:7443\"",
+            )?;
+            let server_name = self.required(
+                file.server_name.clone(),
+                "server_name",
+                "\"standby.example.com\"",
+            )?;
+            self.check_address("receiver", &address)?;
+            self.check_name("server_name", &server_name)?;
+            return Ok(vec![ReceiverTarget {
+                address,
+                server_name,
+                ca: ca.to_path_buf(),
+            }]);
+        };
+        if let Some(single) = file.receiver.as_ref().or(file.server_name.as_ref()) {
+            let key = if file.receiver.is_some() {
+                "receiver"
+            } else {
+                "server_name"
+            };
+            return Err(self.invalid(
+                key,
+                format!("{single:?}"),
+                "both forms given: use either `receiver` and `server_name` (one receiver) or `[[receivers]]` tables (several), not both; move this receiver into a [[receivers]] table",
+            ));
+        }
+        if entries.is_empty() {
+            return Err(self.invalid(
+                "receivers",
+                "[]".into(),
+                "no receiver listed; add one [[receivers]] table per receiver, with address = \"host:port\" and server_name",
+            ));
+        }
+        let mut targets: Vec<ReceiverTarget> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let n = i + 1;
+            let address = entry.address.clone().ok_or_else(|| {
+                self.invalid(
+                    "receivers",
+                    format!("[[receivers]] #{n}"),
+                    "no `address`; add address = \"standby.example.com:7443\" to it",
+                )
+            })?;
+            let server_name = entry.server_name.clone().ok_or_else(|| {
+                self.invalid(
+                    "receivers",
+                    format!("[[receivers]] #{n} ({address})"),
+                    "no `server_name`; add the name the receiver's certificate was made for (walship-receiver certs --server-name)",
+                )
+            })?;
+            self.check_address("receivers", &address)?;
+            self.check_name("receivers", &server_name)?;
+            if targets.iter().any(|t| t.address == address) {
+                return Err(self.invalid(
+                    "receivers",
+                    format!("address = {address:?}"),
+                    "listed twice; each [[receivers]] table must name a different receiver",
+                ));
+            }
+            targets.push(ReceiverTarget {
+                address,
+                server_name,
+                ca: entry
+                    .ca
+                    .as_ref()
+                    .map_or_else(|| ca.to_path_buf(), |c| base.join(c)),
+            });
+        }
+        Ok(targets)
+    }
+
+    /// `require`: `"all"` (default) or a number from 1 to the number of receivers.
+    fn require(&self, value: &Option<Scalar>, total: usize) -> Result<Require, ConfigError> {
+        let bad = |v: &Scalar| {
+            self.invalid(
+                "require",
+                v.literal(),
+                format!("expected \"all\" or a number of receivers from 1 to {total} (the receivers listed)"),
+            )
+        };
+        match value {
+            None => Ok(Require::All),
+            Some(Scalar::Text(t)) if t == "all" => Ok(Require::All),
+            Some(v @ Scalar::Int(n)) => match usize::try_from(*n) {
+                Ok(n) if (1..=total).contains(&n) => Ok(Require::AtLeast(n)),
+                _ => Err(bad(v)),
+            },
+            Some(v) => Err(bad(v)),
+        }
+    }
+
+    fn check_address(&self, key: &'static str, address: &str) -> Result<(), ConfigError> {
+        let port = address
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+            return Ok(());
+        }
+        Err(self.invalid(
+            key,
+            format!("{address:?}"),
+            "expected host:port, like \"standby.example.com:7443\" or \"10.0.0.7:7443\"",
+        ))
+    }
+
+    fn check_name(&self, key: &'static str, server_name: &str) -> Result<(), ConfigError> {
+        check_server_name(server_name).map_err(|reason| {
+            self.invalid(
+                key,
+                format!("{server_name:?}"),
+                format!("{reason}; set it to the name or IP address the receiver's certificate was made for (walship-receiver certs --server-name)"),
+            )
+        })
     }
 
     /// `key = value` cannot be used, for `reason`; points at the value in the file.
@@ -1519,7 +1685,119 @@ mod tests {
             "::1",
         ] {
             std::fs::write(&path, SENDER.replace("\"h\"", &format!("{good:?}"))).unwrap();
-            assert_eq!(SenderSettings::load(&path).unwrap().server_name, good);
+            assert_eq!(
+                SenderSettings::load(&path).unwrap().receivers[0].server_name,
+                good
+            );
+        }
+    }
+
+    const FANOUT: &str = "ca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+    const TABLES: &str = "\n[[receivers]]\naddress = \"a.example:7443\"\nserver_name = \"a.example\"\n\n[[receivers]]\naddress = \"10.0.0.8:7443\"\nserver_name = \"10.0.0.8\"\nca = \"ca-b.pem\"\n";
+
+    #[test]
+    fn fanout_receivers_and_require() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sender.toml");
+        std::fs::write(&path, format!("{FANOUT}{TABLES}")).unwrap();
+        let s = SenderSettings::load(&path).unwrap();
+        assert_eq!(s.require, Require::All);
+        assert_eq!(s.receivers.len(), 2);
+        assert_eq!(s.receivers[0].address, "a.example:7443");
+        assert_eq!(s.receivers[0].ca, dir.path().join("a"));
+        assert_eq!(s.receivers[1].server_name, "10.0.0.8");
+        assert_eq!(s.receivers[1].ca, dir.path().join("ca-b.pem"));
+        assert_eq!(s.require.needed(2), 2);
+        for (value, want) in [
+            ("\"all\"", Require::All),
+            ("1", Require::AtLeast(1)),
+            ("2", Require::AtLeast(2)),
+        ] {
+            std::fs::write(&path, format!("{FANOUT}require = {value}\n{TABLES}")).unwrap();
+            assert_eq!(
+                SenderSettings::load(&path).unwrap().require,
+                want,
+                "{value}"
+            );
+        }
+        assert_eq!(Require::AtLeast(1).needed(2), 1);
+
+        // The single form is one receiver, require all; `require` is checked against it too.
+        std::fs::write(&path, SENDER).unwrap();
+        let s = SenderSettings::load(&path).unwrap();
+        assert_eq!((s.receivers.len(), s.require), (1, Require::All));
+        assert_eq!(s.receivers[0].ca, dir.path().join("a"));
+        let (_, err) = sender_error(&format!("{SENDER}require = 2\n"));
+        assert!(
+            err.contains("require = 2: expected \"all\" or a number of receivers from 1 to 1"),
+            "{err}"
+        );
+
+        for (text, says) in [
+            (
+                format!("{FANOUT}require = 3\n{TABLES}"),
+                "require = 3: expected \"all\" or a number of receivers from 1 to 2",
+            ),
+            (
+                format!("{FANOUT}require = 0\n{TABLES}"),
+                "require = 0: expected",
+            ),
+            (
+                format!("{FANOUT}require = -1\n{TABLES}"),
+                "require = -1: expected",
+            ),
+            (
+                format!("{FANOUT}require = \"1\"\n{TABLES}"),
+                "require = \"1\": expected",
+            ),
+            (
+                format!("{FANOUT}require = \"any\"\n{TABLES}"),
+                "require = \"any\": expected",
+            ),
+            (
+                format!("receiver = \"h:1\"\n{FANOUT}{TABLES}"),
+                "receiver = \"h:1\": both forms given",
+            ),
+            (
+                format!("server_name = \"h\"\n{FANOUT}{TABLES}"),
+                "server_name = \"h\": both forms given",
+            ),
+            (format!("{FANOUT}receivers = []\n"), "no receiver listed"),
+            (
+                format!("{FANOUT}\n[[receivers]]\nserver_name = \"h\"\n"),
+                "no `address`",
+            ),
+            (
+                format!("{FANOUT}\n[[receivers]]\naddress = \"h:1\"\n"),
+                "no `server_name`",
+            ),
+            (
+                format!("{FANOUT}\n[[receivers]]\naddress = \"h\"\nserver_name = \"h\"\n"),
+                "receivers = \"h\": expected host:port",
+            ),
+            (
+                format!("{FANOUT}\n[[receivers]]\naddress = \"h:1\"\nserver_name = \"a b\"\n"),
+                "it contains spaces",
+            ),
+            (
+                format!(
+                    "{FANOUT}{TABLES}{}",
+                    TABLES.replace("10.0.0.8:7443", "a.example:7443")
+                ),
+                "listed twice",
+            ),
+            (
+                format!(
+                    "{FANOUT}\n[[receivers]]\naddress = \"h:1\"\nserver_name = \"h\"\nport = 1\n"
+                ),
+                "unknown key `port`",
+            ),
+        ] {
+            let (_, err) = sender_error(&text);
+            assert!(
+                err.contains(says) && err.contains("sender.toml"),
+                "{text}\n{err}"
+            );
         }
     }
 
