@@ -187,37 +187,36 @@ impl Archive {
     }
 
     /// Make a verified upload durable and visible (blocking). Pins the archive to the upload's
+    /// The fence lock, held shared until the caller's file is linked (`promote` takes it
+    /// exclusively to write the fence, so once the fence is in place no file that passed this
+    /// check can still appear), and the fence's verdict on `verified`. An unreadable fence
+    /// refuses: better a retry than stale WAL.
+    fn fence_admits(&self, verified: &Verified) -> Result<FenceLock, Refusal> {
+        let failed = |detail: String| Refusal::StorageFailed {
+            name: verified.name.to_string(),
+            detail,
+        };
+        let lock = FenceLock::shared(&self.dir).map_err(|e| failed(e.to_string()))?;
+        match state::read_fence(&self.dir) {
+            Ok(Some(fence)) => verified.admitted_by(&fence)?,
+            Ok(None) => {}
+            Err(e) => return Err(failed(e.to_string())),
+        }
+        Ok(lock)
+    }
+
     /// cluster if it is the first segment and nothing pinned it before.
     pub fn commit(&self, tmp: TempFile, verified: &Verified) -> Reply {
         let name = verified.name.to_string();
         // Held from the fence check until the file is linked (released on return): `promote`
         // takes it exclusively to write the fence, so once the fence is in place no segment
         // that passed the check can still appear, and promote's last replay check sees all.
-        let _fence_lock = match FenceLock::shared(&self.dir) {
-            Ok(l) => l,
-            Err(e) => {
-                return Reply::Refused(Refusal::StorageFailed {
-                    name,
-                    detail: e.to_string(),
-                })
-            }
-        };
         // Checked again at the last moment: the standby may have been promoted while the
-        // bytes were arriving. (An unreadable fence refuses: better a retry than stale WAL.)
-        match state::read_fence(&self.dir) {
-            Ok(Some(fence)) => {
-                if let Err(r) = verified.admitted_by(&fence) {
-                    return Reply::Refused(r);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Reply::Refused(Refusal::StorageFailed {
-                    name,
-                    detail: e.to_string(),
-                })
-            }
-        }
+        // bytes were arriving.
+        let _fence_lock = match self.fence_admits(verified) {
+            Ok(l) => l,
+            Err(r) => return Reply::Refused(r),
+        };
         #[cfg(test)]
         if let Some(p) = &self.pause {
             p.wait();
@@ -330,29 +329,10 @@ impl Archive {
             });
         };
         let _partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
-        let _fence_lock = match FenceLock::shared(&self.dir) {
+        let _fence_lock = match self.fence_admits(verified) {
             Ok(l) => l,
-            Err(e) => {
-                return Reply::Refused(Refusal::StorageFailed {
-                    name,
-                    detail: e.to_string(),
-                })
-            }
+            Err(r) => return Reply::Refused(r),
         };
-        match state::read_fence(&self.dir) {
-            Ok(Some(fence)) => {
-                if let Err(r) = verified.admitted_by(&fence) {
-                    return Reply::Refused(r);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Reply::Refused(Refusal::StorageFailed {
-                    name,
-                    detail: e.to_string(),
-                })
-            }
-        }
         let storage = |e: &dyn std::fmt::Display| {
             Reply::Refused(Refusal::StorageFailed {
                 name: name.clone(),
