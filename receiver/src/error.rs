@@ -107,4 +107,6 @@ pub enum ReceiverError {
     },
     #[error("a serving task failed: {0}")]
     Task(String),
+    #[error("object store {url}: {detail}")]
+    ObjectStore { url: String, detail: String },
 }

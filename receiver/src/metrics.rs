@@ -49,6 +49,12 @@ struct Metrics {
     uploads: Gauge,
     restore_served: Family<Standby, Gauge>,
     restore_missed: Family<Standby, Gauge>,
+    objstore_uploaded_files: Counter,
+    objstore_uploaded_bytes: Counter,
+    objstore_uploaded_object_bytes: Counter,
+    objstore_upload_failures: Counter,
+    objstore_backlog_files: Gauge,
+    objstore_backlog_bytes: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new().registered());
@@ -68,6 +74,12 @@ impl Metrics {
             uploads: Gauge::default(),
             restore_served: Family::default(),
             restore_missed: Family::default(),
+            objstore_uploaded_files: Counter::default(),
+            objstore_uploaded_bytes: Counter::default(),
+            objstore_uploaded_object_bytes: Counter::default(),
+            objstore_upload_failures: Counter::default(),
+            objstore_backlog_files: Gauge::default(),
+            objstore_backlog_bytes: Gauge::default(),
         };
         for reason in REFUSAL_REASONS {
             // Every reason from the start, at 0: a rate() needs the series before the event.
@@ -128,6 +140,36 @@ impl Metrics {
             "walship_restore_last_missed_timestamp_seconds",
             "When restore last found a segment this standby asked for missing (Unix time, from its restore record).",
             self.restore_missed.clone(),
+        );
+        r.register(
+            "walship_objstore_uploaded_files",
+            "Files uploaded to the object store and verified (read back).",
+            self.objstore_uploaded_files.clone(),
+        );
+        r.register(
+            "walship_objstore_uploaded_bytes",
+            "Plain bytes of the files uploaded to the object store.",
+            self.objstore_uploaded_bytes.clone(),
+        );
+        r.register(
+            "walship_objstore_uploaded_object_bytes",
+            "Bytes of the objects uploaded (zstd-compressed).",
+            self.objstore_uploaded_object_bytes.clone(),
+        );
+        r.register(
+            "walship_objstore_upload_failures",
+            "Failed attempts to list, upload, verify or record a file for the object store (each retried with backoff).",
+            self.objstore_upload_failures.clone(),
+        );
+        r.register(
+            "walship_objstore_backlog_files",
+            "Files in archive_dir not yet in the object store.",
+            self.objstore_backlog_files.clone(),
+        );
+        r.register(
+            "walship_objstore_backlog_bytes",
+            "Plain bytes of the files in archive_dir not yet in the object store.",
+            self.objstore_backlog_bytes.clone(),
         );
         self
     }
@@ -242,6 +284,29 @@ pub fn refused(r: &Refusal) {
         .refusals
         .get_or_create(&Reason { reason: reason(r) })
         .inc();
+}
+
+/// A file was uploaded to the object store: `bytes` plain, `packed` as stored.
+pub fn uploaded(bytes: u64, packed: u64) {
+    let m = &*METRICS;
+    m.objstore_uploaded_files.inc();
+    m.objstore_uploaded_bytes.inc_by(bytes);
+    m.objstore_uploaded_object_bytes.inc_by(packed);
+    m.objstore_backlog_files.dec();
+    m.objstore_backlog_bytes
+        .set(m.objstore_backlog_bytes.get().saturating_sub(bytes as i64));
+}
+
+/// An attempt to upload failed (it is retried).
+pub fn upload_failed() {
+    METRICS.objstore_upload_failures.inc();
+}
+
+/// The upload backlog as last listed.
+pub fn upload_backlog(b: walship_common::upload_queue::Backlog) {
+    let m = &*METRICS;
+    m.objstore_backlog_files.set(b.files as i64);
+    m.objstore_backlog_bytes.set(b.bytes as i64);
 }
 
 /// A connection is open until the returned guard drops.

@@ -116,6 +116,21 @@ pub async fn run_with(
     ready: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
 ) -> Result<(), ReceiverError> {
     let archive = Arc::new(Archive::open(&settings)?);
+    // The object-store tier: checked (credentials, URL) before listening, then uploading in
+    // the background; each store wakes it.
+    let stored_wake = Arc::new(tokio::sync::Notify::new());
+    let uploader = match &settings.object_store {
+        Some(o) => {
+            let bucket = Arc::new(crate::objstore::Bucket::open(o)?);
+            Some(tokio::spawn(crate::objstore::uploader(
+                archive.dir().to_path_buf(),
+                bucket,
+                stored_wake.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let (endpoint, local) = endpoint(&settings)?;
     let scrapes = metrics_endpoint(&settings, &archive).await?;
     let reloads =
@@ -169,6 +184,7 @@ pub async fn run_with(
             holders: holders.clone(),
             limits,
             idle: settings.idle_timeout,
+            stored_wake: stored_wake.clone(),
         };
         let (tracker2, shutdown2) = (tracker.clone(), shutdown.clone());
         tracker.spawn(
@@ -182,7 +198,8 @@ pub async fn run_with(
 
     walship_common::sys::notify::stopping();
     drain(tracker, endpoint).await;
-    for task in [scrapes, reloads].into_iter().flatten() {
+    // An upload cut short is not in the record: it is uploaded again at the next start.
+    for task in [scrapes, reloads, uploader].into_iter().flatten() {
         task.abort();
     }
     Ok(())
@@ -333,6 +350,8 @@ struct Shared {
     holders: Arc<Holders>,
     limits: Limits,
     idle: Duration,
+    /// Notified on each file stored: wakes the object-store uploader.
+    stored_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The configured limits (receiver.toml), as the tasks use them.
@@ -663,6 +682,7 @@ async fn receive(
         Ok(reply) => {
             if reply == Reply::Stored {
                 metrics::stored(size, started.elapsed());
+                shared.stored_wake.notify_one();
             }
             Outcome::Reply(reply)
         }

@@ -41,10 +41,27 @@ pub struct Status {
     /// The pid of the `serve` holding archive_dir's lock (as it wrote it; "unknown" if not
     /// yet), null when none runs.
     pub serve_pid: Option<String>,
+    /// The object-store tier; absent when `[object_store]` is not configured.
+    pub object_store: Option<ObjectStoreStatus>,
     /// No problem found: what the exit status says (0 healthy, 1 not).
     pub healthy: bool,
     /// Each problem found, one line each, with what to do.
     pub problems: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct ObjectStoreStatus {
+    pub url: String,
+    /// Files in archive_dir not yet uploaded (by the upload record `walship.uploaded`).
+    pub backlog_files: u64,
+    pub backlog_bytes: u64,
+    /// WAL files in the bucket under the prefix (null when it could not be listed).
+    pub objects: Option<u64>,
+    /// The newest segment in the bucket (null when none or not listed).
+    #[serde(serialize_with = "text")]
+    pub newest_segment: Option<SegmentName>,
+    /// Why the bucket or the upload record could not be read.
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -98,6 +115,10 @@ pub async fn gather(
         Some(e) => (Some(e.name), Some(e.at)),
         None => (None, None),
     };
+    let object_store = match &settings.object_store {
+        Some(o) => Some(object_store_status(dir, o).await),
+        None => None,
+    };
     let (last_served, last_served_at) = split(log.last_served);
     let (last_missed, last_missed_at) = split(log.last_missed);
     Ok(Status {
@@ -124,6 +145,7 @@ pub async fn gather(
         },
         standby,
         serve_pid: serve.as_ref().ok().cloned().flatten(),
+        object_store,
         healthy: true,
         problems: Vec::new(),
     }
@@ -167,6 +189,11 @@ pub fn problems(
             sb.error.as_deref().unwrap_or("no answer")
         ));
     }
+    if let Some(e) = st.object_store.as_ref().and_then(|o| o.error.as_ref()) {
+        out.push(format!(
+            "the object store cannot be read: {e} (check [object_store] and its credentials)"
+        ));
+    }
     // Here goes the gap the pg_wal valve records (issue 11 item 2), once there is one.
     if let Some(max) = max_age {
         match (&st.newest_segment, st.newest_segment_age_seconds) {
@@ -185,6 +212,36 @@ pub fn problems(
         }
     }
     out
+}
+
+async fn object_store_status(
+    dir: &std::path::Path,
+    o: &walship_common::sys::config::ObjectStoreSettings,
+) -> ObjectStoreStatus {
+    let mut st = ObjectStoreStatus {
+        url: o.url.clone(),
+        backlog_files: 0,
+        backlog_bytes: 0,
+        objects: None,
+        newest_segment: None,
+        error: None,
+    };
+    match crate::objstore::backlog(dir) {
+        Ok(b) => (st.backlog_files, st.backlog_bytes) = (b.files, b.bytes),
+        Err(e) => st.error = Some(e.to_string()),
+    }
+    let listed = match crate::objstore::Bucket::open(o) {
+        Ok(bucket) => bucket.list().await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(files) => {
+            st.objects = Some(files.len() as u64);
+            st.newest_segment = walship_common::state::newest_segment(files.iter().map(|f| &f.name));
+        }
+        Err(e) => st.error = Some(e.to_string()),
+    }
+    st
 }
 
 async fn standby_status(conninfo: &str) -> StandbyStatus {
@@ -278,6 +335,17 @@ pub fn print_human(s: &Status) {
         event(&s.restore.last_missed, s.restore.last_missed_at)
     );
     println!("standby:          {}", standby_line(s.standby.as_ref()));
+    if let Some(o) = &s.object_store {
+        println!(
+            "object store:     {}: {} objects, newest segment {}; upload backlog {} files, {}",
+            o.url,
+            o.objects.map_or("?".to_string(), |n| n.to_string()),
+            o.newest_segment
+                .map_or("none".to_string(), |n| n.to_string()),
+            o.backlog_files,
+            human::size(o.backlog_bytes)
+        );
+    }
     match &s.serve_pid {
         Some(pid) => println!("serve:            running, pid {pid}"),
         None => println!("serve:            not running"),

@@ -30,6 +30,7 @@ mod issue11_cleanup;
 mod issue11_metrics;
 mod issue11_sighup;
 mod issue11_status_health;
+mod issue14_objstore;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;
