@@ -149,7 +149,12 @@ pub fn next(present: &[LocalFile], record: &UploadRecord, now: SystemTime) -> Ve
         .filter(|f| !matches!(f.name, WalFileName::Segment(_)) && !record.has(&f.name))
         .cloned()
         .collect();
-    out.sort_by_key(|f| (!matches!(f.name, WalFileName::History(_)), f.name.to_string()));
+    out.sort_by_key(|f| {
+        (
+            !matches!(f.name, WalFileName::History(_)),
+            f.name.to_string(),
+        )
+    });
 
     let mut by_tli: BTreeMap<TimelineId, BTreeMap<SegNo, &LocalFile>> = BTreeMap::new();
     for f in present {
@@ -264,7 +269,13 @@ mod tests {
         }
         // 7 is missing: 8 waits.
         assert!(next(&files, &rec, now).is_empty());
-        assert_eq!(backlog(&files, &rec), Backlog { files: 1, bytes: SEG });
+        assert_eq!(
+            backlog(&files, &rec),
+            Backlog {
+                files: 1,
+                bytes: SEG
+            }
+        );
         let mut files = files;
         files.push(seg(1, 7, 0, now));
         assert_eq!(
@@ -281,12 +292,18 @@ mod tests {
         rec.note(&files[3].name);
         rec.note(&files[2].name);
         let n = names(&next(&files, &rec, now));
-        assert_eq!(n, vec!["00000002.history".to_string(), files[4].name.to_string()]);
+        assert_eq!(
+            n,
+            vec!["00000002.history".to_string(), files[4].name.to_string()]
+        );
     }
 
     #[test]
     fn credentials_parse() {
-        let c = parse_credentials("[default]\n# c\naws_access_key_id = AK\naws_secret_access_key=\"SK\"\n").unwrap();
+        let c = parse_credentials(
+            "[default]\n# c\naws_access_key_id = AK\naws_secret_access_key=\"SK\"\n",
+        )
+        .unwrap();
         assert_eq!(c, ("AK".into(), "SK".into(), None));
         assert!(parse_credentials("aws_access_key_id = AK\n").is_err());
         assert!(parse_credentials("junk\n").is_err());

@@ -18,8 +18,8 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, AttributeValue, Attributes, ClientOptions, ObjectStore, ObjectStoreExt,
-    PutOptions, PutPayload, RetryConfig,
+    Attribute, AttributeValue, Attributes, ClientOptions, ObjectStore, ObjectStoreExt, PutOptions,
+    PutPayload, RetryConfig,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -273,14 +273,11 @@ fn decompress(packed: &[u8], limit: u64) -> Result<Vec<u8>, String> {
 
 /// (access key id, secret access key, session token) from `credentials_file` (refused when
 /// group or others may read it) or else the environment.
-fn credentials(
-    settings: &ObjectStoreSettings,
-) -> Result<(String, String, Option<String>), String> {
+fn credentials(settings: &ObjectStoreSettings) -> Result<(String, String, Option<String>), String> {
     if let Some(path) = &settings.credentials_file {
         use std::os::unix::fs::PermissionsExt;
         let shown = path.display();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("credentials_file {shown}: {e}"))?;
+        let meta = std::fs::metadata(path).map_err(|e| format!("credentials_file {shown}: {e}"))?;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(format!(
@@ -288,8 +285,8 @@ fn credentials(
                 mode & 0o7777
             ));
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("credentials_file {shown}: {e}"))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("credentials_file {shown}: {e}"))?;
         return parse_credentials(&text).map_err(|e| format!("credentials_file {shown}: {e}"));
     }
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -336,7 +333,10 @@ pub fn local_files(dir: &Path) -> Result<Vec<LocalFile>, ReceiverError> {
 
 /// What archive_dir holds that the bucket does not yet.
 pub fn backlog(dir: &Path) -> Result<Backlog, ReceiverError> {
-    Ok(upload_queue::backlog(&local_files(dir)?, &read_record(dir)?))
+    Ok(upload_queue::backlog(
+        &local_files(dir)?,
+        &read_record(dir)?,
+    ))
 }
 
 /// `serve`'s uploader: until `shutdown`, upload what [`upload_queue::next`] offers, one file

@@ -215,7 +215,11 @@ fn copy_to(src: &File, size: u64, dest: &Path) -> io::Result<u64> {
 
 /// Create `dest` whole or not at all: a temp file filled by `fill` (which returns the bytes
 /// written, checked against `size`), then a rename.
-fn place(dest: &Path, size: u64, fill: impl FnOnce(&mut File) -> io::Result<u64>) -> io::Result<u64> {
+fn place(
+    dest: &Path,
+    size: u64,
+    fill: impl FnOnce(&mut File) -> io::Result<u64>,
+) -> io::Result<u64> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

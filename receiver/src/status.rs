@@ -237,7 +237,8 @@ async fn object_store_status(
     match listed {
         Ok(files) => {
             st.objects = Some(files.len() as u64);
-            st.newest_segment = walship_common::state::newest_segment(files.iter().map(|f| &f.name));
+            st.newest_segment =
+                walship_common::state::newest_segment(files.iter().map(|f| &f.name));
         }
         Err(e) => st.error = Some(e.to_string()),
     }

@@ -46,7 +46,9 @@ fn object_store_table(s3: &S3Server, credentials: Option<&str>) -> String {
 fn credentials_file(sc: &Scenario, rel: &str) {
     sc.write_at(
         &sc.path(rel),
-        format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+        format!(
+            "[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
         0o600,
     );
 }
@@ -95,10 +97,7 @@ fn backlog_files(sc: &Scenario, config: &Path) -> u64 {
 /// Wait until every file of archive_dir is in the bucket (backlog 0).
 fn drained(sc: &Scenario, config: &Path, within: Duration) -> Duration {
     let started = Instant::now();
-    wait_for(within, || {
-        (backlog_files(sc, config) == 0).then_some(())
-    })
-    .unwrap_or_else(|| {
+    wait_for(within, || (backlog_files(sc, config) == 0).then_some(())).unwrap_or_else(|| {
         panic!(
             "the upload backlog did not drain within {within:?}: {}",
             status_json(sc, config)
@@ -117,7 +116,10 @@ fn issue14_objstore() {
     let mut primary = PgCluster::init_archive_paused(&sc, "primary", &[], &["max_wal_senders = 5"]);
     primary.start();
     let setup = receiver_config(&sc, "receiver", &certs, None);
-    add_keys(&setup.config, &object_store_table(&s3, Some("s3.credentials")));
+    add_keys(
+        &setup.config,
+        &object_store_table(&s3, Some("s3.credentials")),
+    );
     let sender = sender_for(&sc, "sender", &setup, &certs);
 
     // The disaster-recovery standby: its own receiver config, an empty archive_dir, the same
@@ -195,7 +197,10 @@ fn issue14_objstore() {
         let cur = primary.sql("select pg_walfile_name(pg_current_wal_lsn())");
         (s.len() == 24 && segno(&s) + 1 >= segno(&cur)).then_some(())
     });
-    assert!(stored.is_some(), "pushes failed while only the object store was down");
+    assert!(
+        stored.is_some(),
+        "pushes failed while only the object store was down"
+    );
     let waiting = status_json(&sc, &setup.config);
     let backlog = waiting["object_store"]["backlog_files"].as_u64().unwrap();
     let backlog_bytes = waiting["object_store"]["backlog_bytes"].as_u64().unwrap();
@@ -204,7 +209,11 @@ fn issue14_objstore() {
         waiting["object_store"]["error"].is_string() && waiting["healthy"] == false,
         "status did not report the unreachable object store: {waiting}"
     );
-    assert_eq!(bucket_names(&s3), in_bucket_before, "uploaded while S3 was down?");
+    assert_eq!(
+        bucket_names(&s3),
+        in_bucket_before,
+        "uploaded while S3 was down?"
+    );
 
     // 3. S3 back: the backlog drains in order; measure the throughput.
     s3.resume();
@@ -221,13 +230,17 @@ fn issue14_objstore() {
     primary.pgbench(&["-n", "-c", "4", "-T", "3"]);
     primary.switch_wal();
     primary.switch_wal();
-    wait_for(settle, || (backlog_files(&sc, &setup.config) >= 3).then_some(()))
-        .expect("a backlog to kill the receiver in");
+    wait_for(settle, || {
+        (backlog_files(&sc, &setup.config) >= 3).then_some(())
+    })
+    .expect("a backlog to kill the receiver in");
     let before_kill = bucket_names(&s3).len();
     s3.resume();
     // Kill as soon as the first new object is there (uploads in progress).
-    wait_for(settle, || (bucket_names(&s3).len() > before_kill).then_some(()))
-        .expect("uploads resumed after S3 came back");
+    wait_for(settle, || {
+        (bucket_names(&s3).len() > before_kill).then_some(())
+    })
+    .expect("uploads resumed after S3 came back");
     let rss_kib = peak_rss_kib(rx_pid).unwrap_or(0);
     rx.kill9();
     let after_kill = backlog_files(&sc, &setup.config);
@@ -247,11 +260,17 @@ fn issue14_objstore() {
     let in_bucket = bucket_names(&s3);
     assert_no_hole(&in_bucket);
     for name in &local {
-        assert!(in_bucket.contains(name), "{name} is not in the bucket: {in_bucket:?}");
+        assert!(
+            in_bucket.contains(name),
+            "{name} is not in the bucket: {in_bucket:?}"
+        );
         let packed = fs::read(s3.object_file(&format!("{PREFIX}/{name}.zst"))).unwrap();
         let plain = zstd::decode_all(packed.as_slice()).expect("a zstd object");
         let stored = fs::read(setup.archive_dir.join(name)).unwrap();
-        assert!(packed.len() < stored.len() || stored.len() < 4096, "{name} not compressed");
+        assert!(
+            packed.len() < stored.len() || stored.len() < 4096,
+            "{name} not compressed"
+        );
         assert_eq!(
             blake3::hash(&plain),
             blake3::hash(&stored),
@@ -284,7 +303,10 @@ fn issue14_objstore() {
         )
     });
     assert_eq!(standby.sql(CHECKSUMS), want, "table checksums differ");
-    assert_eq!(standby.sql("select note from walship_dr"), "from the bucket");
+    assert_eq!(
+        standby.sql("select note from walship_dr"),
+        "from the bucket"
+    );
     assert!(
         archived_files(&dr.archive_dir).is_empty(),
         "restore copied into archive_dir"
@@ -367,7 +389,10 @@ fn issue14_objstore() {
     out.assert_success();
     let left = bucket_names(&s3);
     for n in left.iter().filter(|n| n.len() == 24) {
-        assert!(segno(n) >= segno(&restart), "{n} before {restart} left in the bucket");
+        assert!(
+            segno(n) >= segno(&restart),
+            "{n} before {restart} left in the bucket"
+        );
     }
     assert!(left.contains(&restart), "{left:?}");
     assert!(out.stderr.contains("objects"), "{}", out.stderr);

@@ -573,7 +573,10 @@ impl Source {
     ) -> Result<ObjectStoreSettings, ConfigError> {
         for (set, key) in [
             (o.access_key_id.is_some(), "object_store.access_key_id"),
-            (o.secret_access_key.is_some(), "object_store.secret_access_key"),
+            (
+                o.secret_access_key.is_some(),
+                "object_store.secret_access_key",
+            ),
             (o.session_token.is_some(), "object_store.session_token"),
         ] {
             if set {
@@ -589,7 +592,9 @@ impl Source {
             self.invalid(
                 "object_store.url",
                 format!("{url:?}"),
-                format!("{reason}; expected s3://BUCKET/PREFIX, like \"s3://wal-archive/cluster1\""),
+                format!(
+                    "{reason}; expected s3://BUCKET/PREFIX, like \"s3://wal-archive/cluster1\""
+                ),
             )
         };
         let rest = url
@@ -617,9 +622,10 @@ impl Source {
         let endpoint = match o.endpoint {
             None => None,
             Some(e) => {
-                let ok = ["http://", "https://"]
-                    .iter()
-                    .any(|p| e.strip_prefix(p).is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)));
+                let ok = ["http://", "https://"].iter().any(|p| {
+                    e.strip_prefix(p)
+                        .is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+                });
                 if !ok {
                     return Err(self.invalid(
                         "object_store.endpoint",
