@@ -28,6 +28,8 @@
 //!   receiver, `Outgoing` on the sender.
 //! - [`state`]: the fence and restore records kept in archive_dir, and the replay decision.
 //! - [`http`]: the metrics endpoint's requests and responses, on bytes (`GET /metrics` only).
+//! - [`upload_queue`]: the object-store tier's upload order and record (`walship.uploaded`),
+//!   decided on listings: what goes next, the backlog, what may be cleaned up.
 //! - [`retention`]: which archived files a standby no longer needs (`cleanup %r`, the rule of
 //!   `pg_archivecleanup`, plus `retain_for`).
 //! - [`valve`]: the pg_wal valve (`max_backlog`): when a failed push of the oldest `.ready`
@@ -60,6 +62,7 @@ pub mod retention;
 pub mod state;
 pub mod sys;
 pub mod valve;
+pub mod upload_queue;
 pub mod wal;
 
 pub use lsn::Lsn;

@@ -81,6 +81,9 @@ pub enum Kept {
     Recent,
     /// Before `%r`, but not a regular file: never followed, never removed.
     NotRegular,
+    /// Before `%r`, but not yet in the object store (`[object_store]`): it stays until the
+    /// uploader has it there.
+    NotUploaded,
 }
 
 /// A verdict for one file.

@@ -74,7 +74,23 @@ pub fn cleanup(
         retain_for: settings.retain_for,
         now,
     };
-    let decisions = retention::plan(&files, &policy);
+    let mut decisions = retention::plan(&files, &policy);
+    if settings.object_store.is_some() {
+        // Never remove what the bucket does not have yet.
+        let record = crate::objstore::read_record(dir)?;
+        for d in &mut decisions {
+            if d.verdict == Verdict::Remove {
+                let uploaded = d
+                    .file
+                    .name
+                    .parse::<WalFileName>()
+                    .is_ok_and(|n| walship_common::upload_queue::uploaded(&record, &n));
+                if !uploaded {
+                    d.verdict = Verdict::Keep(Kept::NotUploaded);
+                }
+            }
+        }
+    }
     let mut summary = retention::summarize(&decisions, &policy, dry_run);
     let (removed, bytes, failed) = carry_out(dir, &decisions, dry_run);
     summary.removed = removed;
@@ -93,10 +109,64 @@ pub fn cleanup(
         };
         eprintln!("walship-receiver: {command}: {summary}");
     }
-    match failed {
+    let bucket = match &settings.object_store {
+        Some(o) if failed.is_none() => bucket_cleanup(o, &policy, dry_run).err(),
+        _ => None,
+    };
+    match failed.or(bucket) {
         Some(e) => Err(e),
         None => synced.map(|()| summary),
     }
+}
+
+/// The same rule (`%r` and `retain_for`, measured on the objects' last-modified times) applied
+/// to the bucket: its objects before `%r` go, oldest first; with `dry_run` their URLs are
+/// printed instead. One summary line when anything went.
+fn bucket_cleanup(
+    o: &walship_common::sys::config::ObjectStoreSettings,
+    policy: &Policy,
+    dry_run: bool,
+) -> Result<(), ReceiverError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReceiverError::Task(e.to_string()))?;
+    let bucket = crate::objstore::Bucket::open(o)?;
+    runtime.block_on(async {
+        let files: Vec<StoredFile> = bucket
+            .list()
+            .await?
+            .into_iter()
+            .map(|f| StoredFile {
+                name: f.name.to_string(),
+                bytes: f.bytes,
+                stored_at: f.last_modified,
+                regular: true,
+            })
+            .collect();
+        let (mut removed, mut bytes) = (0u64, 0u64);
+        for d in retention::plan(&files, policy) {
+            if d.verdict != Verdict::Remove {
+                continue;
+            }
+            if dry_run {
+                println!("{}/{}.zst", o.url.trim_end_matches('/'), d.file.name);
+                continue;
+            }
+            bucket.remove(&d.file.name).await?;
+            removed += 1;
+            bytes += d.file.bytes;
+        }
+        if removed > 0 {
+            eprintln!(
+                "walship-receiver: cleanup: removed {removed} objects ({}) before {} from {}",
+                walship_common::human::size(bytes),
+                policy.restart,
+                o.url
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Every WAL-named entry of archive_dir, from `lstat`. Other names (walship's state files, temp

@@ -119,4 +119,6 @@ pub enum ReceiverError {
         #[source]
         source: Box<ReceiverError>,
     },
+    #[error("object store {url}: {detail}")]
+    ObjectStore { url: String, detail: String },
 }

@@ -6,6 +6,7 @@
 //!    [`certs`], [`cleanup`], [`check`]. None calls another.
 //! 2. [`store`] (the archive's WAL: storing verified uploads, listing, the newest segment),
 //!    [`target`] (the standby's data directory as a base backup's target),
+//!    [`objstore`] (the object-store tier: the bucket, the uploader, the upload record),
 //!    [`standby`] (talking to the standby PostgreSQL) and [`metrics`] (`serve`'s metrics and
 //!    their rendering for the `metrics_listen` endpoint);
 //! 3. [`state`] (the archive's state files: pin, fence and its lock, restore records,
@@ -20,6 +21,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod error;
 pub mod metrics;
+pub mod objstore;
 pub mod promote;
 pub mod restore;
 pub mod serve;

@@ -78,6 +78,12 @@ struct Metrics {
     cluster_already_had: Family<Cluster, Counter>,
     cluster_refusals: Family<ClusterReason, Counter>,
     cluster_last_stored: Family<Cluster, Gauge>,
+    objstore_uploaded_files: Family<Cluster, Counter>,
+    objstore_uploaded_bytes: Family<Cluster, Counter>,
+    objstore_uploaded_object_bytes: Family<Cluster, Counter>,
+    objstore_upload_failures: Family<Cluster, Counter>,
+    objstore_backlog_files: Family<Cluster, Gauge>,
+    objstore_backlog_bytes: Family<Cluster, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new().registered());
@@ -102,6 +108,12 @@ impl Metrics {
             cluster_already_had: Family::default(),
             cluster_refusals: Family::default(),
             cluster_last_stored: Family::default(),
+            objstore_uploaded_files: Family::default(),
+            objstore_uploaded_bytes: Family::default(),
+            objstore_uploaded_object_bytes: Family::default(),
+            objstore_upload_failures: Family::default(),
+            objstore_backlog_files: Family::default(),
+            objstore_backlog_bytes: Family::default(),
         };
         for reason in REFUSAL_REASONS {
             // Every reason from the start, at 0: a rate() needs the series before the event.
@@ -187,6 +199,36 @@ impl Metrics {
             "walship_cluster_last_stored_timestamp_seconds",
             "When the newest file of the cluster was stored (Unix time; many-cluster form).",
             self.cluster_last_stored.clone(),
+        );
+        r.register(
+            "walship_objstore_uploaded_files",
+            "Files uploaded to the object store and verified (read back), by cluster (empty in the single-cluster form).",
+            self.objstore_uploaded_files.clone(),
+        );
+        r.register(
+            "walship_objstore_uploaded_bytes",
+            "Plain bytes of the files uploaded to the object store.",
+            self.objstore_uploaded_bytes.clone(),
+        );
+        r.register(
+            "walship_objstore_uploaded_object_bytes",
+            "Bytes of the objects uploaded (zstd-compressed).",
+            self.objstore_uploaded_object_bytes.clone(),
+        );
+        r.register(
+            "walship_objstore_upload_failures",
+            "Failed attempts to list, upload, verify or record a file for the object store (each retried with backoff).",
+            self.objstore_upload_failures.clone(),
+        );
+        r.register(
+            "walship_objstore_backlog_files",
+            "Files in archive_dir not yet in the object store.",
+            self.objstore_backlog_files.clone(),
+        );
+        r.register(
+            "walship_objstore_backlog_bytes",
+            "Plain bytes of the files in archive_dir not yet in the object store.",
+            self.objstore_backlog_bytes.clone(),
         );
         self
     }
@@ -375,6 +417,42 @@ pub fn refused(r: &Refusal, cluster: Option<&str>) {
             })
             .inc();
     }
+}
+
+/// The label of an object-store metric: the cluster's name, empty in the single-cluster form
+/// (Prometheus reads an empty label as no label).
+fn objstore_label(cluster: Option<&str>) -> Cluster {
+    Cluster {
+        cluster: cluster.unwrap_or_default().to_string(),
+    }
+}
+
+/// A file of `cluster` was uploaded to the object store: `bytes` plain, `packed` as stored.
+pub fn uploaded(cluster: Option<&str>, bytes: u64, packed: u64) {
+    let (m, c) = (&*METRICS, objstore_label(cluster));
+    m.objstore_uploaded_files.get_or_create(&c).inc();
+    m.objstore_uploaded_bytes.get_or_create(&c).inc_by(bytes);
+    m.objstore_uploaded_object_bytes
+        .get_or_create(&c)
+        .inc_by(packed);
+    m.objstore_backlog_files.get_or_create(&c).dec();
+    let backlog = m.objstore_backlog_bytes.get_or_create(&c);
+    backlog.set(backlog.get().saturating_sub(bytes as i64));
+}
+
+/// An attempt to upload a file of `cluster` failed (it is retried).
+pub fn upload_failed(cluster: Option<&str>) {
+    METRICS
+        .objstore_upload_failures
+        .get_or_create(&objstore_label(cluster))
+        .inc();
+}
+
+/// The upload backlog of `cluster` as last listed.
+pub fn upload_backlog(cluster: Option<&str>, b: walship_common::upload_queue::Backlog) {
+    let (m, c) = (&*METRICS, objstore_label(cluster));
+    m.objstore_backlog_files.get_or_create(&c).set(b.files as i64);
+    m.objstore_backlog_bytes.get_or_create(&c).set(b.bytes as i64);
 }
 
 /// A connection is open until the returned guard drops.

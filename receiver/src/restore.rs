@@ -47,6 +47,12 @@ pub fn restore(
         Ok(None) => {
             // "Not archived" only when the archive is there to say so.
             check_archive_dir(dir)?;
+            if let Some(o) = &settings.object_store {
+                if let Some(copied) = from_bucket(settings, o, &parsed, dest)? {
+                    report_record(record(settings, &parsed, true));
+                    return Ok(Restored::Copied(copied));
+                }
+            }
             report_record(record(settings, &parsed, false));
             return Ok(Restored::NotArchived);
         }
@@ -125,12 +131,64 @@ fn check_segment(
     let mut head = [0u8; LONG_PAGE_HEADER_LEN];
     file.read_exact_at(&mut head, 0)
         .map_err(|e| format!("read its page header: {e}"))?;
+    check_head(settings, &head, seg, size)
+}
+
+/// The header checks of [`check_segment`] on the segment's first bytes.
+fn check_head(
+    settings: &ReceiverSettings,
+    head: &[u8],
+    seg: &SegmentName,
+    size: u64,
+) -> Result<(), String> {
+    if !is_valid_seg_size(size) {
+        return Err(format!(
+            "it is {size} bytes, not a WAL segment size (a power of two from 1 MiB to 1 GiB): a truncated or foreign file"
+        ));
+    }
     let header = LongPageHeader::decode(&head).map_err(|e| e.to_string())?;
     header.check_against(seg, size).map_err(|e| e.to_string())?;
     if let Some(pin) = pinned_cluster(settings)? {
         header.check_system_id(pin).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The object-store fallback: `name` from the bucket (downloaded, decompressed, its BLAKE3
+/// digest verified), then the checks of an archived file, then the same durable copy to
+/// `dest`. `None` when the bucket does not have it either.
+fn from_bucket(
+    settings: &ReceiverSettings,
+    o: &walship_common::sys::config::ObjectStoreSettings,
+    parsed: &WalFileName,
+    dest: &Path,
+) -> Result<Option<u64>, ReceiverError> {
+    let name = parsed.to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReceiverError::Task(e.to_string()))?;
+    let bucket = crate::objstore::Bucket::open(o)?;
+    let Some(bytes) = runtime.block_on(bucket.fetch(&name))? else {
+        return Ok(None);
+    };
+    if let WalFileName::Segment(seg) = parsed {
+        let head = bytes.get(..LONG_PAGE_HEADER_LEN).unwrap_or(&bytes);
+        check_head(settings, head, seg, bytes.len() as u64).map_err(|reason| {
+            ReceiverError::NotServed {
+                name: name.clone(),
+                dir: PathBuf::from(&o.url),
+                reason,
+            }
+        })?;
+    }
+    let size = bytes.len() as u64;
+    place(dest, size, |out| {
+        io::Write::write_all(out, &bytes)?;
+        Ok(size)
+    })
+    .map(Some)
+    .map_err(|source| restore_error(&name, dest, source))
 }
 
 /// The archive's cluster: `walship.cluster`, or the standby's pg_control when `pgdata` is set
@@ -152,6 +210,16 @@ fn pinned_cluster(settings: &ReceiverSettings) -> Result<Option<SystemId>, Strin
 /// (`O_EXCL`, never through a link) with [`DEST_MODE`], so the umask decides the final mode.
 /// `std::io::copy` between two files uses `copy_file_range`: in-kernel, as fast as `cp`.
 fn copy_to(src: &File, size: u64, dest: &Path) -> io::Result<u64> {
+    place(dest, size, |out| io::copy(&mut &*src, out))
+}
+
+/// Create `dest` whole or not at all: a temp file filled by `fill` (which returns the bytes
+/// written, checked against `size`), then a rename.
+fn place(
+    dest: &Path,
+    size: u64,
+    fill: impl FnOnce(&mut File) -> io::Result<u64>,
+) -> io::Result<u64> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -180,7 +248,7 @@ fn copy_to(src: &File, size: u64, dest: &Path) -> io::Result<u64> {
         }
         other => other?,
     };
-    let result = io::copy(&mut &*src, &mut out).and_then(|n| {
+    let result = fill(&mut out).and_then(|n| {
         if n != size {
             return Err(io::Error::other(format!(
                 "copied {n} bytes of {size}: the archived file changed while it was copied"

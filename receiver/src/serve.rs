@@ -121,6 +121,7 @@ pub async fn run_with(
     // One archive per cluster (the single-cluster form: one), each with its own lock, pin,
     // fence and restore records in its archive_dir.
     let mut clusters = Vec::new();
+    let mut uploaders = Vec::new();
     for view in settings.views() {
         let archive = match &view.cluster {
             Some(name) => Archive::open(&view).map_err(|e| ReceiverError::Cluster {
@@ -137,9 +138,37 @@ pub async fn run_with(
                 "serving cluster {name}"
             );
         }
+        // The object-store tier: checked (credentials, URL) before listening, then uploading
+        // in the background; each file stored wakes it.
+        let stored_wake = match &view.object_store {
+            Some(o) => {
+                let bucket = crate::objstore::Bucket::open(o).map_err(|e| match &view.cluster {
+                    Some(name) => ReceiverError::Cluster {
+                        name: name.clone(),
+                        source: Box::new(e),
+                    },
+                    None => e,
+                })?;
+                let wake = Arc::new(tokio::sync::Notify::new());
+                let task = crate::objstore::uploader(
+                    archive.dir().to_path_buf(),
+                    Arc::new(bucket),
+                    wake.clone(),
+                    shutdown.clone(),
+                    view.cluster.clone(),
+                );
+                uploaders.push(match &view.cluster {
+                    Some(name) => tokio::spawn(task.instrument(info_span!("cluster", cluster = %name))),
+                    None => tokio::spawn(task),
+                });
+                Some(wake)
+            }
+            None => None,
+        };
         clusters.push(Served {
             name: view.cluster.clone(),
             allowed: view.allowed_clients.clone(),
+            stored_wake,
             archive: Arc::new(archive),
             // The standby's data directory, for base backups (`pgdata`; may not exist yet).
             target: Arc::new(Target::new(
@@ -211,6 +240,7 @@ pub async fn run_with(
             holders: holders.clone(),
             limits,
             idle: settings.idle_timeout,
+            stored_wake: None,
         };
         let (tracker2, shutdown2) = (tracker.clone(), shutdown.clone());
         tracker.spawn(
@@ -229,7 +259,8 @@ pub async fn run_with(
 
     walship_common::sys::notify::stopping();
     drain(tracker, endpoint).await;
-    for task in [scrapes, reloads].into_iter().flatten() {
+    // An upload cut short is not in the record: it is uploaded again at the next start.
+    for task in [scrapes, reloads].into_iter().flatten().chain(uploaders) {
         task.abort();
     }
     Ok(())
@@ -384,6 +415,8 @@ struct Served {
     allowed: Vec<String>,
     archive: Arc<Archive>,
     target: Arc<Target>,
+    /// Wakes the cluster's object-store uploader (none without `[object_store]`).
+    stored_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// What every stream task needs.
@@ -408,6 +441,8 @@ struct Shared {
     holders: Arc<Holders>,
     limits: Limits,
     idle: Duration,
+    /// Notified on each file stored: wakes the chosen cluster's object-store uploader.
+    stored_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The configured limits (receiver.toml), as the tasks use them.
@@ -452,6 +487,7 @@ async fn connection(
         Some(served) => {
             shared.archive = Some(served.archive.clone());
             shared.target = Some(served.target.clone());
+            shared.stored_wake = served.stored_wake.clone();
             shared.cluster = served.name.clone();
             if let Some(name) = &served.name {
                 tracing::Span::current().record("cluster", name.as_str());
@@ -837,6 +873,9 @@ async fn receive(
         Ok(reply) => {
             if reply == Reply::Stored {
                 metrics::stored(size, started.elapsed(), shared.cluster.as_deref());
+                if let Some(wake) = &shared.stored_wake {
+                    wake.notify_one();
+                }
             }
             Outcome::Reply(reply)
         }

@@ -50,12 +50,29 @@ pub struct Status {
     /// Segments the primary's pg_wal valve dropped (`walship.gaps`), as ranges; each one the
     /// standby has not restored past is a problem.
     pub gaps: Vec<GapRange>,
+    /// The object-store tier; absent when `[object_store]` is not configured.
+    pub object_store: Option<ObjectStoreStatus>,
     /// No problem found: what the exit status says (0 healthy, 1 not).
     pub healthy: bool,
     /// Each problem found, one line each, with what to do.
     pub problems: Vec<String>,
     /// The `[[clusters]]` table's name (`--cluster`); null in the single-cluster form.
     pub cluster_name: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ObjectStoreStatus {
+    pub url: String,
+    /// Files in archive_dir not yet uploaded (by the upload record `walship.uploaded`).
+    pub backlog_files: u64,
+    pub backlog_bytes: u64,
+    /// WAL files in the bucket under the prefix (null when it could not be listed).
+    pub objects: Option<u64>,
+    /// The newest segment in the bucket (null when none or not listed).
+    #[serde(serialize_with = "text")]
+    pub newest_segment: Option<SegmentName>,
+    /// Why the bucket or the upload record could not be read.
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -138,6 +155,10 @@ pub async fn gather(
         store::segment_size(&files),
         log.last_served.as_ref().map(|e| &e.name),
     )?;
+    let object_store = match &settings.object_store {
+        Some(o) => Some(object_store_status(dir, o).await),
+        None => None,
+    };
     let (last_served, last_served_at) = split(log.last_served);
     let (last_missed, last_missed_at) = split(log.last_missed);
     Ok(Status {
@@ -176,6 +197,7 @@ pub async fn gather(
         pgdata: pgdata_status(settings),
         serve_pid: serve.as_ref().ok().cloned().flatten(),
         gaps: all_gaps,
+        object_store,
         healthy: true,
         problems: Vec::new(),
         cluster_name: settings.cluster.clone(),
@@ -243,6 +265,11 @@ pub fn problems(
         });
     }
     // The gaps the pg_wal valve left are added by `Status::judged` (see `state::gap_ranges`).
+    if let Some(e) = st.object_store.as_ref().and_then(|o| o.error.as_ref()) {
+        out.push(format!(
+            "the object store cannot be read: {e} (check [object_store] and its credentials)"
+        ));
+    }
     if let Some(max) = max_age {
         match (&st.newest_segment, st.newest_segment_age_seconds) {
             (Some(name), Some(age)) if age > max => out.push(format!(
@@ -279,6 +306,37 @@ fn pgdata_status(settings: &ReceiverSettings) -> Option<PgdataStatus> {
             started: Some(m.started),
         }),
     }
+}
+
+async fn object_store_status(
+    dir: &std::path::Path,
+    o: &walship_common::sys::config::ObjectStoreSettings,
+) -> ObjectStoreStatus {
+    let mut st = ObjectStoreStatus {
+        url: o.url.clone(),
+        backlog_files: 0,
+        backlog_bytes: 0,
+        objects: None,
+        newest_segment: None,
+        error: None,
+    };
+    match crate::objstore::backlog(dir) {
+        Ok(b) => (st.backlog_files, st.backlog_bytes) = (b.files, b.bytes),
+        Err(e) => st.error = Some(e.to_string()),
+    }
+    let listed = match crate::objstore::Bucket::open(o) {
+        Ok(bucket) => bucket.list().await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(files) => {
+            st.objects = Some(files.len() as u64);
+            st.newest_segment =
+                walship_common::state::newest_segment(files.iter().map(|f| &f.name));
+        }
+        Err(e) => st.error = Some(e.to_string()),
+    }
+    st
 }
 
 async fn standby_status(conninfo: &str) -> StandbyStatus {
@@ -403,6 +461,17 @@ pub fn print_human(s: &Status) {
             ),
         }
     }
+    if let Some(o) = &s.object_store {
+        println!(
+            "object store:     {}: {} objects, newest segment {}; upload backlog {} files, {}",
+            o.url,
+            o.objects.map_or("?".to_string(), |n| n.to_string()),
+            o.newest_segment
+                .map_or("none".to_string(), |n| n.to_string()),
+            o.backlog_files,
+            human::size(o.backlog_bytes)
+        );
+    }
     match &s.serve_pid {
         Some(pid) => println!("serve:            running, pid {pid}"),
         None => println!("serve:            not running"),
@@ -511,6 +580,7 @@ mod tests {
             }),
             serve_pid: Some("4242".into()),
             gaps: Vec::new(),
+            object_store: None,
             healthy: true,
             problems: Vec::new(),
             cluster_name: None,

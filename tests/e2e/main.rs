@@ -36,6 +36,7 @@ mod issue12_way_back;
 mod issue13_partial;
 mod issue14_clusters;
 mod issue14_fanout;
+mod issue14_objstore;
 mod key_permissions;
 mod leftovers_cleaned;
 mod promote_timeout;

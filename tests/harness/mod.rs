@@ -9,6 +9,7 @@
 //! - [`certs`]: certificate sets made by `walship-receiver certs`.
 //! - [`segments`]: real WAL segments from two independent clusters.
 //! - [`net`]: free loopback ports.
+//! - [`s3`]: a real S3-compatible server (s3s-fs) on loopback for the object-store tests.
 //!
 //! The walship binaries are not built by `cargo test` (a test package cannot depend on another
 //! package's binaries): run `cargo build --workspace --bins` first, or set `WALSHIP_BIN_DIR`.
@@ -22,6 +23,7 @@ pub mod pg;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod s3;
 pub mod scenario;
 pub mod segments;
 pub mod walship;

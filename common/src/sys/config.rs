@@ -196,6 +196,9 @@ pub struct ReceiverFile {
     /// Many clusters on one receiver: one `[[clusters]]` table each, instead of the top-level
     /// `archive_dir`, `pgdata` and `conninfo`.
     pub clusters: Option<Vec<ClusterFile>>,
+    /// The object-store tier of the single-cluster form (`[clusters.object_store]` with
+    /// `[[clusters]]`).
+    pub object_store: Option<ObjectStoreFile>,
 }
 
 /// One `[[clusters]]` table of receiver.toml as written.
@@ -210,7 +213,46 @@ pub struct ClusterFile {
     /// may write to this cluster.
     pub allowed_clients: Option<Vec<String>>,
     pub retain_for: Option<Scalar>,
+    pub object_store: Option<ObjectStoreFile>,
 }
+
+/// receiver.toml `[object_store]` as written. The secret keys are listed only to refuse them
+/// with advice: credentials come from the environment or `credentials_file`, never the TOML.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreFile {
+    pub url: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    #[serde(alias = "aws_access_key_id")]
+    pub access_key_id: Option<toml::Value>,
+    #[serde(alias = "aws_secret_access_key", alias = "secret_key")]
+    pub secret_access_key: Option<toml::Value>,
+    #[serde(alias = "aws_session_token")]
+    pub session_token: Option<toml::Value>,
+}
+
+/// Resolved `[object_store]`: where the receiver uploads what it stored (see the receiver's
+/// `objstore` module). Credentials are read when a command needs them, not at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStoreSettings {
+    /// `url` as written (`s3://BUCKET/PREFIX`), for messages and `status`.
+    pub url: String,
+    pub bucket: String,
+    /// The key prefix without leading or trailing `/` (may be empty: the bucket's root).
+    pub prefix: String,
+    /// `endpoint` (`http://host:port` or `https://...`); none: AWS S3 of `region`.
+    pub endpoint: Option<String>,
+    /// `region` (default `us-east-1`).
+    pub region: String,
+    /// `credentials_file`, resolved against the config's directory; none: the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// Default `region` of `[object_store]`.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// A duration or a size as written in TOML: a number, or a string with or without a unit
 /// (`"10s"`, `"256KiB"`, `"3"`). A number means what a string without a unit means (seconds,
@@ -376,6 +418,9 @@ pub struct ReceiverSettings {
     /// Every `[[clusters]]` table, in file order (empty in the single-cluster form): what
     /// `serve` serves, see [`ReceiverSettings::views`].
     pub clusters: Vec<ClusterSettings>,
+    /// The object-store tier of this view's archive (`[object_store]`, or the cluster's
+    /// `[clusters.object_store]`; none: off).
+    pub object_store: Option<ObjectStoreSettings>,
 }
 
 /// One `[[clusters]]` table, resolved: the per-archive keys of [`ReceiverSettings`].
@@ -387,6 +432,8 @@ pub struct ClusterSettings {
     pub conninfo: Option<String>,
     pub allowed_clients: Vec<String>,
     pub retain_for: Duration,
+    /// The object-store tier (`[object_store]`; none: off).
+    pub object_store: Option<ObjectStoreSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -521,6 +568,7 @@ impl ReceiverSettings {
         self.conninfo = c.conninfo.clone();
         self.retain_for = c.retain_for;
         self.allowed_clients = c.allowed_clients.clone();
+        self.object_store = c.object_store.clone();
     }
 
     fn parse(path: &Path) -> Result<Self, ConfigError> {
@@ -535,7 +583,15 @@ impl ReceiverSettings {
         let listen = src.required(file.listen, "listen", "\"0.0.0.0:7443\"")?;
         let retain_for = src.retain_for(&file.retain_for)?;
         let clusters = match file.clusters.take() {
-            Some(tables) => src.clusters(&base, single, tables, retain_for)?,
+            Some(tables) => {
+                if file.object_store.is_some() {
+                    return Err(ConfigError::Clusters {
+                        path: path.to_path_buf(),
+                        message: "a top-level [object_store] table and [[clusters]] tables are both set: give each cluster its own bucket prefix in a [clusters.object_store] table under its [[clusters]] table".into(),
+                    });
+                }
+                src.clusters(&base, single, tables, retain_for)?
+            }
             None => Vec::new(),
         };
         let archive_dir = match clusters.first() {
@@ -598,6 +654,10 @@ impl ReceiverSettings {
             cluster: None,
             allowed_clients: Vec::new(),
             clusters,
+            object_store: file
+                .object_store
+                .map(|o| src.object_store(o, &base))
+                .transpose()?,
         })
     }
 
@@ -872,7 +932,35 @@ impl Source {
                 conninfo: t.conninfo,
                 allowed_clients: allowed,
                 retain_for,
+                object_store: t
+                    .object_store
+                    .map(|o| self.object_store(o, base))
+                    .transpose()
+                    .map_err(|e| {
+                        let (m, head) = (e.to_string(), format!("config {}: ", self.path.display()));
+                        fail(format!("{at}: {}", m.strip_prefix(&head).unwrap_or(&m)))
+                    })?,
             });
+            let this = out.last().expect("just pushed");
+            if let Some(o) = &this.object_store {
+                let same = out[..out.len() - 1].iter().find(|c| {
+                    c.object_store.as_ref().is_some_and(|p| {
+                        p.bucket == o.bucket
+                            && p.endpoint == o.endpoint
+                            && (p.prefix == o.prefix
+                                || p.prefix.is_empty()
+                                || o.prefix.is_empty()
+                                || p.prefix.starts_with(&format!("{}/", o.prefix))
+                                || o.prefix.starts_with(&format!("{}/", p.prefix)))
+                    })
+                });
+                if let Some(other) = same {
+                    return Err(fail(format!(
+                        "{at}: object_store url {:?} overlaps cluster {:?}'s: give each cluster its own prefix (its WAL names are the same as another cluster's)",
+                        o.url, other.name
+                    )));
+                }
+            }
         }
         Ok(out)
     }
@@ -1002,6 +1090,95 @@ impl Source {
                 format!("{server_name:?}"),
                 format!("{reason}; set it to the name or IP address the receiver's certificate was made for (walship-receiver certs --server-name)"),
             )
+        })
+    }
+
+    /// `[object_store]`, checked: an `s3://BUCKET/PREFIX` url, an http(s) endpoint, no secret.
+    fn object_store(
+        &self,
+        o: ObjectStoreFile,
+        base: &Path,
+    ) -> Result<ObjectStoreSettings, ConfigError> {
+        for (set, key) in [
+            (o.access_key_id.is_some(), "object_store.access_key_id"),
+            (
+                o.secret_access_key.is_some(),
+                "object_store.secret_access_key",
+            ),
+            (o.session_token.is_some(), "object_store.session_token"),
+        ] {
+            if set {
+                return Err(self.invalid(
+                    key,
+                    "(hidden)".to_string(),
+                    "credentials are never read from receiver.toml; remove this line and set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or name a file of mode 0600 holding them in object_store.credentials_file",
+                ));
+            }
+        }
+        let url = self.required(o.url, "object_store.url", "\"s3://my-bucket/walship\"")?;
+        let bad_url = |reason: &str| {
+            self.invalid(
+                "object_store.url",
+                format!("{url:?}"),
+                format!(
+                    "{reason}; expected s3://BUCKET/PREFIX, like \"s3://wal-archive/cluster1\""
+                ),
+            )
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad_url("it does not start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !bucket_ok {
+            return Err(bad_url(
+                "the bucket name must be 3 to 63 lowercase letters, digits, '-' or '.'",
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == "." || p == "..")
+            || prefix.contains("//")
+            || prefix.chars().any(|c| c.is_control())
+        {
+            return Err(bad_url("the prefix has an empty, '.' or '..' part"));
+        }
+        let endpoint = match o.endpoint {
+            None => None,
+            Some(e) => {
+                let ok = ["http://", "https://"].iter().any(|p| {
+                    e.strip_prefix(p)
+                        .is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+                });
+                if !ok {
+                    return Err(self.invalid(
+                        "object_store.endpoint",
+                        format!("{e:?}"),
+                        "expected an http:// or https:// URL like \"http://127.0.0.1:3900\"",
+                    ));
+                }
+                Some(e.trim_end_matches('/').to_string())
+            }
+        };
+        let region = o.region.unwrap_or_else(|| DEFAULT_REGION.to_string());
+        if region.is_empty() || region.contains(char::is_whitespace) {
+            return Err(self.invalid(
+                "object_store.region",
+                format!("{region:?}"),
+                "expected a region name like \"us-east-1\" (S3-compatible stores accept any; Garage's default is \"garage\")",
+            ));
+        }
+        Ok(ObjectStoreSettings {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            url,
+            endpoint,
+            region,
+            credentials_file: o.credentials_file.map(|p| base.join(p)),
         })
     }
 
