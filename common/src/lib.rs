@@ -61,8 +61,8 @@ pub mod proto;
 pub mod retention;
 pub mod state;
 pub mod sys;
-pub mod valve;
 pub mod upload_queue;
+pub mod valve;
 pub mod wal;
 
 pub use lsn::Lsn;

@@ -451,8 +451,12 @@ pub fn upload_failed(cluster: Option<&str>) {
 /// The upload backlog of `cluster` as last listed.
 pub fn upload_backlog(cluster: Option<&str>, b: walship_common::upload_queue::Backlog) {
     let (m, c) = (&*METRICS, objstore_label(cluster));
-    m.objstore_backlog_files.get_or_create(&c).set(b.files as i64);
-    m.objstore_backlog_bytes.get_or_create(&c).set(b.bytes as i64);
+    m.objstore_backlog_files
+        .get_or_create(&c)
+        .set(b.files as i64);
+    m.objstore_backlog_bytes
+        .get_or_create(&c)
+        .set(b.bytes as i64);
 }
 
 /// A connection is open until the returned guard drops.

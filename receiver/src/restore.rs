@@ -146,7 +146,7 @@ fn check_head(
             "it is {size} bytes, not a WAL segment size (a power of two from 1 MiB to 1 GiB): a truncated or foreign file"
         ));
     }
-    let header = LongPageHeader::decode(&head).map_err(|e| e.to_string())?;
+    let header = LongPageHeader::decode(head).map_err(|e| e.to_string())?;
     header.check_against(seg, size).map_err(|e| e.to_string())?;
     if let Some(pin) = pinned_cluster(settings)? {
         header.check_system_id(pin).map_err(|e| e.to_string())?;

@@ -158,7 +158,9 @@ pub async fn run_with(
                     view.cluster.clone(),
                 );
                 uploaders.push(match &view.cluster {
-                    Some(name) => tokio::spawn(task.instrument(info_span!("cluster", cluster = %name))),
+                    Some(name) => {
+                        tokio::spawn(task.instrument(info_span!("cluster", cluster = %name)))
+                    }
                     None => tokio::spawn(task),
                 });
                 Some(wake)

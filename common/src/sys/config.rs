@@ -937,7 +937,8 @@ impl Source {
                     .map(|o| self.object_store(o, base))
                     .transpose()
                     .map_err(|e| {
-                        let (m, head) = (e.to_string(), format!("config {}: ", self.path.display()));
+                        let (m, head) =
+                            (e.to_string(), format!("config {}: ", self.path.display()));
                         fail(format!("{at}: {}", m.strip_prefix(&head).unwrap_or(&m)))
                     })?,
             });
