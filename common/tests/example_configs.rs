@@ -69,10 +69,13 @@ fn load_text<T>(
 fn assert_every_key_shown(name: &str, text: &str, keys: &[String]) {
     assert!(keys.len() >= 10, "{keys:?}");
     for key in keys {
-        // An array of tables (`[[receivers]]`) is shown by its header, indented in a comment.
+        // A table (`[object_store]`) or an array of tables (`[[receivers]]`) is shown by its
+        // header in a comment (its keys indented, so that uncommenting leaves them out).
         let shown = text.lines().any(|l| {
             let l = l.strip_prefix("# ").unwrap_or(l);
-            l.starts_with(&format!("{key} = ")) || l.trim() == format!("[[{key}]]")
+            l.starts_with(&format!("{key} = "))
+                || l.trim() == format!("[[{key}]]")
+                || l.trim() == format!("[{key}]")
         });
         assert!(shown, "deploy/{name} does not show `{key}`");
     }
