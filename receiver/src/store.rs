@@ -366,12 +366,26 @@ impl Archive {
             Ok(h) => h,
             Err(reason) => return Appended::Refused(Refusal::BadSegment { name, reason }),
         };
-        if let Some(ours) = self.cluster() {
-            if header.system_id != ours {
-                return Appended::Refused(Refusal::ForeignCluster {
-                    name,
-                    segment: header.system_id.0,
-                });
+        {
+            // As for a whole segment: the archive holds one cluster, and the first file of
+            // any kind that carries a page header pins it (a partial of an unpinned archive
+            // would otherwise be of any cluster, and promote would pad it for the standby).
+            let mut cluster = self.cluster.lock().expect("cluster lock poisoned");
+            match *cluster {
+                Some(ours) if header.system_id != ours => {
+                    return Appended::Refused(Refusal::ForeignCluster {
+                        name,
+                        segment: header.system_id.0,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    if let Err(e) = state::write_pin(&self.dir, header.system_id) {
+                        return Appended::Refused(storage_refusal(&name, &e));
+                    }
+                    info!(system_identifier = %header.system_id, "archive pinned to cluster {} by {name}", header.system_id);
+                    *cluster = Some(header.system_id);
+                }
             }
         }
         let result = if offset == 0 {

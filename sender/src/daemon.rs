@@ -499,7 +499,7 @@ impl Daemon {
                         }
                     }
                     Err(e) => {
-                        metrics::partial_failed(&link.address());
+                        metrics::partial_failed(link.address());
                         if problem[i].as_deref() != Some(e.as_str()) {
                             tracing::warn!(receiver = %link.address(), "open segment not shipped: {e}; retrying every {every:?}");
                             problem[i] = Some(e);
@@ -608,9 +608,9 @@ impl Daemon {
                 Reply::Partial { bytes: held } => {
                     if from != u64::MAX && held == to {
                         tracing::debug!(partial = %pname, held, "appended");
-                        metrics::partial_appended(&link.address(), to - from, seg_start + held);
+                        metrics::partial_appended(link.address(), to - from, seg_start + held);
                     } else {
-                        metrics::partial_held(&link.address(), seg_start + held);
+                        metrics::partial_held(link.address(), seg_start + held);
                     }
                     open.held = Some(held);
                 }

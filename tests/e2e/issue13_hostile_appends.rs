@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use walship_common::proto::{Refusal, Reply, Request};
-use walship_common::state::{Fence, FENCE_FILE};
+use walship_common::state::{Fence, FENCE_FILE, PIN_FILE};
 use walship_common::wal::partial::MAX_APPEND_BYTES;
 use walship_common::{Lsn, TimelineId};
 use walship_tests::net::free_tcp_port;
@@ -129,11 +129,6 @@ fn hostile_appends_are_refused_and_change_nothing() {
     );
     rig.spawn();
     let archive = rig.setup.archive_dir.clone();
-    // The archive belongs to the home cluster: its first segment, pushed whole.
-    let first = &d.home[0];
-    let path = first.write_to(&rig.sc, &first.name);
-    assert_pushed(&rig.sc, &rig.sender, &path, &first.name);
-
     let seg = &d.home[1];
     let mut a = Attack {
         raw: RawClient::connect(&rig.setup.addr, &rig.certs),
@@ -144,7 +139,18 @@ fn hostile_appends_are_refused_and_change_nothing() {
     };
     let mut wrong_offset = 0u64;
     let mut bad_segment = 0u64;
+    // The first append to an archive of no cluster yet pins it, as a first segment does:
+    // otherwise a partial of any cluster could be held, and padded by promote.
+    assert!(!archive.join(PIN_FILE).exists(), "pinned before anything");
     a.honest(0, 3 * PAGE);
+    assert!(
+        archive.join(PIN_FILE).exists(),
+        "the first append did not pin the archive to its cluster"
+    );
+    // The home cluster's first segment, pushed whole, is of the same cluster.
+    let first = &d.home[0];
+    let path = first.write_to(&rig.sc, &first.name);
+    assert_pushed(&rig.sc, &rig.sender, &path, &first.name);
     let have = 3 * PAGE;
     let resume = Reply::Partial { bytes: have as u64 };
 
