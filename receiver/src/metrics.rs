@@ -12,6 +12,11 @@
 //! cluster also has its own `walship_cluster_*` series with a `cluster` label (files and bytes
 //! stored, refusals by reason, the last store time), and the restore gauges carry a `cluster`
 //! label too.
+//!
+//! The open segment (issue 13): appends to `NAME.partial` taken, their bytes, and appends not
+//! taken by reason (counters, per cluster in the many-cluster form like the others); the LSN
+//! the partial reaches and when its last bytes were stored (gauges read from archive_dir at
+//! scrape time, like the restore gauges: they survive a restart of `serve`).
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -28,6 +33,7 @@ use walship_common::state::{is_restore_record_name, RestoreEvent, RESTORE_LOG_FI
 use walship_common::sys::metrics_http::{encode, unix_secs, Active, Render};
 
 use crate::state::read_restore_log;
+use crate::store::Appended;
 
 /// The `reason` label of `walship_refusals_total`: the [`Refusal`] variant, in snake case.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +90,14 @@ struct Metrics {
     objstore_upload_failures: Family<Cluster, Counter>,
     objstore_backlog_files: Family<Cluster, Gauge>,
     objstore_backlog_bytes: Family<Cluster, Gauge>,
+    partial_appends: Counter,
+    partial_bytes: Counter,
+    partial_refused: Family<Reason, Counter>,
+    cluster_partial_appends: Family<Cluster, Counter>,
+    cluster_partial_bytes: Family<Cluster, Counter>,
+    cluster_partial_refused: Family<ClusterReason, Counter>,
+    partial_lsn: Family<Standby, Gauge>,
+    partial_modified: Family<Standby, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new().registered());
@@ -114,10 +128,21 @@ impl Metrics {
             objstore_upload_failures: Family::default(),
             objstore_backlog_files: Family::default(),
             objstore_backlog_bytes: Family::default(),
+            partial_appends: Counter::default(),
+            partial_bytes: Counter::default(),
+            partial_refused: Family::default(),
+            cluster_partial_appends: Family::default(),
+            cluster_partial_bytes: Family::default(),
+            cluster_partial_refused: Family::default(),
+            partial_lsn: Family::default(),
+            partial_modified: Family::default(),
         };
         for reason in REFUSAL_REASONS {
             // Every reason from the start, at 0: a rate() needs the series before the event.
             let _ = m.refusals.get_or_create(&Reason { reason });
+        }
+        for reason in APPEND_REASONS {
+            let _ = m.partial_refused.get_or_create(&Reason { reason });
         }
         m
     }
@@ -230,6 +255,46 @@ impl Metrics {
             "Plain bytes of the files in archive_dir not yet in the object store.",
             self.objstore_backlog_bytes.clone(),
         );
+        r.register(
+            "walship_partial_appends",
+            "Appends to the open segment's NAME.partial stored durably (partial_interval on the primary's daemon).",
+            self.partial_appends.clone(),
+        );
+        r.register(
+            "walship_partial_bytes",
+            "Bytes appended to NAME.partial files (stored durably).",
+            self.partial_bytes.clone(),
+        );
+        r.register(
+            "walship_partial_refused",
+            "Appends to a NAME.partial not taken, by reason: a refusal's kind, wrong_offset (not at the partial's end: a gap or an overlap; the reply says where to resume) or finished (the finished segment is stored).",
+            self.partial_refused.clone(),
+        );
+        r.register(
+            "walship_cluster_partial_appends",
+            "Appends to NAME.partial files stored durably, by cluster (many-cluster form).",
+            self.cluster_partial_appends.clone(),
+        );
+        r.register(
+            "walship_cluster_partial_bytes",
+            "Bytes appended to NAME.partial files, by cluster (many-cluster form).",
+            self.cluster_partial_bytes.clone(),
+        );
+        r.register(
+            "walship_cluster_partial_refused",
+            "Appends to a NAME.partial not taken, by cluster and reason (many-cluster form).",
+            self.cluster_partial_refused.clone(),
+        );
+        r.register(
+            "walship_partial_lsn",
+            "The LSN the open segment's NAME.partial reaches (as a number of bytes; label segment), from archive_dir at scrape time; absent when none is open.",
+            self.partial_lsn.clone(),
+        );
+        r.register(
+            "walship_partial_last_append_timestamp_seconds",
+            "When the open segment's NAME.partial last grew (Unix time; its age is time() minus this), from archive_dir at scrape time.",
+            self.partial_modified.clone(),
+        );
         self
     }
 }
@@ -264,6 +329,9 @@ const REFUSAL_REASONS: [&str; 27] = [
     "backup_incomplete",
     "end_not_archived",
 ];
+
+/// The `reason` labels of `walship_partial_refused` besides the refusals' own.
+const APPEND_REASONS: [&str; 2] = ["wrong_offset", "finished"];
 
 /// The `reason` label of a refusal.
 fn reason(r: &Refusal) -> &'static str {
@@ -317,6 +385,14 @@ pub fn renderer(archives: Vec<Watched>) -> Render {
                     reason,
                 });
             }
+            let _ = m.cluster_partial_appends.get_or_create(&cluster);
+            let _ = m.cluster_partial_bytes.get_or_create(&cluster);
+            for reason in APPEND_REASONS {
+                let _ = m.cluster_partial_refused.get_or_create(&ClusterReason {
+                    cluster: name.clone(),
+                    reason,
+                });
+            }
             if let Some(at) = w.newest {
                 m.cluster_last_stored
                     .get_or_create(&cluster)
@@ -334,8 +410,11 @@ fn render(archives: &[Watched]) -> String {
     let m = &*METRICS;
     m.restore_served.clear();
     m.restore_missed.clear();
+    m.partial_lsn.clear();
+    m.partial_modified.clear();
     for w in archives {
         refresh_restores(w.cluster.as_deref(), &w.dir);
+        refresh_partial(w.cluster.as_deref(), &w.dir);
     }
     encode(&m.registry)
 }
@@ -368,6 +447,71 @@ fn refresh_restores(cluster: Option<&str>, archive_dir: &Path) {
         };
         set(&m.restore_served, &log.last_served);
         set(&m.restore_missed, &log.last_missed);
+    }
+}
+
+/// The open segment's partial gauges from archive_dir, as it is now.
+fn refresh_partial(cluster: Option<&str>, archive_dir: &Path) {
+    let m = &*METRICS;
+    let Ok(files) = crate::store::list(archive_dir) else {
+        return;
+    };
+    let Some(p) = crate::store::open_partial(archive_dir, &files) else {
+        return;
+    };
+    let mut labels: Standby = Vec::new();
+    if let Some(c) = cluster {
+        labels.push(("cluster", c.to_string()));
+    }
+    labels.push(("segment", p.segment.to_string()));
+    m.partial_lsn
+        .get_or_create(&labels)
+        .set(i64::try_from(p.lsn.0).unwrap_or(i64::MAX));
+    m.partial_modified
+        .get_or_create(&labels)
+        .set(unix_secs(p.modified));
+}
+
+/// An append to a `NAME.partial` of `cluster` was answered (refusals count in
+/// [`partial_refused`]).
+pub fn partial_append(appended: &Appended, cluster: Option<&str>) {
+    let m = &*METRICS;
+    let not_taken = match appended {
+        Appended::Taken { added, .. } => {
+            m.partial_appends.inc();
+            m.partial_bytes.inc_by(*added);
+            if let Some(c) = cluster {
+                let c = Cluster {
+                    cluster: c.to_string(),
+                };
+                m.cluster_partial_appends.get_or_create(&c).inc();
+                m.cluster_partial_bytes.get_or_create(&c).inc_by(*added);
+            }
+            return;
+        }
+        Appended::Held { .. } => "wrong_offset",
+        Appended::Finished => "finished",
+        // Counted with every refused append, where the reply is sent.
+        Appended::Refused(_) => return,
+    };
+    partial_not_taken(not_taken, cluster);
+}
+
+/// An append to a `NAME.partial` of `cluster` was refused.
+pub fn partial_refused(r: &Refusal, cluster: Option<&str>) {
+    partial_not_taken(reason(r), cluster);
+}
+
+fn partial_not_taken(reason: &'static str, cluster: Option<&str>) {
+    let m = &*METRICS;
+    m.partial_refused.get_or_create(&Reason { reason }).inc();
+    if let Some(c) = cluster {
+        m.cluster_partial_refused
+            .get_or_create(&ClusterReason {
+                cluster: c.to_string(),
+                reason,
+            })
+            .inc();
     }
 }
 

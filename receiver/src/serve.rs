@@ -27,7 +27,7 @@ use walship_common::sys::tls;
 
 use crate::error::ReceiverError;
 use crate::metrics;
-use crate::store::{storage_refusal, Archive};
+use crate::store::{storage_refusal, Appended, Archive};
 use crate::target::Target;
 
 // Memory. The receiver's memory is bounded whatever the number of senders, connections and
@@ -795,7 +795,6 @@ async fn receive(
     started: Instant,
     conn: quinn::Connection,
 ) -> Outcome {
-    let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let request = match read_request(recv, shared.idle).await {
         Ok(WireRequest::Wal(r)) => r,
         Ok(WireRequest::Backup(b)) => {
@@ -803,6 +802,23 @@ async fn receive(
         }
         Err(outcome) => return outcome,
     };
+    let append = request.append_at.is_some();
+    let outcome = receive_wal(recv, conn_uploads, shared, started, request).await;
+    if let (true, Outcome::Reply(Reply::Refused(r))) = (append, &outcome) {
+        metrics::partial_refused(r, shared.cluster.as_deref());
+    }
+    outcome
+}
+
+/// [`receive`] for a WAL file (or an append to the open segment's partial).
+async fn receive_wal(
+    recv: &mut RecvStream,
+    conn_uploads: &Arc<Semaphore>,
+    shared: &Shared,
+    started: Instant,
+    request: Request,
+) -> Outcome {
+    let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let span = tracing::Span::current();
     span.record("segment", request.name.as_str());
     span.record("bytes", request.size);
@@ -857,17 +873,24 @@ async fn receive(
     let tmp = match (sink, request.append_at) {
         (Sink::Temp(t), _) => t,
         (Sink::Memory(bytes), Some(offset)) => {
+            // An empty append is a question (where to resume), not an append at a wrong offset.
+            let asks = bytes.is_empty();
             return match tokio::task::spawn_blocking(move || {
                 archive.append_partial(&verified, offset, &bytes)
             })
             .await
             {
-                Ok(reply) => Outcome::Reply(reply),
+                Ok(appended) => {
+                    if !(asks && matches!(appended, Appended::Held { .. })) {
+                        metrics::partial_append(&appended, shared.cluster.as_deref());
+                    }
+                    Outcome::Reply(appended.reply())
+                }
                 Err(e) => refuse(Refusal::StorageFailed {
                     name,
                     detail: e.to_string(),
                 }),
-            }
+            };
         }
         (Sink::Memory(_), None) => unreachable!("a memory sink is made only for appends"),
     };

@@ -318,29 +318,29 @@ impl Archive {
     }
 
     /// Append verified `bytes` at `offset` to the open segment's `NAME.partial` (blocking).
-    /// Answers [`Reply::Partial`] with what is held durably (the new end, or where to append
-    /// from when `offset` is not it), [`Reply::AlreadyHad`] once the finished segment is
-    /// stored (nothing to append to), or a refusal (fence, cluster, page headers).
-    pub fn append_partial(&self, verified: &Verified, offset: u64, bytes: &[u8]) -> Reply {
+    /// See [`Appended`]: taken (the reply says the new end), not taken because `offset` is not
+    /// what is held (the reply says where to append from), the finished segment is stored
+    /// (nothing to append to), or refused (fence, cluster, page headers).
+    pub fn append_partial(&self, verified: &Verified, offset: u64, bytes: &[u8]) -> Appended {
         let name = verified.name.to_string();
         let WalFileName::Partial(seg) = verified.name else {
-            return Reply::Refused(Refusal::Malformed {
+            return Appended::Refused(Refusal::Malformed {
                 reason: format!("{name}: only a NAME.partial can be appended to"),
             });
         };
         let _partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
         let _fence_lock = match self.fence_admits(verified) {
             Ok(l) => l,
-            Err(r) => return Reply::Refused(r),
+            Err(r) => return Appended::Refused(r),
         };
         let storage = |e: &dyn std::fmt::Display| {
-            Reply::Refused(Refusal::StorageFailed {
+            Appended::Refused(Refusal::StorageFailed {
                 name: name.clone(),
                 detail: e.to_string(),
             })
         };
         match durable::open_regular(&self.dir.join(seg.to_string())) {
-            Ok(Some(_)) => return Reply::AlreadyHad,
+            Ok(Some(stored)) => return self.append_to_finished(&seg, &stored, offset, bytes),
             Ok(None) => {}
             Err(e) => return storage(&e),
         }
@@ -350,7 +350,7 @@ impl Archive {
             Err(e) => return storage(&e),
         };
         if have != offset {
-            return Reply::Partial { bytes: have };
+            return Appended::Held { bytes: have };
         }
         let head = if offset > 0 {
             match LongPageHeader::decode(&head) {
@@ -364,14 +364,28 @@ impl Archive {
         };
         let header = match check_append(&seg, head.as_ref(), offset, bytes, None) {
             Ok(h) => h,
-            Err(reason) => return Reply::Refused(Refusal::BadSegment { name, reason }),
+            Err(reason) => return Appended::Refused(Refusal::BadSegment { name, reason }),
         };
-        if let Some(ours) = self.cluster() {
-            if header.system_id != ours {
-                return Reply::Refused(Refusal::ForeignCluster {
-                    name,
-                    segment: header.system_id.0,
-                });
+        {
+            // As for a whole segment: the archive holds one cluster, and the first file of
+            // any kind that carries a page header pins it (a partial of an unpinned archive
+            // would otherwise be of any cluster, and promote would pad it for the standby).
+            let mut cluster = self.cluster.lock().expect("cluster lock poisoned");
+            match *cluster {
+                Some(ours) if header.system_id != ours => {
+                    return Appended::Refused(Refusal::ForeignCluster {
+                        name,
+                        segment: header.system_id.0,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    if let Err(e) = state::write_pin(&self.dir, header.system_id) {
+                        return Appended::Refused(storage_refusal(&name, &e));
+                    }
+                    info!(system_identifier = %header.system_id, "archive pinned to cluster {} by {name}", header.system_id);
+                    *cluster = Some(header.system_id);
+                }
             }
         }
         let result = if offset == 0 {
@@ -380,8 +394,84 @@ impl Archive {
             durable::append_at(&self.dir, &name, offset, bytes)
         };
         match result {
-            Ok(end) => Reply::Partial { bytes: end },
-            Err(e) => Reply::Refused(storage_refusal(&name, &e)),
+            Ok(end) => Appended::Taken {
+                bytes: end,
+                added: bytes.len() as u64,
+            },
+            Err(e) => Appended::Refused(storage_refusal(&name, &e)),
+        }
+    }
+}
+
+/// What became of one append to a `NAME.partial` ([`Archive::append_partial`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Appended durably: the partial now holds `bytes` bytes, `added` of them new.
+    Taken {
+        bytes: u64,
+        added: u64,
+    },
+    /// Not appended: the offset was not the partial's length, `bytes` (a gap, an overlap, or
+    /// a restarted sender asking where to resume).
+    Held {
+        bytes: u64,
+    },
+    /// Not appended: the finished segment is stored, nothing more to append to.
+    Finished,
+    Refused(Refusal),
+}
+
+impl Appended {
+    /// The reply to the sender.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Appended::Taken { bytes, .. } | Appended::Held { bytes } => {
+                Reply::Partial { bytes: *bytes }
+            }
+            Appended::Finished => Reply::AlreadyHad,
+            Appended::Refused(r) => Reply::Refused(r.clone()),
+        }
+    }
+}
+
+impl Archive {
+    /// An append to the partial of `seg`, which is stored finished (`stored`): nothing to
+    /// append to. Answered [`Appended::Finished`] ("already had") only when the bytes are the
+    /// stored segment's at `offset` (or there are none: a sender asking where to resume);
+    /// bytes of another cluster, or other bytes, are refused as for a whole upload.
+    fn append_to_finished(
+        &self,
+        seg: &SegmentName,
+        stored: &fs::File,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Appended {
+        use std::os::unix::fs::FileExt as _;
+        if bytes.is_empty() {
+            return Appended::Finished;
+        }
+        let name = seg.to_string();
+        if offset == 0 {
+            if let (Ok(h), Some(ours)) = (LongPageHeader::decode(bytes), self.cluster()) {
+                if h.system_id != ours {
+                    return Appended::Refused(Refusal::ForeignCluster {
+                        name: format!("{name}.partial"),
+                        segment: h.system_id.0,
+                    });
+                }
+            }
+        }
+        let len = stored.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut ours = vec![0u8; bytes.len()];
+        let same = offset
+            .checked_add(bytes.len() as u64)
+            .is_some_and(|end| end <= len)
+            && stored.read_exact_at(&mut ours, offset).is_ok()
+            && ours == bytes;
+        if same {
+            Appended::Finished
+        } else {
+            Appended::Refused(Refusal::ConflictingContent { name })
         }
     }
 }

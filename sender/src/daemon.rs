@@ -499,6 +499,7 @@ impl Daemon {
                         }
                     }
                     Err(e) => {
+                        metrics::partial_failed(link.address());
                         if problem[i].as_deref() != Some(e.as_str()) {
                             tracing::warn!(receiver = %link.address(), "open segment not shipped: {e}; retrying every {every:?}");
                             problem[i] = Some(e);
@@ -543,7 +544,10 @@ impl Daemon {
             if let Some(prev) = open.segment {
                 if !open.done && prev.timeline == name.timeline {
                     // Best effort: the archiver ships the finished segment anyway.
-                    if let Err(e) = self.append_upto(link, prev, seg_size, open, pgdata).await {
+                    if let Err(e) = self
+                        .append_upto(link, prev, (seg_size, seg_size), open, pgdata)
+                        .await
+                    {
                         tracing::debug!(segment = %prev, "finishing the previous partial: {e}");
                     }
                 }
@@ -556,20 +560,23 @@ impl Daemon {
         if upto == 0 {
             return Ok(());
         }
-        self.append_upto(link, name, upto, open, pgdata).await
+        self.append_upto(link, name, (upto, seg_size), open, pgdata)
+            .await
     }
 
     /// Append `pg_wal/NAME` up to `target` bytes to the receiver's `NAME.partial`, from what
     /// it holds (asked first when not known: a restarted daemon or receiver resumes there).
+    /// `seg_size`: the segment size, for the LSN the metrics report.
     async fn append_upto(
         &self,
         link: &Link,
         name: walship_common::SegmentName,
-        target: u64,
+        (target, seg_size): (u64, u64),
         open: &mut OpenSegment,
         pgdata: &Path,
     ) -> Result<(), String> {
         let pname = format!("{name}.partial");
+        let seg_start = name.start_lsn(seg_size).map(|l| l.0).unwrap_or(0);
         let settings = &self.settings;
         loop {
             if open.done {
@@ -601,6 +608,9 @@ impl Daemon {
                 Reply::Partial { bytes: held } => {
                     if from != u64::MAX && held == to {
                         tracing::debug!(partial = %pname, held, "appended");
+                        metrics::partial_appended(link.address(), to - from, seg_start + held);
+                    } else {
+                        metrics::partial_held(link.address(), seg_start + held);
                     }
                     open.held = Some(held);
                 }

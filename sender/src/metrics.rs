@@ -38,6 +38,10 @@ struct Metrics {
     per_owed: Family<Label, Gauge>,
     per_missed: Family<Label, Counter>,
     per_last_acked: Family<Label, Gauge>,
+    partial_appends: Family<Label, Counter>,
+    partial_bytes: Family<Label, Counter>,
+    partial_failures: Family<Label, Counter>,
+    partial_lsn: Family<Label, Gauge>,
 }
 
 /// `receiver="host:port"`.
@@ -72,6 +76,10 @@ impl Metrics {
             per_owed: Family::default(),
             per_missed: Family::default(),
             per_last_acked: Family::default(),
+            partial_appends: Family::default(),
+            partial_bytes: Family::default(),
+            partial_failures: Family::default(),
+            partial_lsn: Family::default(),
         };
         // The registry holds clones: they share their atomics with the fields above.
         let r = &mut m.registry;
@@ -165,6 +173,26 @@ impl Metrics {
             "Segments the pg_wal valve (max_backlog) acknowledged without shipping them: gaps the standby cannot replay past.",
             m.dropped.clone(),
         );
+        r.register(
+            "walship_partial_appends",
+            "Per receiver: appends of the open segment (partial_interval) it stored durably in NAME.partial.",
+            m.partial_appends.clone(),
+        );
+        r.register(
+            "walship_partial_bytes",
+            "Per receiver: bytes of the open segment it appended durably.",
+            m.partial_bytes.clone(),
+        );
+        r.register(
+            "walship_partial_failures",
+            "Per receiver: rounds of partial_interval that could not ship the open segment (receiver unreachable, a refusal).",
+            m.partial_failures.clone(),
+        );
+        r.register(
+            "walship_partial_lsn",
+            "Per receiver: the LSN up to which it holds the open segment durably (as a number of bytes).",
+            m.partial_lsn.clone(),
+        );
         m
     }
 }
@@ -223,6 +251,32 @@ pub fn handoff(ahead: bool) {
     if ahead {
         METRICS.lookahead_hits.inc();
     }
+}
+
+/// `receiver` appended `bytes` bytes of the open segment and now holds it up to `lsn`.
+pub fn partial_appended(receiver: &str, bytes: u64, lsn: u64) {
+    let m = &*METRICS;
+    m.partial_appends.get_or_create(&label(receiver)).inc();
+    m.partial_bytes
+        .get_or_create(&label(receiver))
+        .inc_by(bytes);
+    partial_held(receiver, lsn);
+}
+
+/// `receiver` holds the open segment up to `lsn` (what it answered).
+pub fn partial_held(receiver: &str, lsn: u64) {
+    METRICS
+        .partial_lsn
+        .get_or_create(&label(receiver))
+        .set(i64::try_from(lsn).unwrap_or(i64::MAX));
+}
+
+/// A round of shipping the open segment to `receiver` failed.
+pub fn partial_failed(receiver: &str) {
+    METRICS
+        .partial_failures
+        .get_or_create(&label(receiver))
+        .inc();
 }
 
 /// The pg_wal valve dropped a segment.

@@ -21,7 +21,7 @@ use walship_tests::walship::{
 use walship_tests::{donors, CertSet, Receiver, Scenario};
 
 /// One HTTP/1.1 GET; the status line and the body.
-fn get(port: u16, path: &str) -> (String, String) {
+pub(crate) fn get(port: u16, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -34,10 +34,10 @@ fn get(port: u16, path: &str) -> (String, String) {
 }
 
 /// The scraped samples of `/metrics` (series with labels as written, `# ` lines skipped).
-struct Scrape(String);
+pub(crate) struct Scrape(pub(crate) String);
 
 impl Scrape {
-    fn take(port: u16) -> Scrape {
+    pub(crate) fn take(port: u16) -> Scrape {
         let (status, body) = get(port, "/metrics");
         assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
         assert!(body.ends_with("# EOF\n"), "{body}");
@@ -45,12 +45,12 @@ impl Scrape {
     }
 
     /// The value of `series` (name and labels exactly as exposed); panics when absent.
-    fn value(&self, series: &str) -> f64 {
+    pub(crate) fn value(&self, series: &str) -> f64 {
         self.find(series)
             .unwrap_or_else(|| panic!("no {series} in\n{}", self.0))
     }
 
-    fn find(&self, series: &str) -> Option<f64> {
+    pub(crate) fn find(&self, series: &str) -> Option<f64> {
         self.0.lines().find_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
             (name == series).then(|| value.parse().expect("a number"))

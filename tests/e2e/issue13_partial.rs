@@ -22,18 +22,18 @@ use walship_tests::walship::{add_keys, archived_files, toml_str, Service};
 const ROW_EVERY: Duration = Duration::from_millis(20);
 
 /// The acknowledged ids of the client, each with when its commit returned.
-type Acks = Arc<Mutex<Vec<(i64, Instant)>>>;
+pub(crate) type Acks = Arc<Mutex<Vec<(i64, Instant)>>>;
 
 /// A client inserting one row every 20 ms (synchronous_commit on) into `acks`, recording each
 /// acknowledged id, until `stop` or the first error (the primary gone).
-struct Writer {
+pub(crate) struct Writer {
     acks: Acks,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
-    fn start(conninfo: String, first_id: i64) -> Writer {
+    pub(crate) fn start(conninfo: String, first_id: i64) -> Writer {
         let acks: Acks = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (acks.clone(), stop.clone());
@@ -73,11 +73,11 @@ impl Writer {
         }
     }
 
-    fn acked(&self) -> Vec<(i64, Instant)> {
+    pub(crate) fn acked(&self) -> Vec<(i64, Instant)> {
         self.acks.lock().expect("acks").clone()
     }
 
-    fn finish(mut self) -> Vec<(i64, Instant)> {
+    pub(crate) fn finish(mut self) -> Vec<(i64, Instant)> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             t.join().expect("writer thread");
@@ -88,7 +88,7 @@ impl Writer {
 
 /// A pair whose sender runs the daemon (pushes hand off to it) with `pgdata`, `conninfo` and,
 /// when given, `partial_interval`.
-fn pair_with_daemon(name: &str, partial_interval: Option<&str>) -> (Pair, Service) {
+pub(crate) fn pair_with_daemon(name: &str, partial_interval: Option<&str>) -> (Pair, Service) {
     let p = Pair::start(name, &PairOptions::default());
     let mut keys = format!(
         "socket = \"sender.sock\"\npgdata = {}\nconninfo = {}\n",
@@ -120,17 +120,17 @@ fn present_ids(p: &Pair) -> Vec<i64> {
 }
 
 /// What one crash-and-promote run shows.
-struct Loss {
+pub(crate) struct Loss {
     /// Acknowledged ids, in order, with their commit time.
-    acked: Vec<(i64, Instant)>,
-    present: Vec<i64>,
-    killed_at: Instant,
-    promote_stdout: String,
+    pub(crate) acked: Vec<(i64, Instant)>,
+    pub(crate) present: Vec<i64>,
+    pub(crate) killed_at: Instant,
+    pub(crate) promote_stdout: String,
 }
 
 impl Loss {
     /// Acknowledged before `killed_at - margin` but missing on the promoted standby.
-    fn lost_before(&self, margin: Duration) -> Vec<i64> {
+    pub(crate) fn lost_before(&self, margin: Duration) -> Vec<i64> {
         self.acked
             .iter()
             .filter(|(_, at)| *at + margin <= self.killed_at)
@@ -141,7 +141,7 @@ impl Loss {
 
     /// The loss window: from the newest acknowledged commit present on the standby to the
     /// newest acknowledged one (0 when none is missing).
-    fn window_ms(&self) -> u128 {
+    pub(crate) fn window_ms(&self) -> u128 {
         let Some(&(_, newest)) = self.acked.last() else {
             return 0;
         };
@@ -160,7 +160,7 @@ impl Loss {
 
 /// Write for `for_how_long`, kill the primary (`pg_ctl stop -m immediate`) mid-segment,
 /// promote, and collect what survived.
-fn crash_and_promote(p: &Pair, for_how_long: Duration) -> Loss {
+pub(crate) fn crash_and_promote(p: &Pair, for_how_long: Duration) -> Loss {
     let writer = Writer::start(conninfo(&p.sc, p.primary.port()), 1);
     std::thread::sleep(for_how_long);
     let killed_at = Instant::now();
@@ -243,7 +243,7 @@ fn done_when_partial_bounds_the_loss_to_under_a_second() {
 }
 
 /// The partial the receiver holds for the primary's open segment: (file name, length).
-fn held_partial(archive: &Path) -> Option<(String, u64)> {
+pub(crate) fn held_partial(archive: &Path) -> Option<(String, u64)> {
     archived_files(archive)
         .into_iter()
         .filter(|n| n.ends_with(".partial"))
@@ -256,7 +256,7 @@ fn held_partial(archive: &Path) -> Option<(String, u64)> {
 
 /// Wait until the receiver's partial of the open segment reaches the primary's flush
 /// position of now; returns its name.
-fn wait_partial_caught_up(p: &Pair) -> String {
+pub(crate) fn wait_partial_caught_up(p: &Pair) -> String {
     let name = p
         .primary
         .sql("select pg_walfile_name(pg_current_wal_flush_lsn())");
@@ -284,7 +284,7 @@ fn wait_partial_caught_up(p: &Pair) -> String {
 
 /// After the faults: the segment finishes, is archived whole, its partial is retired (it was
 /// a prefix of it: nothing wrong was stored), and the receiver logged no error.
-fn finish_and_check(p: &Pair, partial: &str) {
+pub(crate) fn finish_and_check(p: &Pair, partial: &str) {
     let seg = partial.trim_end_matches(".partial").to_string();
     let done = p.switch_segment();
     assert_eq!(done, seg, "the segment the partial was for finished");

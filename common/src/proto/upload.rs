@@ -333,11 +333,14 @@ fn check_append_request(
             reason: "only a NAME.partial can be appended to".into(),
         });
     };
+    // Not TooLarge: its text names the largest WAL file, which would send the operator after
+    // the wrong limit. walship-sender never sends more, so the request is malformed.
     if request.size > MAX_APPEND_BYTES {
-        return Err(Refusal::TooLarge {
-            name: request.name.clone(),
-            size: request.size,
-            max: MAX_APPEND_BYTES,
+        return Err(Refusal::Malformed {
+            reason: format!(
+                "{}: an append of {} bytes, more than the {MAX_APPEND_BYTES} one append may carry",
+                request.name, request.size
+            ),
         });
     }
     if let Some(fence) = fence {
@@ -567,6 +570,27 @@ mod tests {
             Upload::begin(&req, &ArchiveFacts::default()),
             Err(Refusal::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn appends_are_refused_when_too_large_or_not_to_a_partial() {
+        let req = |name: &str, size: u64| Request {
+            name: name.into(),
+            size,
+            encoding: crate::proto::Encoding::Plain,
+            dropped: Vec::new(),
+            append_at: Some(8192),
+        };
+        let facts = ArchiveFacts::default();
+        let name = "000000010000000000000003.partial";
+        assert!(Upload::begin(&req(name, MAX_APPEND_BYTES), &facts).is_ok());
+        let err = Upload::begin(&req(name, MAX_APPEND_BYTES + 1), &facts).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Malformed { reason } if reason.contains("one append may carry")),
+            "{err}"
+        );
+        let err = Upload::begin(&req("000000010000000000000003", 8192), &facts).unwrap_err();
+        assert!(matches!(err, Refusal::BadName { .. }), "{err}");
     }
 
     #[test]
