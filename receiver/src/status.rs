@@ -50,7 +50,7 @@ pub struct Status {
     /// Segments the primary's pg_wal valve dropped (`walship.gaps`), as ranges; each one the
     /// standby has not restored past is a problem.
     pub gaps: Vec<GapRange>,
-    /// The object-store tier; absent when `[object_store]` is not configured.
+    /// The object-store tier; null when `[object_store]` is not configured.
     pub object_store: Option<ObjectStoreStatus>,
     /// No problem found: what the exit status says (0 healthy, 1 not).
     pub healthy: bool,
@@ -623,6 +623,7 @@ mod tests {
             "pgdata": null,
             "serve_pid": "4242",
             "gaps": [],
+            "object_store": null,
             "healthy": true,
             "problems": [],
             "cluster_name": null
