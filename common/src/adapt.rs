@@ -137,7 +137,12 @@ impl Adapt {
         if let Some((_, m)) = self.measured.iter().find(|(c, _)| *c == codec) {
             return Some(*m);
         }
-        let factors = |c: Codec| PRIOR.iter().find(|(p, ..)| *p == c).map(|(_, s, r)| (*s, *r));
+        let factors = |c: Codec| {
+            PRIOR
+                .iter()
+                .find(|(p, ..)| *p == c)
+                .map(|(_, s, r)| (*s, *r))
+        };
         let (fs, fr) = factors(codec)?;
         // The measured codec closest in the ladder is the best base for the factors.
         let level = |c: Codec| match c {
@@ -218,10 +223,7 @@ mod tests {
         let changed = a.observe(sample(Codec::Zstd(1), 400.0 * MB, 12.0, 2000.0 * MB));
         assert_eq!(changed, Some(Codec::Store));
         // Storing, the link stays fast: no change.
-        assert_eq!(
-            a.observe(sample(Codec::Store, 0.0, 1.0, 2000.0 * MB)),
-            None
-        );
+        assert_eq!(a.observe(sample(Codec::Store, 0.0, 1.0, 2000.0 * MB)), None);
         assert_eq!(a.codec(), Codec::Store);
     }
 
@@ -263,10 +265,7 @@ mod tests {
         // costs 1/210. Storing or -7 tie; both beat level 1 (1/150) by far.
         let mut a = Adapt::new(Codec::Zstd(1));
         a.observe(sample(Codec::Zstd(1), 150.0 * MB, 10.0, 300.0 * MB));
-        assert!(
-            matches!(a.codec(), Codec::Store | Codec::Zstd(-7)),
-            "{a:?}"
-        );
+        assert!(matches!(a.codec(), Codec::Store | Codec::Zstd(-7)), "{a:?}");
     }
 
     #[test]

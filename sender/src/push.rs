@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use quinn::VarInt;
 use tokio::time::timeout;
+use walship_common::adapt::{Codec, Sample};
 use walship_common::proto::digest::Hasher;
 use walship_common::proto::frame::{CLOSE_DONE, MAX_FILE_BYTES, REPLY};
 use walship_common::proto::{
@@ -22,7 +23,6 @@ use walship_common::sys::config::{ReceiverTarget, SenderSettings};
 use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::sys::tls;
 use walship_common::wal::header::{LongPageHeader, LONG_PAGE_HEADER_LEN};
-use walship_common::adapt::{Codec, Sample};
 use walship_common::{handshake, WalFileName};
 
 use crate::error::SenderError;
@@ -476,12 +476,13 @@ pub async fn transfer(
             level
         }
     };
-    let outgoing = Outgoing::with_threads(request, level, settings.compression_threads).map_err(
-        |source| SenderError::Encode {
-            path: path.to_path_buf(),
-            source,
-        },
-    )?;
+    let outgoing =
+        Outgoing::with_threads(request, level, settings.compression_threads).map_err(|source| {
+            SenderError::Encode {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     progress.set(STAGE_NO_STREAM);
     let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| fail.conn(e))?;
     progress.set(STAGE_SENDING);
@@ -508,7 +509,9 @@ pub async fn transfer(
     };
     if let (false, Some(first)) = (sent.stopped_early, sent.first_write) {
         let end = acked_at.unwrap_or_else(Instant::now);
-        let link = end.saturating_duration_since(first).saturating_sub(sent.starved);
+        let link = end
+            .saturating_duration_since(first)
+            .saturating_sub(sent.starved);
         let ns = u64::try_from(link.as_nanos()).unwrap_or(u64::MAX).max(1);
         progress.link_ns.store(ns, Ordering::Relaxed);
     }

@@ -56,7 +56,10 @@ fn sender_toml_becomes_push_settings() {
     assert!((1..=4).contains(&d.compression_threads));
     // A fixed level, on two threads.
     let z = setup.sender_settings(addr, "compression = \"zstd\"\ncompression_threads = 2");
-    assert_eq!((z.compression, z.adaptive, z.compression_threads), (Encoding::Zstd, false, 2));
+    assert_eq!(
+        (z.compression, z.adaptive, z.compression_threads),
+        (Encoding::Zstd, false, 2)
+    );
     assert_eq!(d.socket, None);
 }
 

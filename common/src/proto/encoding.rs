@@ -261,8 +261,8 @@ mod tests {
     fn several_threads_make_one_frame_the_decoder_takes() {
         let body = wal_like(5 << 20);
         for threads in [2, 4] {
-            let mut e = BodyEncoder::with_threads(Encoding::Zstd, 1, body.len() as u64, threads)
-                .unwrap();
+            let mut e =
+                BodyEncoder::with_threads(Encoding::Zstd, 1, body.len() as u64, threads).unwrap();
             let mut wire = Vec::new();
             for c in body.chunks(256 << 10) {
                 e.encode(c, &mut wire).unwrap();
@@ -273,7 +273,8 @@ mod tests {
         }
         // Negative (fast) levels too.
         let wire = {
-            let mut e = BodyEncoder::with_threads(Encoding::Zstd, -5, body.len() as u64, 2).unwrap();
+            let mut e =
+                BodyEncoder::with_threads(Encoding::Zstd, -5, body.len() as u64, 2).unwrap();
             let mut w = Vec::new();
             e.encode(&body, &mut w).unwrap();
             e.finish(&mut w).unwrap();
