@@ -33,6 +33,7 @@ mod issue11_status_health;
 mod issue11_valve;
 mod issue12_basebackup;
 mod issue12_way_back;
+mod issue13_compression;
 mod issue13_partial;
 mod issue14_clusters;
 mod issue14_fanout;

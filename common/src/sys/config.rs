@@ -643,20 +643,21 @@ impl SenderSettings {
                 ))
             }
         };
-        let compression_threads =
-            match file.compression_threads {
-                None => std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
-                    .clamp(1, MAX_COMPRESSION_THREADS as usize) as u32,
-                Some(n) if (1..=MAX_COMPRESSION_THREADS).contains(&n) => n,
-                Some(n) => return Err(src.invalid(
+        let compression_threads = match file.compression_threads {
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, MAX_COMPRESSION_THREADS as usize) as u32,
+            Some(n) if (1..=MAX_COMPRESSION_THREADS).contains(&n) => n,
+            Some(n) => {
+                return Err(src.invalid(
                     "compression_threads",
                     n.to_string(),
                     format!(
                         "expected 1 (compress on the sending thread) to {MAX_COMPRESSION_THREADS}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let compression_level = file.compression_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
         if !(1..=19).contains(&compression_level) {
             return Err(src.invalid(
