@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,34 @@ pub fn reply_timeout(settings: &SenderSettings, addr: &str, name: &str) -> Sende
         addr: addr.to_string(),
         name: name.to_string(),
         timeout: settings.timeout,
+    }
+}
+
+/// Transfers of this process compressing right now.
+static COMPRESSING: AtomicUsize = AtomicUsize::new(0);
+
+/// One transfer counted in [`COMPRESSING`] while it lives.
+struct Compressing;
+
+impl Compressing {
+    /// The threads a new transfer compresses on: `compression_threads` when it is the only
+    /// one, else one. Transfers running side by side (look-ahead, fan-out, parallel pushes)
+    /// keep the cores busy already; more threads would only add memory (a few MiB of job
+    /// buffers each) and contention.
+    fn threads(settings: &SenderSettings) -> (u32, Compressing) {
+        let others = COMPRESSING.fetch_add(1, Ordering::Relaxed);
+        let threads = if others == 0 {
+            settings.compression_threads
+        } else {
+            1
+        };
+        (threads, Compressing)
+    }
+}
+
+impl Drop for Compressing {
+    fn drop(&mut self) {
+        COMPRESSING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -476,12 +504,11 @@ pub async fn transfer(
             level
         }
     };
+    let (threads, _compressing) = Compressing::threads(settings);
     let outgoing =
-        Outgoing::with_threads(request, level, settings.compression_threads).map_err(|source| {
-            SenderError::Encode {
-                path: path.to_path_buf(),
-                source,
-            }
+        Outgoing::with_threads(request, level, threads).map_err(|source| SenderError::Encode {
+            path: path.to_path_buf(),
+            source,
         })?;
     progress.set(STAGE_NO_STREAM);
     let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| fail.conn(e))?;
