@@ -58,9 +58,20 @@ pub struct Sample {
     pub wire: u64,
     /// Time spent in the encoder (zero when stored).
     pub compress: Duration,
-    /// Time the link was the bottleneck: from the first wire byte until the receiver had all
-    /// of them, less the time the sending task waited for the encoder.
-    pub link: Duration,
+    /// From the first wire byte sent until the receiver acknowledged them all.
+    pub elapsed: Duration,
+    /// How much of `elapsed` the sending task waited for the encoder.
+    pub starved: Duration,
+}
+
+impl Sample {
+    /// The encoder, not the link, held the transfer back: the sender waited for it most of
+    /// the time. The link then carried `wire / elapsed` but might carry more. (The sender
+    /// also waits for the encoder while its send buffer drains into a slow link, but then
+    /// the link takes longer than the encoder: at most half of `elapsed` is waiting.)
+    pub fn compression_bound(&self) -> bool {
+        self.starved * 2 >= self.elapsed
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,7 +88,19 @@ pub struct Adapt {
     current: Codec,
     /// Wire bytes per second the link carried, smoothed.
     link: Option<f64>,
+    /// `link` was measured on a transfer the link held back (or that was stored), not only
+    /// raised to what a compression-bound transfer showed it carries at least.
+    link_known: bool,
     measured: Vec<(Codec, Measured)>,
+}
+
+/// The next faster codec of the ladder (store after the fastest level).
+fn faster(codec: Codec) -> Codec {
+    let ladder: Vec<Codec> = PRIOR.iter().map(|(c, ..)| *c).collect();
+    match ladder.iter().position(|c| *c == codec) {
+        Some(0) | None => Codec::Store,
+        Some(i) => ladder[i - 1],
+    }
 }
 
 fn smooth(old: Option<f64>, new: f64) -> f64 {
@@ -93,6 +116,7 @@ impl Adapt {
         Adapt {
             current: first,
             link: None,
+            link_known: false,
             measured: Vec::new(),
         }
     }
@@ -112,8 +136,19 @@ impl Adapt {
         if s.plain < MIN_SAMPLE_BYTES || s.wire == 0 {
             return None;
         }
-        let link_secs = s.link.as_secs_f64().max(1e-6);
-        self.link = Some(smooth(self.link, s.wire as f64 / link_secs));
+        let carried = s.wire as f64 / s.elapsed.as_secs_f64().max(1e-6);
+        let bound_by_compression = s.codec != Codec::Store && s.compression_bound();
+        if bound_by_compression {
+            // A lower bound only. Above what was known, the link got faster than thought:
+            // its speed is unknown again.
+            if self.link.is_none_or(|l| l < carried) {
+                self.link = Some(carried);
+                self.link_known = false;
+            }
+        } else {
+            self.link = Some(smooth(self.link.filter(|_| self.link_known), carried));
+            self.link_known = true;
+        }
         if let Codec::Zstd(_) = s.codec {
             let speed = s.plain as f64 / s.compress.as_secs_f64().max(1e-6);
             let ratio = s.plain as f64 / s.wire as f64;
@@ -125,7 +160,12 @@ impl Adapt {
                 None => self.measured.push((s.codec, Measured { speed, ratio })),
             }
         }
-        let next = self.decide();
+        let mut next = self.decide();
+        if next == self.current && bound_by_compression && !self.link_known {
+            // The link's speed is unknown beyond "at least what compression fed it": try the
+            // next faster codec; its transfer tells more (storing measures the link itself).
+            next = faster(self.current);
+        }
         (next != self.current).then(|| {
             self.current = next;
             next
@@ -198,86 +238,134 @@ mod tests {
     const SEG: u64 = 16 << 20;
 
     /// A transfer of one 16 MiB segment with `codec` at `speed` plain B/s and `ratio`, over
-    /// a link of `link` wire B/s, timed as the sender measures it.
+    /// a link of `link` wire B/s, timed as the sender measures it: the pipeline is as slow as
+    /// its slower stage, and the sender waits for the encoder all along (its send buffer
+    /// takes each chunk at once, whatever the link has not carried yet).
     fn sample(codec: Codec, speed: f64, ratio: f64, link: f64) -> Sample {
         let (plain, wire) = match codec {
             Codec::Store => (SEG, SEG),
             Codec::Zstd(_) => (SEG, (SEG as f64 / ratio) as u64),
         };
+        let compress = match codec {
+            Codec::Store => 0.0,
+            Codec::Zstd(_) => plain as f64 / speed,
+        };
+        let on_link = wire as f64 / link;
         Sample {
             codec,
             plain,
             wire,
-            compress: match codec {
-                Codec::Store => Duration::ZERO,
-                Codec::Zstd(_) => Duration::from_secs_f64(plain as f64 / speed),
-            },
-            link: Duration::from_secs_f64(wire as f64 / link),
+            compress: Duration::from_secs_f64(compress),
+            elapsed: Duration::from_secs_f64(compress.max(on_link)),
+            starved: Duration::from_secs_f64(compress * 0.9),
         }
+    }
+
+    /// `n` transfers with whatever `a` picks, over a link of `link` B/s, zstd-1 running at
+    /// `speed` with `ratio` (other levels by the prior factors); the codecs used.
+    fn run(a: &mut Adapt, link: f64, speed: f64, ratio: f64, n: usize) -> Vec<Codec> {
+        (0..n)
+            .map(|_| {
+                let c = a.codec();
+                let (fs, fr) = match c {
+                    Codec::Store => (1.0, 1.0),
+                    c => PRIOR
+                        .iter()
+                        .find(|(p, ..)| *p == c)
+                        .map(|(_, s, r)| (*s, *r))
+                        .expect("a codec of the ladder"),
+                };
+                a.observe(sample(c, speed * fs, ratio * fr, link));
+                c
+            })
+            .collect()
     }
 
     #[test]
     fn a_link_faster_than_compression_stores() {
-        // Loopback: the link carries 2 GB/s, zstd-1 compresses 400 MB/s at 12x.
+        // Loopback: the link carries 2 GB/s, zstd-1 compresses 400 MB/s at 12x. Compression-
+        // bound transfers only show the link carries at least what compression fed it, so
+        // faster codecs are tried until storing measures the link itself.
         let mut a = Adapt::new(Codec::Zstd(1));
-        let changed = a.observe(sample(Codec::Zstd(1), 400.0 * MB, 12.0, 2000.0 * MB));
-        assert_eq!(changed, Some(Codec::Store));
-        // Storing, the link stays fast: no change.
-        assert_eq!(a.observe(sample(Codec::Store, 0.0, 1.0, 2000.0 * MB)), None);
-        assert_eq!(a.codec(), Codec::Store);
+        let used = run(&mut a, 2000.0 * MB, 400.0 * MB, 12.0, 6);
+        assert_eq!(
+            used,
+            [
+                Codec::Zstd(1),
+                Codec::Zstd(-3),
+                Codec::Zstd(-7),
+                Codec::Store,
+                Codec::Store,
+                Codec::Store
+            ]
+        );
+        assert!(a.link_speed().expect("measured") > 1900.0 * MB);
+    }
+
+    #[test]
+    fn a_send_buffer_hiding_a_slow_link_is_not_taken_for_a_fast_link() {
+        // 100 Mbit/s: 1.4 MB of zstd-1 output fits in the send buffer, so the sender waited
+        // for the encoder 36 ms of the 112 the link took: link-bound; the link carries
+        // 1.4 MB / 112 ms, and compression stays.
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let s = Sample {
+            codec: Codec::Zstd(1),
+            plain: SEG,
+            wire: 1_400_000,
+            compress: Duration::from_millis(40),
+            elapsed: Duration::from_millis(112),
+            starved: Duration::from_millis(36),
+        };
+        assert!(!s.compression_bound());
+        a.observe(s);
+        assert_eq!(a.codec(), Codec::Zstd(1));
+        let link = a.link_speed().expect("measured");
+        assert!((12.0 * MB..13.0 * MB).contains(&link), "{link}");
     }
 
     #[test]
     fn a_100_mbit_link_keeps_compressing_at_level_1_or_higher() {
-        let link = 12.5 * MB;
         let mut a = Adapt::new(Codec::Zstd(1));
-        a.observe(sample(Codec::Zstd(1), 400.0 * MB, 12.0, link));
-        let Codec::Zstd(level) = a.codec() else {
-            panic!("stores on 100 Mbit/s: {a:?}");
-        };
-        assert!(level >= 1, "{level}");
-        // Whatever it moved to, more samples on the same link keep it compressing.
-        for _ in 0..5 {
-            let c = a.codec();
-            a.observe(sample(c, 400.0 * MB * 0.6, 13.0, link));
-            assert!(matches!(a.codec(), Codec::Zstd(l) if l >= 1), "{a:?}");
-        }
+        let used = run(&mut a, 12.5 * MB, 400.0 * MB, 12.0, 10);
+        assert!(
+            used.iter().all(|c| matches!(c, Codec::Zstd(l) if *l >= 1)),
+            "{used:?}"
+        );
     }
 
     #[test]
-    fn a_link_between_picks_a_fast_level_and_returns_when_the_link_slows() {
-        // 10 Gbit/s-ish link (1.1 GB/s) with zstd-1 at 500 MB/s and 12x: compression is the
-        // bottleneck, a faster level (or storing) wins.
+    fn a_link_between_picks_a_fast_codec_and_returns_when_the_link_slows() {
+        // A 10 Gbit/s-ish link (1.1 GB/s), zstd-1 at 500 MB/s and 12x: compression is the
+        // bottleneck; storing wins.
         let mut a = Adapt::new(Codec::Zstd(1));
-        a.observe(sample(Codec::Zstd(1), 500.0 * MB, 12.0, 1100.0 * MB));
-        assert_eq!(a.codec(), Codec::Store, "{a:?}");
+        let used = run(&mut a, 1100.0 * MB, 500.0 * MB, 12.0, 6);
+        assert_eq!(a.codec(), Codec::Store, "{used:?}");
         // The link drops to 50 MB/s (measured while storing): compress again.
-        for _ in 0..4 {
-            a.observe(sample(Codec::Store, 0.0, 1.0, 50.0 * MB));
-        }
-        assert!(matches!(a.codec(), Codec::Zstd(_)), "{a:?}");
+        let used = run(&mut a, 50.0 * MB, 500.0 * MB, 12.0, 6);
+        assert!(matches!(a.codec(), Codec::Zstd(_)), "{used:?}");
+        assert!(matches!(used.last(), Some(Codec::Zstd(_))), "{used:?}");
     }
 
     #[test]
-    fn a_slow_cpu_on_a_fast_link_uses_a_negative_level_before_storing() {
-        // The link carries 300 MB/s of wire bytes; zstd-1 does 150 MB/s at 10x. Storing costs
-        // 1/300; -7 (prior: 300 MB/s, 6x) costs max(1/300, 1/1800) = 1/300 too; -3 (210 MB/s)
-        // costs 1/210. Storing or -7 tie; both beat level 1 (1/150) by far.
+    fn a_slow_cpu_on_a_fast_link_ends_at_the_fastest_level_or_storing() {
+        // The link carries 300 MB/s; zstd-1 does 150 MB/s at 10x: storing (1/300 per byte)
+        // and -7 (300 MB/s, 6x: max(1/300, 1/1800)) tie; both beat level 1 (1/150) by far.
         let mut a = Adapt::new(Codec::Zstd(1));
-        a.observe(sample(Codec::Zstd(1), 150.0 * MB, 10.0, 300.0 * MB));
-        assert!(matches!(a.codec(), Codec::Store | Codec::Zstd(-7)), "{a:?}");
+        let used = run(&mut a, 300.0 * MB, 150.0 * MB, 10.0, 8);
+        assert!(
+            matches!(a.codec(), Codec::Store | Codec::Zstd(-7)),
+            "{used:?}"
+        );
     }
 
     #[test]
-    fn noise_does_not_flip_the_codec() {
-        // Compression and the link about even: within the hysteresis, stay.
+    fn an_even_match_settles_after_its_probes() {
+        // Compression and the link about even (40 MB/s of wire bytes, zstd-1 at 400 MB/s and
+        // 12x): the faster levels are tried once each, then level 1 stays.
         let mut a = Adapt::new(Codec::Zstd(1));
-        for link in [40.0, 45.0, 38.0, 42.0] {
-            a.observe(sample(Codec::Zstd(1), 400.0 * MB, 12.0, link * MB));
-        }
-        // 1/400 MB vs 1/(12 * 40) MB: level 1 costs max(2.5, 2.08) ns/B, level 3 max(4.2, 1.9)
-        // ns/B, storing 25 ns/B: level 1 stays.
-        assert_eq!(a.codec(), Codec::Zstd(1));
+        let used = run(&mut a, 40.0 * MB, 400.0 * MB, 12.0, 12);
+        assert!(used[6..].iter().all(|c| *c == Codec::Zstd(1)), "{used:?}");
+        assert!(used.iter().all(|c| *c != Codec::Store), "{used:?}");
     }
 
     #[test]

@@ -229,8 +229,10 @@ pub struct Progress {
     sent: AtomicU64,
     /// Nanoseconds the producer spent in the encoder.
     compress_ns: AtomicU64,
-    /// Nanoseconds the link was the bottleneck (0 until the transfer is done).
-    link_ns: AtomicU64,
+    /// Nanoseconds from the first wire byte until all were acknowledged (0 until then).
+    elapsed_ns: AtomicU64,
+    /// Nanoseconds of those the sending task waited for the encoder.
+    starved_ns: AtomicU64,
 }
 
 /// Connected, waiting for the receiver to allow a stream: it gives stream credit only to the
@@ -250,13 +252,14 @@ impl Progress {
     /// The numbers of a finished transfer of `plain` bytes sent with `codec`; `None` when it
     /// did not get as far as the receiver holding every byte.
     pub fn sample(&self, codec: Codec, plain: u64) -> Option<Sample> {
-        let link = self.link_ns.load(Ordering::Relaxed);
-        (link > 0).then(|| Sample {
+        let elapsed = self.elapsed_ns.load(Ordering::Relaxed);
+        (elapsed > 0).then(|| Sample {
             codec,
             plain,
             wire: self.sent.load(Ordering::Relaxed),
             compress: Duration::from_nanos(self.compress_ns.load(Ordering::Relaxed)),
-            link: Duration::from_nanos(link),
+            elapsed: Duration::from_nanos(elapsed),
+            starved: Duration::from_nanos(self.starved_ns.load(Ordering::Relaxed)),
         })
     }
 
@@ -522,8 +525,8 @@ pub async fn transfer(
     }
     tracing::debug!("all bytes written");
     progress.set(STAGE_REPLY);
-    // The link's part: from the first wire byte until the receiver acknowledged them all (or
-    // answered), less the waits for the encoder.
+    // From the first wire byte until the receiver acknowledged them all (or answered), and
+    // how long of that the sender waited for the encoder.
     let acked = tx.stopped();
     let reply = read_verdict(&mut rx, &fail);
     tokio::pin!(acked, reply);
@@ -536,11 +539,14 @@ pub async fn transfer(
     };
     if let (false, Some(first)) = (sent.stopped_early, sent.first_write) {
         let end = acked_at.unwrap_or_else(Instant::now);
-        let link = end
-            .saturating_duration_since(first)
-            .saturating_sub(sent.starved);
-        let ns = u64::try_from(link.as_nanos()).unwrap_or(u64::MAX).max(1);
-        progress.link_ns.store(ns, Ordering::Relaxed);
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let elapsed = end.saturating_duration_since(first);
+        progress
+            .elapsed_ns
+            .store(ns(elapsed).max(1), Ordering::Relaxed);
+        progress
+            .starved_ns
+            .store(ns(sent.starved), Ordering::Relaxed);
     }
     if !reported.is_empty() && matches!(verdict, Reply::Stored | Reply::AlreadyHad) {
         crate::valve::mark_reported(settings, &reported);
