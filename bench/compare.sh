@@ -94,6 +94,7 @@ fi
 
 say "building release binaries (CARGO_TARGET_DIR=$TARGET)"
 (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --bins -q)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- work dir, process bookkeeping
 W=$(mktemp -d /tmp/walship-compare.XXXXXX)
@@ -331,6 +332,10 @@ PGBR_PORT=$(free_port tcp)
 pgbr_server_conf "$P/server.conf" 127.0.0.1 "$PGBR_PORT" "$P/repo"
 pgbr_client_conf "$P/client.conf" 127.0.0.1 "$PGBR_PORT" "$P/repo"
 printf '[global]\nrepo1-path=%s\nlog-path=%s\nlock-path=%s\n' "$P/repo" "$P/log" "$P/lock" >"$P/local.conf"
+# Row 4l: archive-push straight into a repository on this machine (no server, no network at
+# all), zst level 1: pgBackRest's fastest durable archiving, the reference of issue 13.
+mkdir -p "$P/repo-local"
+printf '[global]\nrepo1-path=%s\nlog-path=%s\nlock-path=%s\nspool-path=%s\n' "$P/repo-local" "$P/log" "$P/lock" "$P/spool" >"$P/localzst.conf"
 chown -R postgres "$P" "$W/ssh/id"
 start_bg "$W/log/pgbr-server.log" /usr/bin/time -f %M -o "$W/rss/pgbr-server" \
   pgbackrest --config="$P/server.conf" server
@@ -411,13 +416,15 @@ method_cmd() {
     rsync)  echo "rsync -a -e \"$SSH_CMD\" %p postgres@127.0.0.1:$d/%f" ;;
     rsyncf) echo "rsync -a --fsync -e \"$SSH_CMD\" %p postgres@127.0.0.1:$d/%f" ;;
     pgbr|pgbrzst|pgbrasync) echo "pgbackrest --config=$P/client.conf --stanza=r$r$m archive-push %p" ;;
-    push|daemon|la|la2) echo "$W/bin/walship-sender --config $W/ws/send-r$r$m.toml push %p %f" ;;
+    pgbrlocal) echo "pgbackrest --config=$P/localzst.conf --stanza=r$r$m archive-push %p" ;;
+    push|push1|daemon|daemonz|la|la2) echo "$W/bin/walship-sender --config $W/ws/send-r$r$m.toml push %p %f" ;;
   esac
 }
 verify() { # METHOD ROUND SEGMENT: did it arrive whole? (outside the timing)
   local ok=0
   case $1 in
     copy|seed|rsync|rsyncf) cmp -s "$A/pg_wal/$3" "$W/r$2/$1/$3" && ok=1 ;;
+    pgbrlocal) compgen -G "$P/repo-local/archive/r$2$1/15-1/${3:0:16}/$3-*" >/dev/null && ok=1 ;;
     pgbr*) compgen -G "$P/repo/archive/r$2$1/15-1/${3:0:16}/$3-*" >/dev/null && ok=1 ;;
     *) cmp -s "$A/pg_wal/$3" "$W/ws/archive-r$2$1/$3" && ok=1 ;;
   esac
@@ -444,8 +451,8 @@ sub() { local c=${1//%p/pg_wal/$2}; echo "${c//%f/$2}"; }
 
 METHODS=(copy seed rsync)
 [ "$RSYNC_FSYNC" = 1 ] && METHODS+=(rsyncf)
-METHODS+=(pgbr pgbrzst push)
-[ "$HAVE_DAEMON" = 1 ] && METHODS+=(daemon la)
+METHODS+=(pgbr pgbrzst pgbrlocal push push1)
+[ "$HAVE_DAEMON" = 1 ] && METHODS+=(daemon daemonz la)
 : >"$W/samples.tsv"; : >"$W/backlog.tsv"; : >"$W/rss/receivers"; : >"$W/rss/daemons"
 
 # ---------------------------------------------------------------- Part A: rounds
@@ -461,9 +468,16 @@ for r in $(seq "$ROUNDS"); do
   stanza "r${r}pgbr" "$A" "$PA" "$P/client.conf" "$P/repo"
   stanza "r${r}pgbrzst" "$A" "$PA" "$P/client.conf" "$P/repo" compress-type=zst compress-level=1
   stanza "r${r}pgbrasync" "$A" "$PA" "$P/client.conf" "$P/repo" archive-async=y process-max=2
+  stanza "r${r}pgbrlocal" "$A" "$PA" "$P/localzst.conf" "$P/repo-local" compress-type=zst compress-level=1
   ws_receiver "r${r}push"
+  # Rows 5o and 6o: the previous release's behaviour (one compression thread, zstd-1 always).
+  ws_receiver "r${r}push1"
+  printf 'compression = "zstd"\ncompression_threads = 1\n' >>"$W/ws/send-r${r}push1.toml"
   if [ "$HAVE_DAEMON" = 1 ]; then
     ws_receiver "r${r}daemon"; ws_daemon "r${r}daemon"
+    ws_receiver "r${r}daemonz"
+    printf 'compression = "zstd"\ncompression_threads = 1\n' >>"$W/ws/send-r${r}daemonz.toml"
+    ws_daemon "r${r}daemonz"
     # Row 7: the look-ahead daemon ships every .ready segment first; then push finds it shipped.
     ws_receiver "r${r}la"
     only_our_ready; sync; lo_tx; b0=$LO; t0=$(us_now)
@@ -500,8 +514,11 @@ for r in $(seq "$ROUNDS"); do
       done' <"$W/la-cmds-$r") >>"$W/samples.tsv" || die "row 7n: a push failed"
   fi
   ws_receiver_stop "r${r}push"
+  ws_receiver_stop "r${r}push1"
   if [ "$HAVE_DAEMON" = 1 ]; then
+    grep -h "compression:" "$W/log/daemon-r${r}daemon.log" >>"$W/adapt.log" || true
     ws_both_stop "r${r}daemon"
+    ws_both_stop "r${r}daemonz"
     ws_both_stop "r${r}la"
   fi
 
@@ -632,6 +649,12 @@ c.shutdown(socket.SHUT_WR); c.recv(2); print(f"raw TCP: 32 MiB in {time.time() -
     NSEXEC=$ns; ws_receiver "tbf$r" 10.99.0.2 7443; NSEXEC=
     stanza "tbf$r" "$A" "$PA" "$P/client-tbf.conf" "$P/repo-tbf"
     if [ $((r % 2)) = 1 ]; then order=(push pgbr); else order=(pgbr push); fi
+    if [ "$HAVE_DAEMON" = 1 ]; then
+      # The daemon (compression = auto) on the same link: it must keep compressing there.
+      NSEXEC=$ns; ws_receiver "tbfd$r" 10.99.0.2 7444; NSEXEC=
+      ws_daemon "tbfd$r"
+      order+=(daemon)
+    fi
     for m in "${order[@]}"; do
       say "100 Mbit/s link, round $r: $m of $TBF_SEGMENTS segments one by one"
       sync; b0=$(( $(cat /sys/class/net/$vh/statistics/tx_bytes) + $(cat /sys/class/net/$vh/statistics/rx_bytes) ))
@@ -640,6 +663,7 @@ c.shutdown(socket.SHUT_WR); c.recv(2); print(f"raw TCP: 32 MiB in {time.time() -
         case $m in
           push) c="$W/bin/walship-sender --config $W/ws/send-tbf$r.toml push pg_wal/$s $s" ;;
           pgbr) c="pgbackrest --config=$P/client-tbf.conf --stanza=tbf$r archive-push pg_wal/$s" ;;
+          daemon) c="$W/bin/walship-sender --config $W/ws/send-tbfd$r.toml push pg_wal/$s $s" ;;
         esac
         run_cmd "$A" "$c"
       done
@@ -652,6 +676,12 @@ c.shutdown(socket.SHUT_WR); c.recv(2); print(f"raw TCP: 32 MiB in {time.time() -
     done
     ws_receiver_stop "tbf$r"
     rm -rf "$W/ws/archive-tbf$r"
+    if [ "$HAVE_DAEMON" = 1 ]; then
+      for s in "${TS[@]}"; do cmp -s "$A/pg_wal/$s" "$W/ws/archive-tbfd$r/$s" || die "tbf: the daemon did not store $s"; done
+      grep -h "compression:" "$W/log/daemon-tbfd$r.log" | sed 's/^/100mbit: /' >>"$W/adapt.log" || true
+      ws_both_stop "tbfd$r"
+      rm -rf "$W/ws/archive-tbfd$r"
+    fi
   done
   stop_pid "$pgbr_tbf"
   ip link del "$vh"; VH=
@@ -732,6 +762,7 @@ fi
 
 # ---------------------------------------------------------------- report
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$W" "$OUT" <<PY
 import os, statistics as st, sys
 w, out = sys.argv[1], sys.argv[2]
@@ -770,8 +801,11 @@ labels = {
  "pgbr": "4. pgBackRest archive-push, sync, TLS repo (default gz level 6)",
  "pgbrzst": "4z. pgBackRest archive-push, sync, compress-type=zst level 1",
  "pgbrasync": "4a. pgBackRest async (archive-async=y process-max=2), backlog of N .ready: total / N",
- "push": "5. walship push, direct (zstd-1)",
- "daemon": "6. walship push through the daemon (no look-ahead)",
+ "pgbrlocal": "4l. pgBackRest archive-push to a LOCAL repository (no network), compress-type=zst level 1",
+ "push": "5. walship push, direct (zstd-1, compression_threads default)",
+ "push1": "5o. walship push, direct, compression = zstd, compression_threads = 1 (previous behaviour)",
+ "daemon": "6. walship push through the daemon (no look-ahead; compression = auto, the default)",
+ "daemonz": "6o. the same, daemon with compression = zstd, compression_threads = 1 (previous behaviour)",
  "la": "7. walship look-ahead: push of a segment the daemon already shipped",
  "lanw": "7n. the same pushes as 7, without the wrapper (sh -c forked as the archiver does)",
  "la2": "7b. walship look-ahead (lookahead=4), backlog of N .ready: total / N",
@@ -780,10 +814,11 @@ ref = st.median([x[0] for x in samples["copy"]])
 L = []
 L.append(f"walship compare: {os.popen('date -u +%Y-%m-%dT%H:%MZ').read().strip()}, kernel {os.uname().release}, CPU $CPU, {os.cpu_count()} cores; "
          f"{N} real pgbench segments of 16 MiB, {ROUNDS} interleaved rounds, loopback")
+L.append("Machine load (/proc/loadavg 1/5/15 min): at the start $LOAD_START, at the end $LOAD_END.")
 L.append("")
 L.append("| method | median ms/segment | min | max | MB/s | ratio to (1) | wire bytes/segment (lo, both directions) | peak RSS sender MiB | peak RSS receiver MiB |")
 L.append("|---|---|---|---|---|---|---|---|---|")
-order = ["copy", "seed", "rsync", "rsyncf", "pgbr", "pgbrzst", "pgbrasync", "push", "daemon", "la", "lanw", "la2"]
+order = ["copy", "seed", "rsync", "rsyncf", "pgbr", "pgbrzst", "pgbrlocal", "pgbrasync", "push", "push1", "daemon", "daemonz", "la", "lanw", "la2"]
 for m in order:
     if m in samples:
         v = samples[m]; t = [x[0] for x in v]
@@ -802,10 +837,10 @@ for m in order:
     rcv = ""
     if m in ("rsync", "rsyncf"): rcv = f"{mib(sshd)} (sshd tree)"
     elif m.startswith("pgbr"): rcv = f"{mib(pgbr_srv)} (server tree)"
-    elif m in ("push", "daemon", "la", "la2"): rcv = mib(recv_max(m))
-    if m in ("daemon", "la", "la2") and daem_max(m) is not None: snd = f"push {snd} + daemon {mib(daem_max(m))}"
+    elif m in ("push", "push1", "daemon", "daemonz", "la", "la2"): rcv = mib(recv_max(m))
+    if m in ("daemon", "daemonz", "la", "la2") and daem_max(m) is not None: snd = f"push {snd} + daemon {mib(daem_max(m))}"
     if m == "pgbrasync": snd = f"{snd} (foreground; async worker not measured)"
-    wire_s = "0 (local)" if m in ("copy", "seed") else f"{wire:,.0f}"
+    wire_s = "0 (local)" if m in ("copy", "seed", "pgbrlocal") else f"{wire:,.0f}"
     if m == "lanw": wire_s, snd, rcv = "as 7", "as 7", "as 7"
     L.append(f"| {labels[m]} | {med:.1f} | {lo:.1f} | {hi:.1f} | {MB / med * 1000:.0f} | {med / ref:.2f} | {wire_s} | {snd} | {rcv} |")
 L.append("")
@@ -817,6 +852,29 @@ L.append(f"Every row but 7n includes the shared wrapper (runuser -u postgres -- 
 if "la-preship" in backlog:
     p = [x[0] for x in backlog["la-preship"]]
     L.append(f"Row 7: the look-ahead daemon shipped all {N} segments in {st.median(p) * N / 1000:.1f} s (median over rounds, {st.median(p):.1f} ms/segment) before the pushes were timed; the row is the hand-off cost the archiver sees when the daemon is ahead.")
+med = {m: st.median([x[0] for x in samples[m]]) for m in samples}
+if "copy" in med:
+    L.append("")
+    L.append("Issue 13 targets (medians of the rows above; lower is better for the first two, higher for the last):")
+    L.append("")
+    L.append("| ratio | measured | target |")
+    L.append("|---|---|---|")
+    def ratio(a, b, label, target):
+        if a in med and b in med:
+            L.append(f"| {label} | {med[a] / med[b]:.2f} | {target} |")
+    ratio("push", "copy", "direct push (5) / durable local copy (1)", "<= 1.5")
+    ratio("push1", "copy", "direct push, one thread (5o) / durable local copy (1)", "")
+    ratio("daemon", "copy", "daemon push (6) / durable local copy (1)", "<= 1.2")
+    ratio("daemonz", "copy", "daemon push, zstd-1 one thread (6o) / durable local copy (1)", "")
+    ratio("la", "copy", "look-ahead push (7) / durable local copy (1)", "")
+    ratio("pgbrlocal", "daemon", "pgBackRest local zst-1 (4l) / daemon push (6): daemon's speed-up", ">= 2")
+    ratio("pgbrlocal", "push", "pgBackRest local zst-1 (4l) / direct push (5)", "")
+    ratio("pgbrlocal", "la", "pgBackRest local zst-1 (4l) / look-ahead push (7)", "")
+    ratio("pgbrlocal", "copy", "pgBackRest local zst-1 (4l) / durable local copy (1)", "")
+if os.path.exists(f"{w}/adapt.log"):
+    ch = [l.strip() for l in open(f"{w}/adapt.log") if l.strip()]
+    L.append("")
+    L.append(f"Row 6's daemon (compression = auto) changed its codec {len(ch)} time(s)" + (": " + " | ".join(c[c.find("compression:"):] for c in ch[:4]) if ch else "") + ".")
 sshr = rows("ssh.tsv")
 if sshr:
     L.append(f"Rows 3: a new ssh connection per segment; a bare \`ssh true\` to the same sshd takes {st.median([int(x[0]) / 1000 for x in sshr]):.1f} ms (median of 10, same wrapper).")
@@ -848,10 +906,14 @@ if tb:
         v = [(int(us) / 1e6, int(n), int(b)) for mm, r, us, n, b in tb if mm == m]
         return st.median([x[0] for x in v]), min(x[0] for x in v), max(x[0] for x in v), v[0][1], st.median([x[2] for x in v])
     w_, p_ = agg("push"), agg("pgbr")
+    d_ = agg("daemon") if any(x[0] == "daemon" for x in tb) else None
     L.append(f"100 Mbit/s link (veth pair into a network namespace, tbf rate 100mbit burst 32kbit latency 50ms on both ends; {link}): "
              f"{w_[3]} segments one by one, median of {ROUNDS} rounds: walship push (zstd-1) {w_[0]:.2f} s ({w_[0] / w_[3] * 1000:.0f} ms/segment, "
              f"{w_[4] / w_[3]:,.0f} bytes/segment on the link), pgBackRest archive-push sync (default gz-6) {p_[0]:.2f} s "
              f"({p_[0] / p_[3] * 1000:.0f} ms/segment, {p_[4] / p_[3]:,.0f} bytes/segment); pgBackRest / walship = {p_[0] / w_[0]:.2f}.")
+    if d_:
+        L.append(f"The same link through the daemon (compression = auto): {d_[0]:.2f} s ({d_[0] / d_[3] * 1000:.0f} ms/segment, "
+                 f"{d_[4] / d_[3]:,.0f} bytes/segment); pgBackRest / walship daemon = {p_[0] / d_[0]:.2f}.")
 else:
     L.append(f"100 Mbit/s link: not measured: {note}")
 ld = rows("load.tsv")

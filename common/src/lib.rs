@@ -1,6 +1,8 @@
 //! walship-common: everything that *decides*, with no sockets and no runtime.
 //!
 //! Module map:
+//! - [`adapt`]: the compression that fits a link (`compression = "auto"`): store, a fast
+//!   level or a stronger one, from the measured link and compression speeds.
 //! - [`basebackup`]: base backups: what to skip in a data directory, paths from the wire
 //!   kept inside the target, what a target may be replaced, the marker, the standby settings.
 //! - [`fanout`]: what the sender knows about each of several receivers, and whether the
@@ -47,6 +49,7 @@
 //!   readiness.
 //! - [`sys::frame_io`]: the one frame reader (preamble, bounded body, deadline) over sockets.
 
+pub mod adapt;
 pub mod basebackup;
 pub mod check;
 pub mod clusters;

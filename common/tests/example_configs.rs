@@ -125,7 +125,9 @@ fn sender_example_loads_as_shipped_and_uncommented() {
     assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
     assert_eq!(s.timeout, DEFAULT_PUSH_TIMEOUT);
     assert_eq!(s.compression, Encoding::Zstd);
+    assert!(s.adaptive, "the example's compression is \"auto\"");
     assert_eq!(s.compression_level, DEFAULT_ZSTD_LEVEL);
+    assert_eq!(s.compression_threads, 2);
     assert_eq!(s.lookahead, DEFAULT_LOOKAHEAD);
     assert_eq!(s.socket, Some(PathBuf::from("/run/walship/sender.sock")));
     assert!(s.pgdata.is_some());

@@ -70,6 +70,7 @@ async fn bad_name_is_refused_by_the_sender_and_by_the_receiver() {
         &conn,
         &path,
         request,
+        walship_sender::push::fixed_codec(&sender),
         &Progress::default(),
     )
     .await;

@@ -24,6 +24,7 @@ use quinn::VarInt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::timeout;
+use walship_common::adapt::{Adapt, Sample};
 use walship_common::fanout::{FanoutStatus, ReceiverStatus};
 use walship_common::lookahead::{self, Book, FileIdentity, Lookup, Outcome, SETTLE};
 use walship_common::proto::frame::{close_meaning, CLOSE_DONE};
@@ -211,6 +212,8 @@ struct Link {
     owed: Mutex<BTreeMap<String, PathBuf>>,
     /// Wakes the catch-up task.
     wake: tokio::sync::Notify,
+    /// The codec that fits this link (`compression = "auto"`), from its measured transfers.
+    adapt: Mutex<Adapt>,
 }
 
 impl Daemon {
@@ -767,6 +770,7 @@ impl Link {
             )),
             owed: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
+            adapt: Mutex::new(Adapt::new(push::fixed_codec(settings))),
         })
     }
 
@@ -782,6 +786,27 @@ impl Link {
 
     fn owed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PathBuf>> {
         self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn adapt(&self) -> std::sync::MutexGuard<'_, Adapt> {
+        self.adapt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take in a stored transfer's numbers; say so when the codec for this link changes.
+    fn observe(&self, sample: Sample) {
+        let mut adapt = self.adapt();
+        let before = adapt.codec();
+        tracing::debug!(receiver = %self.address(), ?sample, "transfer measured");
+        if let Some(now) = adapt.observe(sample) {
+            let link = adapt.link_speed().unwrap_or(0.0);
+            tracing::info!(
+                receiver = %self.address(),
+                "compression: {now} instead of {before} (link about {}/s, last transfer {} in {} to compress)",
+                walship_common::human::size(link as u64),
+                walship_common::human::size(sample.plain),
+                walship_common::human::duration(sample.compress),
+            );
+        }
     }
 
     /// One transfer to this receiver, retried once on a fresh connection when the warm one
@@ -812,16 +837,27 @@ impl Link {
         let started = Instant::now();
         let size = request.size;
         let receiver = &self.receiver;
+        let codec = if settings.adaptive {
+            self.adapt().codec()
+        } else {
+            push::fixed_codec(settings)
+        };
         let attempt = |conn: quinn::Connection| {
             let request = request.clone();
             async move {
                 let progress = push::Progress::default();
-                timeout(
+                let result = timeout(
                     settings.timeout,
-                    push::transfer(settings, receiver, &conn, path, request, &progress),
+                    push::transfer(settings, receiver, &conn, path, request, codec, &progress),
                 )
                 .await
-                .unwrap_or_else(|_| Err(progress.timeout_error(settings, &receiver.address, name)))
+                .unwrap_or_else(|_| Err(progress.timeout_error(settings, &receiver.address, name)));
+                if settings.adaptive && matches!(result, Ok(Pushed::Stored)) {
+                    if let Some(sample) = progress.sample(codec, size) {
+                        self.observe(sample);
+                    }
+                }
+                result
             }
         };
         let conn = self.connection().await?;

@@ -7,12 +7,13 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::VarInt;
 use tokio::time::timeout;
+use walship_common::adapt::{Codec, Sample};
 use walship_common::proto::digest::Hasher;
 use walship_common::proto::frame::{CLOSE_DONE, MAX_FILE_BYTES, REPLY};
 use walship_common::proto::{
@@ -157,7 +158,8 @@ async fn push_one(
     let progress = Progress::default();
     let result = timeout(settings.timeout, async {
         let conn = target.connect().await?;
-        let result = transfer(settings, receiver, &conn, path, request, &progress).await;
+        let codec = fixed_codec(settings);
+        let result = transfer(settings, receiver, &conn, path, request, codec, &progress).await;
         conn.close(VarInt::from_u32(CLOSE_DONE), b"done");
         result
     })
@@ -181,12 +183,56 @@ pub fn reply_timeout(settings: &SenderSettings, addr: &str, name: &str) -> Sende
     }
 }
 
-/// How far a transfer got, so that a push whose `timeout` runs out says where it was waiting.
+/// Transfers of this process compressing right now.
+static COMPRESSING: AtomicUsize = AtomicUsize::new(0);
+
+/// One transfer counted in [`COMPRESSING`] while it lives.
+struct Compressing;
+
+impl Compressing {
+    /// The threads a new transfer compresses on: `compression_threads` when it is the only
+    /// one, else one. Transfers running side by side (look-ahead, fan-out, parallel pushes)
+    /// keep the cores busy already; more threads would only add memory (a few MiB of job
+    /// buffers each) and contention.
+    fn threads(settings: &SenderSettings) -> (u32, Compressing) {
+        let others = COMPRESSING.fetch_add(1, Ordering::Relaxed);
+        let threads = if others == 0 {
+            settings.compression_threads
+        } else {
+            1
+        };
+        (threads, Compressing)
+    }
+}
+
+impl Drop for Compressing {
+    fn drop(&mut self) {
+        COMPRESSING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The codec of a direct `push` (and of the daemon when `compression` is not "auto"): the
+/// configured encoding at `compression_level`.
+pub fn fixed_codec(settings: &SenderSettings) -> Codec {
+    match settings.compression {
+        Encoding::Plain => Codec::Store,
+        Encoding::Zstd => Codec::Zstd(settings.compression_level),
+    }
+}
+
+/// How far a transfer got, so that a push whose `timeout` runs out says where it was waiting;
+/// and, once it is done, its timings for [`walship_common::adapt`].
 #[derive(Debug, Default)]
 pub struct Progress {
     stage: AtomicU8,
     /// Wire bytes handed to QUIC so far.
     sent: AtomicU64,
+    /// Nanoseconds the producer spent in the encoder.
+    compress_ns: AtomicU64,
+    /// Nanoseconds from the first wire byte until all were acknowledged (0 until then).
+    elapsed_ns: AtomicU64,
+    /// Nanoseconds of those the sending task waited for the encoder.
+    starved_ns: AtomicU64,
 }
 
 /// Connected, waiting for the receiver to allow a stream: it gives stream credit only to the
@@ -201,6 +247,20 @@ const STAGE_REPLY: u8 = 3;
 impl Progress {
     fn set(&self, stage: u8) {
         self.stage.store(stage, Ordering::Relaxed);
+    }
+
+    /// The numbers of a finished transfer of `plain` bytes sent with `codec`; `None` when it
+    /// did not get as far as the receiver holding every byte.
+    pub fn sample(&self, codec: Codec, plain: u64) -> Option<Sample> {
+        let elapsed = self.elapsed_ns.load(Ordering::Relaxed);
+        (elapsed > 0).then(|| Sample {
+            codec,
+            plain,
+            wire: self.sent.load(Ordering::Relaxed),
+            compress: Duration::from_nanos(self.compress_ns.load(Ordering::Relaxed)),
+            elapsed: Duration::from_nanos(elapsed),
+            starved: Duration::from_nanos(self.starved_ns.load(Ordering::Relaxed)),
+        })
     }
 
     /// The error for a push whose `timeout` ran out at this point.
@@ -415,14 +475,16 @@ fn client_endpoint(
     Ok(endpoint)
 }
 
-/// Send one file on a new stream of `conn` and wait for the receiver's verdict, noting in
-/// `progress` how far it got (for the error when the caller's `timeout` runs out).
+/// Send one file on a new stream of `conn` with `codec` and wait for the receiver's verdict,
+/// noting in `progress` how far it got (for the error when the caller's `timeout` runs out)
+/// and how long compression and the link took.
 pub async fn transfer(
     settings: &SenderSettings,
     receiver: &ReceiverTarget,
     conn: &quinn::Connection,
     path: &Path,
     mut request: Request,
+    codec: Codec,
     progress: &Progress,
 ) -> Result<Pushed, SenderError> {
     let name = request.name.clone();
@@ -435,25 +497,57 @@ pub async fn transfer(
         server_name: &receiver.server_name,
         name: &name,
     };
-    let outgoing = Outgoing::new(request, settings.compression_level).map_err(|source| {
-        SenderError::Encode {
+    let level = match codec {
+        Codec::Store => {
+            request.encoding = Encoding::Plain;
+            settings.compression_level
+        }
+        Codec::Zstd(level) => {
+            request.encoding = Encoding::Zstd;
+            level
+        }
+    };
+    let (threads, _compressing) = Compressing::threads(settings);
+    let outgoing =
+        Outgoing::with_threads(request, level, threads).map_err(|source| SenderError::Encode {
             path: path.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     progress.set(STAGE_NO_STREAM);
     let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| fail.conn(e))?;
     progress.set(STAGE_SENDING);
     tx.write_all(&outgoing.header())
         .await
         .map_err(|e| fail.write(e))?;
-    let stopped_early = send_content(&mut tx, outgoing, path, progress, &fail).await?;
-    if !stopped_early {
+    let sent = send_content(&mut tx, outgoing, path, progress, &fail).await?;
+    if !sent.stopped_early {
         let _ = tx.finish();
     }
     tracing::debug!("all bytes written");
     progress.set(STAGE_REPLY);
-    let verdict = read_verdict(&mut rx, &fail).await?;
+    // From the first wire byte until the receiver acknowledged them all (or answered), and
+    // how long of that the sender waited for the encoder.
+    let acked = tx.stopped();
+    let reply = read_verdict(&mut rx, &fail);
+    tokio::pin!(acked, reply);
+    let mut acked_at = None;
+    let verdict = loop {
+        tokio::select! {
+            _ = &mut acked, if acked_at.is_none() => acked_at = Some(Instant::now()),
+            verdict = &mut reply => break verdict?,
+        }
+    };
+    if let (false, Some(first)) = (sent.stopped_early, sent.first_write) {
+        let end = acked_at.unwrap_or_else(Instant::now);
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let elapsed = end.saturating_duration_since(first);
+        progress
+            .elapsed_ns
+            .store(ns(elapsed).max(1), Ordering::Relaxed);
+        progress
+            .starved_ns
+            .store(ns(sent.starved), Ordering::Relaxed);
+    }
     if !reported.is_empty() && matches!(verdict, Reply::Stored | Reply::AlreadyHad) {
         crate::valve::mark_reported(settings, &reported);
     }
@@ -527,28 +621,51 @@ pub async fn append(
     }
 }
 
+/// What [`send_content`] saw.
+struct Sent {
+    /// The receiver stopped reading before the end (it has answered already: refused, or had
+    /// it).
+    stopped_early: bool,
+    /// When the first wire bytes went to QUIC.
+    first_write: Option<Instant>,
+    /// How long this task then waited for the encoder.
+    starved: Duration,
+}
+
 /// Read and compress on a blocking thread while this task sends: the two overlap, and the
-/// bounded channel keeps memory to a few chunks whatever the file size. True when the receiver
-/// stopped reading before the end (it has answered already: refused, or had it).
+/// bounded channel keeps memory to a few chunks whatever the file size.
 async fn send_content(
     tx: &mut quinn::SendStream,
     outgoing: Outgoing,
     path: &Path,
     progress: &Progress,
     fail: &Failures<'_>,
-) -> Result<bool, SenderError> {
+) -> Result<Sent, SenderError> {
     let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Result<Vec<u8>, SenderError>>(4);
+    let compress_ns = Arc::new(AtomicU64::new(0));
     let producer = {
         let path = path.to_path_buf();
+        let compress_ns = compress_ns.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = produce(&path, outgoing, &chunks_tx) {
+            if let Err(e) = produce(&path, outgoing, &chunks_tx, &compress_ns) {
                 let _ = chunks_tx.blocking_send(Err(e));
             }
         })
     };
     let mut stopped_early = false;
     let mut wire = 0u64;
-    while let Some(chunk) = chunks.recv().await {
+    let mut first_write = None;
+    let mut starved = Duration::ZERO;
+    loop {
+        let waited = Instant::now();
+        let Some(chunk) = chunks.recv().await else {
+            break;
+        };
+        if first_write.is_some() {
+            starved += waited.elapsed();
+        } else {
+            first_write = Some(Instant::now());
+        }
         let chunk = chunk?;
         match tx.write_all(&chunk).await {
             Ok(()) => {
@@ -564,8 +681,15 @@ async fn send_content(
     }
     drop(chunks);
     let _ = producer.await;
-    tracing::debug!(wire, "content sent");
-    Ok(stopped_early)
+    progress
+        .compress_ns
+        .store(compress_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+    tracing::debug!(wire, ?starved, "content sent");
+    Ok(Sent {
+        stopped_early,
+        first_write,
+        starved,
+    })
 }
 
 /// The receiver's one reply frame.
@@ -643,7 +767,12 @@ fn produce(
     path: &Path,
     mut outgoing: Outgoing,
     out: &tokio::sync::mpsc::Sender<Result<Vec<u8>, SenderError>>,
+    compress_ns: &AtomicU64,
 ) -> Result<(), SenderError> {
+    let timed = |started: Instant| {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        compress_ns.fetch_add(ns, Ordering::Relaxed);
+    };
     let read_err = |source| SenderError::ReadFile {
         path: path.to_path_buf(),
         source,
@@ -676,7 +805,9 @@ fn produce(
             if n == 0 {
                 drop(to_hasher);
                 let digest = hasher.join().map_err(|_| hashing("the thread panicked"))?;
+                let started = Instant::now();
                 outgoing.finish(digest, &mut wire).map_err(encode_err)?;
+                timed(started);
                 // If the sender task has stopped, the receiver answered early: nothing to do.
                 let _ = out.blocking_send(Ok(wire));
                 return Ok(());
@@ -686,7 +817,9 @@ fn produce(
             to_hasher
                 .send(chunk.clone())
                 .map_err(|_| hashing("the thread stopped"))?;
+            let started = Instant::now();
             outgoing.encode(&chunk, &mut wire).map_err(encode_err)?;
+            timed(started);
             if !wire.is_empty() && out.blocking_send(Ok(wire)).is_err() {
                 return Ok(()); // the sender task stopped: the receiver answered early
             }

@@ -44,13 +44,22 @@ fn sender_toml_becomes_push_settings() {
     assert_eq!(s.connect_timeout, Duration::from_secs(5));
     assert_eq!(s.timeout, Duration::from_secs(60));
     assert_eq!(s.compression, Encoding::Plain);
+    assert!(!s.adaptive);
     assert_eq!(s.compression_level, 3);
     assert_eq!(s.lookahead, 0);
 
-    // Defaults: zstd at level 1, no socket.
+    // Defaults: "auto" (zstd starting at level 1, adapted by the daemon), no socket.
     let d = setup.sender_settings(addr, "");
     assert_eq!(d.compression, Encoding::Zstd);
+    assert!(d.adaptive);
     assert_eq!(d.compression_level, 1);
+    assert!((1..=4).contains(&d.compression_threads));
+    // A fixed level, on two threads.
+    let z = setup.sender_settings(addr, "compression = \"zstd\"\ncompression_threads = 2");
+    assert_eq!(
+        (z.compression, z.adaptive, z.compression_threads),
+        (Encoding::Zstd, false, 2)
+    );
     assert_eq!(d.socket, None);
 }
 
@@ -66,7 +75,11 @@ fn a_bad_sender_toml_names_file_line_key_and_value_with_a_caret() {
         ),
         (
             "receiver = \"10.0.0.7:7443\"\ncompression = \"lz4\"\n",
-            "compression = \"lz4\": expected \"zstd\" or \"none\"",
+            "compression = \"lz4\": expected \"auto\" (the default), \"zstd\" or \"none\"",
+        ),
+        (
+            "receiver = \"10.0.0.7:7443\"\ncompression_threads = 0\n",
+            "compression_threads = 0: expected 1 (compress on the sending thread) to 4",
         ),
         (
             "receiver = \"10.0.0.7:7443\"\nlookahead = 99\n",

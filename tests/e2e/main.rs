@@ -33,6 +33,7 @@ mod issue11_status_health;
 mod issue11_valve;
 mod issue12_basebackup;
 mod issue12_way_back;
+mod issue13_compression;
 mod issue13_faults;
 mod issue13_hostile_appends;
 mod issue13_loss_window;

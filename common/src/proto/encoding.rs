@@ -12,6 +12,8 @@ use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Oper
 /// log2 of the zstd window: 2 MiB. WAL repeats within a few pages, so a larger window buys
 /// little ratio for memory multiplied by every parallel transfer.
 pub const WINDOW_LOG: u32 = 21;
+/// Bytes of input per job when zstd compresses on several threads.
+pub const MT_JOB_BYTES: u32 = 1 << 20;
 /// Decoded bytes handed on per step.
 const OUT_CHUNK: usize = 256 << 10;
 
@@ -130,13 +132,32 @@ pub struct BodyEncoder {
 }
 
 impl BodyEncoder {
-    /// `level`: zstd level (1 is fast and already shrinks pgbench WAL about 12x).
+    /// `level`: zstd level (1 is fast and already shrinks pgbench WAL about 12x). One
+    /// thread: the caller's.
     pub fn new(encoding: Encoding, level: i32, plain_size: u64) -> std::io::Result<Self> {
+        Self::with_threads(encoding, level, plain_size, 1)
+    }
+
+    /// As [`BodyEncoder::new`], compressing on `threads` worker threads of zstd's own when
+    /// `threads` is 2 or more and the file is larger than one [`MT_JOB_BYTES`] job. The output
+    /// is the same single zstd frame with the same window ([`WINDOW_LOG`]): the receiver
+    /// decodes it as any other. Jobs of 1 MiB keep the memory to a few MiB per transfer
+    /// (zstd's default would be 8 MiB jobs at this window).
+    pub fn with_threads(
+        encoding: Encoding,
+        level: i32,
+        plain_size: u64,
+        threads: u32,
+    ) -> std::io::Result<Self> {
         let zstd = match encoding {
             Encoding::Plain => None,
             Encoding::Zstd => {
                 let mut e = Encoder::new(level)?;
                 e.set_parameter(CParameter::WindowLog(WINDOW_LOG))?;
+                if threads >= 2 && plain_size > MT_JOB_BYTES as u64 {
+                    e.set_parameter(CParameter::NbWorkers(threads))?;
+                    e.set_parameter(CParameter::JobSize(MT_JOB_BYTES))?;
+                }
                 e.set_pledged_src_size(Some(plain_size))?;
                 Some(e)
             }
@@ -234,6 +255,32 @@ mod tests {
         let plain = encode_all(Encoding::Plain, &body, 1000);
         assert_eq!(plain, body);
         assert_eq!(decode_all(Encoding::Plain, &plain, 333).unwrap(), body);
+    }
+
+    #[test]
+    fn several_threads_make_one_frame_the_decoder_takes() {
+        let body = wal_like(5 << 20);
+        for threads in [2, 4] {
+            let mut e =
+                BodyEncoder::with_threads(Encoding::Zstd, 1, body.len() as u64, threads).unwrap();
+            let mut wire = Vec::new();
+            for c in body.chunks(256 << 10) {
+                e.encode(c, &mut wire).unwrap();
+            }
+            e.finish(&mut wire).unwrap();
+            assert!(wire.len() * 10 < body.len(), "{} bytes", wire.len());
+            assert_eq!(decode_all(Encoding::Zstd, &wire, 1 << 16).unwrap(), body);
+        }
+        // Negative (fast) levels too.
+        let wire = {
+            let mut e =
+                BodyEncoder::with_threads(Encoding::Zstd, -5, body.len() as u64, 2).unwrap();
+            let mut w = Vec::new();
+            e.encode(&body, &mut w).unwrap();
+            e.finish(&mut w).unwrap();
+            w
+        };
+        assert_eq!(decode_all(Encoding::Zstd, &wire, 1 << 20).unwrap(), body);
     }
 
     #[test]

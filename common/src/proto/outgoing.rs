@@ -35,7 +35,13 @@ pub struct Outgoing {
 impl Outgoing {
     /// `level`: the zstd level, when the request's encoding is zstd.
     pub fn new(request: Request, level: i32) -> Result<Self, EncodeError> {
-        let encoder = BodyEncoder::new(request.encoding, level, request.size)?;
+        Self::with_threads(request, level, 1)
+    }
+
+    /// As [`Outgoing::new`], compressing on `threads` threads (see
+    /// [`BodyEncoder::with_threads`]); the stream is the same.
+    pub fn with_threads(request: Request, level: i32, threads: u32) -> Result<Self, EncodeError> {
+        let encoder = BodyEncoder::with_threads(request.encoding, level, request.size, threads)?;
         Ok(Outgoing {
             request,
             encoder,

@@ -27,6 +27,9 @@ pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default zstd level: level 1 compresses pgbench WAL about 12x at over 1 GB/s on one core, so
 /// it costs less time than it saves on any link slower than that.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Upper bound (and default cap) of `compression_threads`: beyond 4 threads one 16 MiB segment
+/// is cut into jobs too few to keep them busy, and the primary's cores are PostgreSQL's.
+pub const MAX_COMPRESSION_THREADS: u32 = 4;
 /// Bounds of `partial_interval`: below 10 ms the primary is asked more often than it flushes
 /// under load; above an hour shipping the open segment makes no sense.
 pub const MIN_PARTIAL_INTERVAL: Duration = Duration::from_millis(10);
@@ -327,6 +330,7 @@ pub struct SenderFile {
     pub timeout: Option<Scalar>,
     pub compression: Option<String>,
     pub compression_level: Option<i32>,
+    pub compression_threads: Option<u32>,
     pub socket: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
     pub lookahead: Option<usize>,
@@ -450,10 +454,18 @@ pub struct SenderSettings {
     pub key: PathBuf,
     pub connect_timeout: Duration,
     pub timeout: Duration,
-    /// Encoding on the wire (`compression = "zstd"` or `"none"`).
+    /// Encoding on the wire (`compression = "zstd"`, `"auto"` (zstd, see `adaptive`) or
+    /// `"none"`).
     pub compression: Encoding,
+    /// `compression = "auto"` (the default): the daemon picks the codec per receiver from the
+    /// measured link and compression speeds ([`crate::adapt`]), starting at
+    /// `compression_level`; a direct `push` uses `compression_level`.
+    pub adaptive: bool,
     /// zstd level (`compression_level`, default 1).
     pub compression_level: i32,
+    /// Threads zstd compresses one file on (`compression_threads`; default: the CPUs, at most
+    /// 4; 1 compresses on the sending thread alone).
+    pub compression_threads: u32,
     /// The daemon's Unix socket (`socket`): `push` hands off there when a daemon answers.
     pub socket: Option<PathBuf>,
     /// The primary's data directory (`pgdata`): the daemon looks ahead through
@@ -679,14 +691,30 @@ impl SenderSettings {
         let cert = src.required(file.cert, "cert", "\"/etc/walship/client.pem\"")?;
         let key = src.required(file.key, "key", "\"/etc/walship/client.key\"")?;
         let require = src.require(&file.require, receivers.len())?;
-        let compression = match file.compression.as_deref() {
-            None | Some("zstd") => Encoding::Zstd,
-            Some("none") => Encoding::Plain,
+        let (compression, adaptive) = match file.compression.as_deref() {
+            None | Some("auto") => (Encoding::Zstd, true),
+            Some("zstd") => (Encoding::Zstd, false),
+            Some("none") => (Encoding::Plain, false),
             Some(other) => {
                 return Err(src.invalid(
                     "compression",
                     format!("{other:?}"),
-                    "expected \"zstd\" or \"none\"",
+                    "expected \"auto\" (the default), \"zstd\" or \"none\"",
+                ))
+            }
+        };
+        let compression_threads = match file.compression_threads {
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, MAX_COMPRESSION_THREADS as usize) as u32,
+            Some(n) if (1..=MAX_COMPRESSION_THREADS).contains(&n) => n,
+            Some(n) => {
+                return Err(src.invalid(
+                    "compression_threads",
+                    n.to_string(),
+                    format!(
+                        "expected 1 (compress on the sending thread) to {MAX_COMPRESSION_THREADS}"
+                    ),
                 ))
             }
         };
@@ -768,7 +796,9 @@ impl SenderSettings {
             metrics_listen: src.metrics_listen(file.metrics_listen)?,
             conninfo: file.conninfo,
             compression,
+            adaptive,
             compression_level,
+            compression_threads,
             config_path: path.to_path_buf(),
             connect_timeout: src.duration(
                 "connect_timeout",
@@ -1789,7 +1819,7 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "config {}, line 6: compression = \"lz4\": expected \"zstd\" or \"none\"\n  |\n6 | \tcompression = \"lz4\"\n  | \t              ^^^^^",
+                "config {}, line 6: compression = \"lz4\": expected \"auto\" (the default), \"zstd\" or \"none\"\n  |\n6 | \tcompression = \"lz4\"\n  | \t              ^^^^^",
                 path.display()
             )
         );

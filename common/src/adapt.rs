@@ -1,0 +1,383 @@
+//! The compression that fits a link (`compression = "auto"`, the default): store on a link
+//! faster than compression, compress harder on a slow one. Pure: the daemon measures each
+//! finished transfer (plain and wire bytes, time spent compressing, time the link took) and
+//! hands the numbers in; this decides what the next transfer to that receiver uses.
+//!
+//! The model is the sender's pipeline: read, compress and send overlap, so a file takes as
+//! long as its slowest stage. Per plain byte, a codec costs `max(1 / speed, 1 / (ratio x link))`
+//! (compression speed in plain bytes/s, the link in wire bytes/s); storing costs `1 / link`.
+//! Each codec's speed and ratio are the last measured ones (smoothed), or, before it was ever
+//! used, the measured ones of the nearest used codec scaled by zstd's usual factors ([`PRIOR`]).
+//! A codec replaces the current one only when it is predicted [`HYSTERESIS`] faster, so noise
+//! does not flip the level from file to file.
+
+use std::time::Duration;
+
+/// What one transfer is sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// The plain bytes (`Encoding::Plain` on the wire).
+    Store,
+    /// One zstd frame at this level (negative levels are zstd's fast ones).
+    Zstd(i32),
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Codec::Store => f.write_str("store (no compression)"),
+            Codec::Zstd(l) => write!(f, "zstd level {l}"),
+        }
+    }
+}
+
+/// The codecs "auto" chooses from, fastest first, with zstd's usual speed and ratio relative
+/// to level 1 (its own benchmarks on mixed data, and on pgbench WAL here: level 1 already
+/// shrinks it about 12x at several hundred MB/s per core). Used only until a codec is measured.
+pub const PRIOR: &[(Codec, f64, f64)] = &[
+    (Codec::Zstd(-7), 2.0, 0.6),
+    (Codec::Zstd(-3), 1.4, 0.8),
+    (Codec::Zstd(1), 1.0, 1.0),
+    (Codec::Zstd(3), 0.6, 1.1),
+    (Codec::Zstd(6), 0.3, 1.15),
+];
+/// A new codec must be predicted this much faster (fraction of the current one's time).
+pub const HYSTERESIS: f64 = 0.15;
+/// Weight of the newest measurement in the smoothed values.
+const SMOOTHING: f64 = 0.4;
+/// Transfers smaller than this say little about speeds (fixed costs dominate): not used.
+pub const MIN_SAMPLE_BYTES: u64 = 1 << 20;
+
+/// One finished transfer, as measured by the sender.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub codec: Codec,
+    /// Bytes of the file.
+    pub plain: u64,
+    /// Bytes of its encoding on the wire.
+    pub wire: u64,
+    /// Time spent in the encoder (zero when stored).
+    pub compress: Duration,
+    /// From the first wire byte sent until the receiver acknowledged them all.
+    pub elapsed: Duration,
+    /// How much of `elapsed` the sending task waited for the encoder.
+    pub starved: Duration,
+}
+
+impl Sample {
+    /// The encoder, not the link, held the transfer back: the sender waited for it most of
+    /// the time. The link then carried `wire / elapsed` but might carry more. (The sender
+    /// also waits for the encoder while its send buffer drains into a slow link, but then
+    /// the link takes longer than the encoder: at most half of `elapsed` is waiting.)
+    pub fn compression_bound(&self) -> bool {
+        self.starved * 2 >= self.elapsed
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Measured {
+    /// Plain bytes per second through the encoder.
+    speed: f64,
+    /// Plain bytes per wire byte.
+    ratio: f64,
+}
+
+/// What is known about one receiver's link and the codecs tried on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adapt {
+    current: Codec,
+    /// Wire bytes per second the link carried, smoothed.
+    link: Option<f64>,
+    /// `link` was measured on a transfer the link held back (or that was stored), not only
+    /// raised to what a compression-bound transfer showed it carries at least.
+    link_known: bool,
+    measured: Vec<(Codec, Measured)>,
+}
+
+/// The next faster codec of the ladder (store after the fastest level).
+fn faster(codec: Codec) -> Codec {
+    let ladder: Vec<Codec> = PRIOR.iter().map(|(c, ..)| *c).collect();
+    match ladder.iter().position(|c| *c == codec) {
+        Some(0) | None => Codec::Store,
+        Some(i) => ladder[i - 1],
+    }
+}
+
+fn smooth(old: Option<f64>, new: f64) -> f64 {
+    match old {
+        Some(o) => o + SMOOTHING * (new - o),
+        None => new,
+    }
+}
+
+impl Adapt {
+    /// Start with `first` (the configured `compression_level`) until something is measured.
+    pub fn new(first: Codec) -> Self {
+        Adapt {
+            current: first,
+            link: None,
+            link_known: false,
+            measured: Vec::new(),
+        }
+    }
+
+    /// The codec for the next transfer.
+    pub fn codec(&self) -> Codec {
+        self.current
+    }
+
+    /// The smoothed link speed in wire bytes per second, once measured.
+    pub fn link_speed(&self) -> Option<f64> {
+        self.link
+    }
+
+    /// Take in one transfer's numbers; the new codec when the decision changed.
+    pub fn observe(&mut self, s: Sample) -> Option<Codec> {
+        if s.plain < MIN_SAMPLE_BYTES || s.wire == 0 {
+            return None;
+        }
+        let carried = s.wire as f64 / s.elapsed.as_secs_f64().max(1e-6);
+        let bound_by_compression = s.codec != Codec::Store && s.compression_bound();
+        if bound_by_compression {
+            // A lower bound only. Above what was known, the link got faster than thought:
+            // its speed is unknown again.
+            if self.link.is_none_or(|l| l < carried) {
+                self.link = Some(carried);
+                self.link_known = false;
+            }
+        } else {
+            self.link = Some(smooth(self.link.filter(|_| self.link_known), carried));
+            self.link_known = true;
+        }
+        if let Codec::Zstd(_) = s.codec {
+            let speed = s.plain as f64 / s.compress.as_secs_f64().max(1e-6);
+            let ratio = s.plain as f64 / s.wire as f64;
+            match self.measured.iter_mut().find(|(c, _)| *c == s.codec) {
+                Some((_, m)) => {
+                    m.speed = smooth(Some(m.speed), speed);
+                    m.ratio = smooth(Some(m.ratio), ratio);
+                }
+                None => self.measured.push((s.codec, Measured { speed, ratio })),
+            }
+        }
+        let mut next = self.decide();
+        if next == self.current && bound_by_compression && !self.link_known {
+            // The link's speed is unknown beyond "at least what compression fed it": try the
+            // next faster codec; its transfer tells more (storing measures the link itself).
+            next = faster(self.current);
+        }
+        (next != self.current).then(|| {
+            self.current = next;
+            next
+        })
+    }
+
+    /// Speed and ratio of `codec`: measured, or scaled from a measured one by [`PRIOR`].
+    fn estimate(&self, codec: Codec) -> Option<Measured> {
+        if let Some((_, m)) = self.measured.iter().find(|(c, _)| *c == codec) {
+            return Some(*m);
+        }
+        let factors = |c: Codec| {
+            PRIOR
+                .iter()
+                .find(|(p, ..)| *p == c)
+                .map(|(_, s, r)| (*s, *r))
+        };
+        let (fs, fr) = factors(codec)?;
+        // The measured codec closest in the ladder is the best base for the factors.
+        let level = |c: Codec| match c {
+            Codec::Zstd(l) => l,
+            Codec::Store => i32::MIN,
+        };
+        let (base, m) = self
+            .measured
+            .iter()
+            .filter(|(c, _)| factors(*c).is_some())
+            .min_by_key(|(c, _)| (level(*c) - level(codec)).unsigned_abs())?;
+        let (bs, br) = factors(*base).expect("filtered");
+        Some(Measured {
+            speed: m.speed * fs / bs,
+            ratio: (m.ratio * fr / br).max(1.0),
+        })
+    }
+
+    /// Predicted seconds per plain byte with `codec` on this link.
+    fn cost(&self, codec: Codec, link: f64) -> Option<f64> {
+        match codec {
+            Codec::Store => Some(1.0 / link),
+            Codec::Zstd(_) => {
+                let m = self.estimate(codec)?;
+                Some((1.0 / m.speed).max(1.0 / (m.ratio * link)))
+            }
+        }
+    }
+
+    fn decide(&self) -> Codec {
+        let Some(link) = self.link else {
+            return self.current;
+        };
+        let Some(now) = self.cost(self.current, link) else {
+            return self.current;
+        };
+        let candidates = std::iter::once(Codec::Store).chain(PRIOR.iter().map(|(c, ..)| *c));
+        let best = candidates
+            .filter_map(|c| self.cost(c, link).map(|t| (c, t)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((c, t)) if t < now * (1.0 - HYSTERESIS) => c,
+            _ => self.current,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: f64 = 1e6;
+    const SEG: u64 = 16 << 20;
+
+    /// A transfer of one 16 MiB segment with `codec` at `speed` plain B/s and `ratio`, over
+    /// a link of `link` wire B/s, timed as the sender measures it: the pipeline is as slow as
+    /// its slower stage, and the sender waits for the encoder all along (its send buffer
+    /// takes each chunk at once, whatever the link has not carried yet).
+    fn sample(codec: Codec, speed: f64, ratio: f64, link: f64) -> Sample {
+        let (plain, wire) = match codec {
+            Codec::Store => (SEG, SEG),
+            Codec::Zstd(_) => (SEG, (SEG as f64 / ratio) as u64),
+        };
+        let compress = match codec {
+            Codec::Store => 0.0,
+            Codec::Zstd(_) => plain as f64 / speed,
+        };
+        let on_link = wire as f64 / link;
+        Sample {
+            codec,
+            plain,
+            wire,
+            compress: Duration::from_secs_f64(compress),
+            elapsed: Duration::from_secs_f64(compress.max(on_link)),
+            starved: Duration::from_secs_f64(compress * 0.9),
+        }
+    }
+
+    /// `n` transfers with whatever `a` picks, over a link of `link` B/s, zstd-1 running at
+    /// `speed` with `ratio` (other levels by the prior factors); the codecs used.
+    fn run(a: &mut Adapt, link: f64, speed: f64, ratio: f64, n: usize) -> Vec<Codec> {
+        (0..n)
+            .map(|_| {
+                let c = a.codec();
+                let (fs, fr) = match c {
+                    Codec::Store => (1.0, 1.0),
+                    c => PRIOR
+                        .iter()
+                        .find(|(p, ..)| *p == c)
+                        .map(|(_, s, r)| (*s, *r))
+                        .expect("a codec of the ladder"),
+                };
+                a.observe(sample(c, speed * fs, ratio * fr, link));
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_link_faster_than_compression_stores() {
+        // Loopback: the link carries 2 GB/s, zstd-1 compresses 400 MB/s at 12x. Compression-
+        // bound transfers only show the link carries at least what compression fed it, so
+        // faster codecs are tried until storing measures the link itself.
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let used = run(&mut a, 2000.0 * MB, 400.0 * MB, 12.0, 6);
+        assert_eq!(
+            used,
+            [
+                Codec::Zstd(1),
+                Codec::Zstd(-3),
+                Codec::Zstd(-7),
+                Codec::Store,
+                Codec::Store,
+                Codec::Store
+            ]
+        );
+        assert!(a.link_speed().expect("measured") > 1900.0 * MB);
+    }
+
+    #[test]
+    fn a_send_buffer_hiding_a_slow_link_is_not_taken_for_a_fast_link() {
+        // 100 Mbit/s: 1.4 MB of zstd-1 output fits in the send buffer, so the sender waited
+        // for the encoder 36 ms of the 112 the link took: link-bound; the link carries
+        // 1.4 MB / 112 ms, and compression stays.
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let s = Sample {
+            codec: Codec::Zstd(1),
+            plain: SEG,
+            wire: 1_400_000,
+            compress: Duration::from_millis(40),
+            elapsed: Duration::from_millis(112),
+            starved: Duration::from_millis(36),
+        };
+        assert!(!s.compression_bound());
+        a.observe(s);
+        assert_eq!(a.codec(), Codec::Zstd(1));
+        let link = a.link_speed().expect("measured");
+        assert!((12.0 * MB..13.0 * MB).contains(&link), "{link}");
+    }
+
+    #[test]
+    fn a_100_mbit_link_keeps_compressing_at_level_1_or_higher() {
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let used = run(&mut a, 12.5 * MB, 400.0 * MB, 12.0, 10);
+        assert!(
+            used.iter().all(|c| matches!(c, Codec::Zstd(l) if *l >= 1)),
+            "{used:?}"
+        );
+    }
+
+    #[test]
+    fn a_link_between_picks_a_fast_codec_and_returns_when_the_link_slows() {
+        // A 10 Gbit/s-ish link (1.1 GB/s), zstd-1 at 500 MB/s and 12x: compression is the
+        // bottleneck; storing wins.
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let used = run(&mut a, 1100.0 * MB, 500.0 * MB, 12.0, 6);
+        assert_eq!(a.codec(), Codec::Store, "{used:?}");
+        // The link drops to 50 MB/s (measured while storing): compress again.
+        let used = run(&mut a, 50.0 * MB, 500.0 * MB, 12.0, 6);
+        assert!(matches!(a.codec(), Codec::Zstd(_)), "{used:?}");
+        assert!(matches!(used.last(), Some(Codec::Zstd(_))), "{used:?}");
+    }
+
+    #[test]
+    fn a_slow_cpu_on_a_fast_link_ends_at_the_fastest_level_or_storing() {
+        // The link carries 300 MB/s; zstd-1 does 150 MB/s at 10x: storing (1/300 per byte)
+        // and -7 (300 MB/s, 6x: max(1/300, 1/1800)) tie; both beat level 1 (1/150) by far.
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let used = run(&mut a, 300.0 * MB, 150.0 * MB, 10.0, 8);
+        assert!(
+            matches!(a.codec(), Codec::Store | Codec::Zstd(-7)),
+            "{used:?}"
+        );
+    }
+
+    #[test]
+    fn an_even_match_settles_after_its_probes() {
+        // Compression and the link about even (40 MB/s of wire bytes, zstd-1 at 400 MB/s and
+        // 12x): the faster levels are tried once each, then level 1 stays.
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let used = run(&mut a, 40.0 * MB, 400.0 * MB, 12.0, 12);
+        assert!(used[6..].iter().all(|c| *c == Codec::Zstd(1)), "{used:?}");
+        assert!(used.iter().all(|c| *c != Codec::Store), "{used:?}");
+    }
+
+    #[test]
+    fn small_transfers_and_empty_ones_are_not_measured() {
+        let mut a = Adapt::new(Codec::Zstd(1));
+        let mut s = sample(Codec::Zstd(1), 400.0 * MB, 12.0, 2000.0 * MB);
+        s.plain = 8192;
+        assert_eq!(a.observe(s), None);
+        assert_eq!(a.link_speed(), None);
+        s.plain = SEG;
+        s.wire = 0;
+        assert_eq!(a.observe(s), None);
+        assert_eq!(a.codec(), Codec::Zstd(1));
+    }
+}
