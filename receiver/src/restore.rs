@@ -123,14 +123,12 @@ fn check_segment(
     seg: &SegmentName,
     size: u64,
 ) -> Result<(), String> {
-    if !is_valid_seg_size(size) {
-        return Err(format!(
-            "it is {size} bytes, not a WAL segment size (a power of two from 1 MiB to 1 GiB): a truncated or foreign file"
-        ));
-    }
+    // A file of no segment size is refused by check_head before its header is read.
     let mut head = [0u8; LONG_PAGE_HEADER_LEN];
-    file.read_exact_at(&mut head, 0)
-        .map_err(|e| format!("read its page header: {e}"))?;
+    if is_valid_seg_size(size) {
+        file.read_exact_at(&mut head, 0)
+            .map_err(|e| format!("read its page header: {e}"))?;
+    }
     check_head(settings, &head, seg, size)
 }
 
