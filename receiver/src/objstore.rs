@@ -49,6 +49,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// (files stored by a `serve` before a restart, the settle time of a first segment).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const STATE_FILE_MODE: u32 = 0o644;
+/// The most `credentials_file` bytes read (a few short lines).
+const CREDENTIALS_LIMIT: u64 = 64 << 10;
 /// The object's key suffix.
 const SUFFIX: &str = ".zst";
 
@@ -278,9 +280,21 @@ fn decompress(packed: &[u8], limit: u64) -> Result<Vec<u8>, String> {
 /// group or others may read it) or else the environment.
 fn credentials(settings: &ObjectStoreSettings) -> Result<(String, String, Option<String>), String> {
     if let Some(path) = &settings.credentials_file {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Read;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| format!("credentials_file {shown}: {e}"))?;
+        // A symbolic link is followed (secrets are often mounted as links), but what is opened
+        // must be a regular file: O_NONBLOCK and the fstat keep a FIFO from hanging serve or
+        // restore. Read at most CREDENTIALS_LIMIT bytes.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| format!("credentials_file {shown}: {e}"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("credentials_file {shown}: {e}"))?;
+        durable::check_regular(path, &meta).map_err(|e| format!("credentials_file: {e}"))?;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(format!(
@@ -288,8 +302,10 @@ fn credentials(settings: &ObjectStoreSettings) -> Result<(String, String, Option
                 mode & 0o7777
             ));
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("credentials_file {shown}: {e}"))?;
+        let mut text = String::new();
+        file.take(CREDENTIALS_LIMIT)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("credentials_file {shown}: {e}"))?;
         return parse_credentials(&text).map_err(|e| format!("credentials_file {shown}: {e}"));
     }
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -462,5 +478,62 @@ async fn pause(failures: u32, shutdown: &CancellationToken) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(backoff) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn settings(file: &Path) -> ObjectStoreSettings {
+        ObjectStoreSettings {
+            url: "s3://b/p".into(),
+            bucket: "b".into(),
+            prefix: "p".into(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            credentials_file: Some(file.to_path_buf()),
+        }
+    }
+
+    const TEXT: &str = "aws_access_key_id = id\naws_secret_access_key = secret\n";
+
+    #[test]
+    fn credentials_file_may_be_a_link_to_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, TEXT).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let (id, secret, token) = credentials(&settings(&link)).unwrap();
+        assert_eq!(
+            (id.as_str(), secret.as_str(), token),
+            ("id", "secret", None)
+        );
+    }
+
+    #[test]
+    fn credentials_file_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("creds");
+        std::fs::write(&f, TEXT).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = credentials(&settings(&f)).unwrap_err();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn credentials_file_that_is_a_fifo_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("creds");
+        let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path living for the call.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0);
+        let e = credentials(&settings(&f)).unwrap_err();
+        assert!(e.contains("credentials_file") && e.contains("FIFO"), "{e}");
     }
 }
