@@ -91,6 +91,7 @@ struct Metrics {
     objstore_backlog_files: Family<Cluster, Gauge>,
     objstore_backlog_bytes: Family<Cluster, Gauge>,
     partial_appends: Counter,
+    partial_sealed: Counter,
     partial_bytes: Counter,
     partial_refused: Family<Reason, Counter>,
     cluster_partial_appends: Family<Cluster, Counter>,
@@ -129,6 +130,7 @@ impl Metrics {
             objstore_backlog_files: Family::default(),
             objstore_backlog_bytes: Family::default(),
             partial_appends: Counter::default(),
+            partial_sealed: Counter::default(),
             partial_bytes: Counter::default(),
             partial_refused: Family::default(),
             cluster_partial_appends: Family::default(),
@@ -259,6 +261,11 @@ impl Metrics {
             "walship_partial_appends",
             "Appends to the open segment's NAME.partial stored durably (partial_interval on the primary's daemon).",
             self.partial_appends.clone(),
+        );
+        r.register(
+            "walship_partial_sealed",
+            "Finished segments made from the NAME.partial held whole (a seal from the primary's daemon: checked like an upload, renamed, not shipped again). They count in walship_stored_files too.",
+            self.partial_sealed.clone(),
         );
         r.register(
             "walship_partial_bytes",
@@ -532,6 +539,11 @@ pub fn stored(bytes: u64, took: Duration, cluster: Option<&str>) {
         m.cluster_bytes.get_or_create(&c).inc_by(bytes);
         m.cluster_last_stored.get_or_create(&c).set(now);
     }
+}
+
+/// A finished segment was made from its whole partial (a seal).
+pub fn sealed() {
+    METRICS.partial_sealed.inc();
 }
 
 /// An upload to `cluster` was answered "already had".

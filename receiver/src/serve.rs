@@ -16,7 +16,7 @@ use walship_common::handshake;
 use walship_common::proto::backup::IncomingFile;
 use walship_common::proto::frame::{CLOSE_EVICTED, CLOSE_SHUTDOWN, REQUEST};
 use walship_common::proto::{
-    BackupRequest, Encoding, FrameError, Incoming, Refusal, Reply, Request, WireRequest,
+    BackupRequest, Encoding, FrameError, Incoming, Refusal, Reply, Request, Seal, WireRequest,
     PROTOCOL_VERSION,
 };
 use walship_common::sys::config::ReceiverSettings;
@@ -800,6 +800,7 @@ async fn receive(
         Ok(WireRequest::Backup(b)) => {
             return backup_step(recv, conn_uploads, shared, b, conn).await;
         }
+        Ok(WireRequest::Seal(s)) => return seal(conn_uploads, shared, started, s).await,
         Err(outcome) => return outcome,
     };
     let append = request.append_at.is_some();
@@ -808,6 +809,47 @@ async fn receive(
         metrics::partial_refused(r, shared.cluster.as_deref());
     }
     outcome
+}
+
+/// [`receive`] for a [`Seal`]: the partial held whole becomes the finished segment (no
+/// content on the stream). It reads and hashes the segment, so it takes an upload slot.
+async fn seal(
+    conn_uploads: &Arc<Semaphore>,
+    shared: &Shared,
+    started: Instant,
+    seal: Seal,
+) -> Outcome {
+    let span = tracing::Span::current();
+    span.record("segment", seal.name.as_str());
+    span.record("bytes", seal.size);
+    let Some(archive) = &shared.archive else {
+        return Outcome::Reply(Reply::Refused(Refusal::ClientNotAllowed {
+            subject: shared.subject.to_string(),
+        }));
+    };
+    let _permit = (
+        upload_slot(conn_uploads, &shared.uploads, &shared.limits).await,
+        metrics::upload(),
+    );
+    let archive = archive.clone();
+    let size = seal.size;
+    let name = seal.name.clone();
+    match tokio::task::spawn_blocking(move || archive.seal_partial(&seal)).await {
+        Ok(reply) => {
+            if reply == Reply::Stored {
+                metrics::stored(size, started.elapsed(), shared.cluster.as_deref());
+                metrics::sealed();
+                if let Some(wake) = &shared.stored_wake {
+                    wake.notify_one();
+                }
+            }
+            Outcome::Reply(reply)
+        }
+        Err(e) => Outcome::Reply(Reply::Refused(Refusal::StorageFailed {
+            name,
+            detail: e.to_string(),
+        })),
+    }
 }
 
 /// [`receive`] for a WAL file (or an append to the open segment's partial).

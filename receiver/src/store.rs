@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use tracing::{error, info, warn};
-use walship_common::proto::{ArchiveFacts, Refusal, Reply, Verified};
+use walship_common::proto::{ArchiveFacts, Refusal, Reply, Seal, Verified};
 use walship_common::state::newest_segment;
 use walship_common::sys::config::ReceiverSettings;
 use walship_common::sys::durable::{self, DurableError, Published, TempFile};
@@ -399,6 +399,118 @@ impl Archive {
                 added: bytes.len() as u64,
             },
             Err(e) => Appended::Refused(storage_refusal(&name, &e)),
+        }
+    }
+}
+
+impl Archive {
+    /// A [`Seal`]: make the `NAME.partial` this archive holds whole into the finished segment
+    /// `NAME` (blocking). The partial is read back and checked as an upload of `NAME` would
+    /// be (size, every page header, cluster, timeline, fence, the sender's digest of the whole
+    /// segment); only then is it renamed, never replacing anything. `Stored` when sealed;
+    /// `Partial` with what the partial holds when it is not exactly the whole segment, or its
+    /// bytes are not the sender's (the sender then uploads the segment, which decides, as
+    /// always); a refusal for what an upload would be refused for too (a fenced timeline).
+    pub fn seal_partial(&self, seal: &Seal) -> Reply {
+        use walship_common::proto::{Encoding, Incoming, Request};
+        let name = seal.name.clone();
+        let not_sealed = |bytes: u64, why: &str| {
+            tracing::debug!(segment = %name, held = bytes, "not sealed: {why}");
+            Reply::Partial { bytes }
+        };
+        let seg = match name.parse::<WalFileName>() {
+            Ok(WalFileName::Segment(s)) => s,
+            _ => {
+                return Reply::Refused(Refusal::BadName {
+                    name: name.clone(),
+                    reason: "only a WAL segment can be sealed from its partial".into(),
+                })
+            }
+        };
+        let request = Request {
+            name: name.clone(),
+            size: seal.size,
+            encoding: Encoding::Plain,
+            dropped: Vec::new(),
+            append_at: None,
+        };
+        let mut incoming = match Incoming::begin(&request, &self.facts(&name)) {
+            Ok(i) => i,
+            Err(r) => return Reply::Refused(r),
+        };
+        let _partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
+        let pname = format!("{seg}.partial");
+        let storage = |e: &dyn std::fmt::Display| {
+            Reply::Refused(Refusal::StorageFailed {
+                name: name.clone(),
+                detail: e.to_string(),
+            })
+        };
+        if let Ok(Some(_)) = durable::open_regular(&self.dir.join(&name)) {
+            return not_sealed(0, "the finished segment is stored already");
+        }
+        let mut file = match durable::open_regular(&self.dir.join(&pname)) {
+            Ok(Some(f)) => f,
+            Ok(None) => return not_sealed(0, "no partial"),
+            Err(e) => return storage(&e),
+        };
+        let held = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return storage(&e),
+        };
+        if held != seal.size {
+            return not_sealed(held, "the partial is not the whole segment");
+        }
+        // Read back and checked as the upload would be: the plain bytes, then the digest.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => return storage(&e),
+            };
+            read += n as u64;
+            if let Err(r) = incoming.absorb(&buf[..n], &mut |_| Ok(())) {
+                warn!("{pname} cannot be sealed as {name}: {r}; the sender uploads it instead");
+                return not_sealed(held, "content refused");
+            }
+        }
+        if read != held {
+            return not_sealed(read, "the partial changed size while read");
+        }
+        if let Err(r) = incoming.absorb(&seal.digest, &mut |_| Ok(())) {
+            return not_sealed(held, &r.to_string());
+        }
+        let verified = match incoming.finish() {
+            Ok(v) => v,
+            Err(r) => {
+                warn!("{pname} cannot be sealed as {name}: {r}; the sender uploads it instead");
+                return not_sealed(held, "content refused");
+            }
+        };
+        // As `commit`: the fence is checked again, held until the name is durable.
+        let _fence_lock = match self.fence_admits(&verified) {
+            Ok(l) => l,
+            Err(r) => return Reply::Refused(r),
+        };
+        match (verified.system_id, self.cluster()) {
+            (Some(id), Some(ours)) if id != ours => {
+                return Reply::Refused(Refusal::ForeignCluster {
+                    name,
+                    segment: id.0,
+                })
+            }
+            (_, None) => return not_sealed(held, "the archive is not pinned to a cluster yet"),
+            _ => {}
+        }
+        match durable::rename_new(&self.dir, &file, &pname, &name) {
+            Ok(()) => {
+                info!(segment = %seg, "sealed: the partial held whole is the finished segment");
+                Reply::Stored
+            }
+            Err(DurableError::Conflict { .. }) => not_sealed(held, "the finished segment appeared"),
+            Err(e) => Reply::Refused(storage_refusal(&name, &e)),
         }
     }
 }

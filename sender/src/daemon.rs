@@ -31,7 +31,7 @@ use walship_common::proto::frame::{close_meaning, CLOSE_DONE};
 use walship_common::proto::handoff::{
     encode_status, Handoff, HandoffReply, StatusRequest, HANDOFF, STATUS, STATUS_MAGIC,
 };
-use walship_common::proto::Request;
+use walship_common::proto::{Request, Seal};
 use walship_common::sys::config::{ReceiverTarget, Require, SenderSettings};
 use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::WalFileName;
@@ -214,6 +214,10 @@ struct Link {
     wake: tokio::sync::Notify,
     /// The codec that fits this link (`compression = "auto"`), from its measured transfers.
     adapt: Mutex<Adapt>,
+    /// The open segment's partial as this receiver last said it holds it (`partial_interval`):
+    /// when the segment is finished and the receiver holds it whole, a [`Seal`] replaces the
+    /// upload.
+    partial: Mutex<Option<(walship_common::SegmentName, u64)>>,
 }
 
 impl Daemon {
@@ -616,6 +620,7 @@ impl Daemon {
                         metrics::partial_held(link.address(), seg_start + held);
                     }
                     open.held = Some(held);
+                    link.note_partial(name, held);
                 }
                 Reply::AlreadyHad => open.done = true,
                 other => return Err(format!("{pname}: unexpected reply {other:?}")),
@@ -771,11 +776,88 @@ impl Link {
             owed: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
             adapt: Mutex::new(Adapt::new(push::fixed_codec(settings))),
+            partial: Mutex::new(None),
         })
     }
 
     fn address(&self) -> &str {
         &self.receiver.address
+    }
+
+    /// The receiver said it holds `held` bytes of `segment`'s partial.
+    fn note_partial(&self, segment: walship_common::SegmentName, held: u64) {
+        *self.partial.lock().unwrap_or_else(|p| p.into_inner()) = Some((segment, held));
+    }
+
+    /// The finished segment `name` (at `path`, `size` bytes) without uploading it, when this
+    /// receiver holds its partial: the missing end appended (usually nothing under load, the
+    /// open-segment task completes a partial when the segment changes; after a switch on a
+    /// quiet primary, the rest of the segment), then a [`Seal`] carrying the digest of the
+    /// whole file. `None` whenever that does not
+    /// give `Stored` (no partial of it, an older receiver, a partial that is not a prefix):
+    /// the caller uploads the segment as usual, which stays the authority.
+    async fn try_seal(
+        &self,
+        settings: &SenderSettings,
+        path: &Path,
+        name: &str,
+        size: u64,
+    ) -> Option<Pushed> {
+        let Ok(WalFileName::Segment(seg)) = name.parse::<WalFileName>() else {
+            return None;
+        };
+        let hint = *self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::debug!(segment = %name, ?hint, "seal?");
+        let (held_seg, mut held) = hint?;
+        if held_seg != seg || held > size {
+            return None;
+        }
+        let conn = self.connection().await.ok()?;
+        let pname = format!("{name}.partial");
+        while held < size {
+            let (p, to) = (path.to_path_buf(), partial::append_end(held, size));
+            let bytes = tokio::task::spawn_blocking(move || partial::read_range_of(&p, held, to))
+                .await
+                .ok()?
+                .ok()?;
+            let append = push::append(settings, &self.receiver, &conn, &pname, held, &bytes);
+            match timeout(settings.timeout, append).await.ok()?.ok()? {
+                Reply::Partial { bytes: now } if now > held => {
+                    held = now;
+                    self.note_partial(seg, held);
+                }
+                other => {
+                    tracing::debug!(segment = %name, ?other, "not sealed: completing the partial");
+                    return None;
+                }
+            }
+        }
+        let p = path.to_path_buf();
+        let digest = tokio::task::spawn_blocking(move || partial::digest_of(&p, size))
+            .await
+            .ok()?
+            .ok()?;
+        let seal = Seal {
+            name: name.to_string(),
+            size,
+            digest,
+        };
+        match timeout(settings.timeout, push::seal(&self.receiver, &conn, &seal)).await {
+            Ok(Ok(Reply::Stored)) => {
+                tracing::debug!(segment = %name, "sealed from the partial the receiver holds");
+                metrics::sealed(self.address());
+                Some(Pushed::Stored)
+            }
+            Ok(Ok(other)) => {
+                tracing::debug!(segment = %name, ?other, "not sealed; uploading it");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(segment = %name, "not sealed ({e}); uploading it");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     // A panic while holding these locks cannot leave them half-updated in a way that matters:
@@ -836,6 +918,12 @@ impl Link {
         let _active = metrics::upload();
         let started = Instant::now();
         let size = request.size;
+        if settings.partial_interval.is_some() {
+            if let Some(pushed) = self.try_seal(settings, path, name, size).await {
+                metrics::shipped(self.address(), size, started.elapsed());
+                return Ok(pushed);
+            }
+        }
         let receiver = &self.receiver;
         let codec = if settings.adaptive {
             self.adapt().codec()

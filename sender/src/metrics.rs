@@ -39,6 +39,7 @@ struct Metrics {
     per_missed: Family<Label, Counter>,
     per_last_acked: Family<Label, Gauge>,
     partial_appends: Family<Label, Counter>,
+    partial_sealed: Family<Label, Counter>,
     partial_bytes: Family<Label, Counter>,
     partial_failures: Family<Label, Counter>,
     partial_lsn: Family<Label, Gauge>,
@@ -77,6 +78,7 @@ impl Metrics {
             per_missed: Family::default(),
             per_last_acked: Family::default(),
             partial_appends: Family::default(),
+            partial_sealed: Family::default(),
             partial_bytes: Family::default(),
             partial_failures: Family::default(),
             partial_lsn: Family::default(),
@@ -179,6 +181,11 @@ impl Metrics {
             m.partial_appends.clone(),
         );
         r.register(
+            "walship_partial_sealed",
+            "Per receiver: finished segments it made from the partial it held whole (a seal: the segment was not uploaded again). They count in walship_shipped_files too.",
+            m.partial_sealed.clone(),
+        );
+        r.register(
             "walship_partial_bytes",
             "Per receiver: bytes of the open segment it appended durably.",
             m.partial_bytes.clone(),
@@ -261,6 +268,11 @@ pub fn partial_appended(receiver: &str, bytes: u64, lsn: u64) {
         .get_or_create(&label(receiver))
         .inc_by(bytes);
     partial_held(receiver, lsn);
+}
+
+/// `receiver` made a finished segment from the partial it held whole.
+pub fn sealed(receiver: &str) {
+    METRICS.partial_sealed.get_or_create(&label(receiver)).inc();
 }
 
 /// `receiver` holds the open segment up to `lsn` (what it answered).

@@ -105,8 +105,13 @@ pub fn read_range(
     to: u64,
 ) -> Result<Vec<u8>, String> {
     let path: PathBuf = pgdata.join("pg_wal").join(name.to_string());
+    read_range_of(&path, from, to)
+}
+
+/// [`read_range`] of the file at `path` (a finished segment being shipped, `%p`).
+pub fn read_range_of(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, String> {
     let to = to.min(from + MAX_APPEND_BYTES);
-    let mut file = open_regular(&path)
+    let mut file = open_regular(path)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} is gone", path.display()))?;
     file.seek(SeekFrom::Start(from))
@@ -123,6 +128,31 @@ pub fn read_range(
         ));
     }
     Ok(buf)
+}
+
+/// The digest of the whole file at `path`, which must be `size` bytes (blocking): what a
+/// [`Seal`](walship_common::proto::Seal) tells the receiver its partial must hash to.
+pub fn digest_of(path: &Path, size: u64) -> Result<walship_common::proto::digest::Digest, String> {
+    let mut file = open_regular(path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} is gone", path.display()))?;
+    let mut hasher = walship_common::proto::digest::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    if read != size {
+        return Err(format!("{} has {read} bytes, not {size}", path.display()));
+    }
+    Ok(hasher.finalize())
 }
 
 /// Where an append may end: `to`, or an earlier page boundary when more than

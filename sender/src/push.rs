@@ -17,7 +17,7 @@ use walship_common::adapt::{Codec, Sample};
 use walship_common::proto::digest::Hasher;
 use walship_common::proto::frame::{CLOSE_DONE, MAX_FILE_BYTES, REPLY};
 use walship_common::proto::{
-    Encoding, FrameError, Outgoing, Refusal, Reply, Request, PROTOCOL_VERSION,
+    Encoding, FrameError, Outgoing, Refusal, Reply, Request, Seal, WireRequest, PROTOCOL_VERSION,
 };
 use walship_common::sys::config::{ReceiverTarget, SenderSettings};
 use walship_common::sys::frame_io::{read_frame, ReadError};
@@ -615,6 +615,37 @@ pub async fn append(
     match read_verdict(&mut rx, &fail).await? {
         Reply::Refused(refusal) => Err(SenderError::Refused {
             name: name.to_string(),
+            refusal,
+        }),
+        other => Ok(other),
+    }
+}
+
+/// Ask the receiver to make the finished segment from the `NAME.partial` it holds whole
+/// (see [`Seal`]); its answer: `Stored` when sealed, anything else means "not sealed" (the
+/// caller then ships the segment as usual). A refusal comes back as an error.
+pub async fn seal(
+    receiver: &ReceiverTarget,
+    conn: &quinn::Connection,
+    seal: &Seal,
+) -> Result<Reply, SenderError> {
+    let fail = Failures {
+        receiver: &receiver.address,
+        server_name: &receiver.server_name,
+        name: &seal.name,
+    };
+    let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| fail.conn(e))?;
+    match tx
+        .write_all(&WireRequest::Seal(seal.clone()).encode())
+        .await
+    {
+        Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
+        Err(e) => return Err(fail.write(e)),
+    }
+    let _ = tx.finish();
+    match read_verdict(&mut rx, &fail).await? {
+        Reply::Refused(refusal) => Err(SenderError::Refused {
+            name: seal.name.clone(),
             refusal,
         }),
         other => Ok(other),

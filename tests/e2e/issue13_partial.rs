@@ -311,6 +311,13 @@ pub(crate) fn finish_and_check(p: &Pair, partial: &str) {
         "the receiver held a partial that is not a prefix of the finished segment:\n{log}"
     );
     p.rx.check_log(&["went away", "connection lost", "timed out"]);
+    // The receiver held the whole segment as its partial: the daemon sealed it rather than
+    // upload it again, and what is stored is the primary's segment byte for byte.
+    p.rx.assert_logged("sealed: the partial held whole is the finished segment");
+    let stored = fs::read(p.setup.archive_dir.join(&seg)).expect("the finished segment");
+    if let Ok(primary) = fs::read(p.primary.data_dir().join("pg_wal").join(&seg)) {
+        assert!(stored == primary, "{seg} stored is not the primary's");
+    }
 }
 
 /// The daemon SIGKILLed, then the receiver SIGKILLed, then the receiver away for 3 s (the

@@ -38,6 +38,7 @@ mod issue13_faults;
 mod issue13_hostile_appends;
 mod issue13_loss_window;
 mod issue13_partial;
+mod issue13_seal;
 mod issue14_clusters;
 mod issue14_fanout;
 mod issue14_objstore;

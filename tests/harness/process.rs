@@ -168,6 +168,11 @@ impl Cmd {
                 .env("LANG", "C.UTF-8")
                 .env("NO_COLOR", "1")
                 .env("HOME", home);
+            // Debugging a scenario: `WALSHIP_TEST_RUST_LOG=debug cargo test ...` sets the
+            // programs' RUST_LOG (their logs are in the scenario's directory).
+            if let Ok(v) = std::env::var("WALSHIP_TEST_RUST_LOG") {
+                c.env("RUST_LOG", v);
+            }
         }
         if let Some(u) = &self.user {
             if u.switch {

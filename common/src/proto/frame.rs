@@ -38,7 +38,10 @@ pub const ALPN: &[u8] = b"walship/1";
 /// `Refusal::ClientNotAllowed`, for a client certificate no `[[clusters]]` table of the
 /// receiver allows.
 /// Also in version 5: a request is a [`WireRequest`]: a WAL file as before, or a step of a
-/// base backup ([`BackupRequest`], `walship-sender basebackup`); refusals for base backups.
+/// base backup ([`BackupRequest`], `walship-sender basebackup`); refusals for base backups;
+/// [`WireRequest::Seal`] (a finished segment made from the `NAME.partial` the receiver holds
+/// whole, no content on the wire). A receiver built before it answers a seal `Malformed`, and
+/// the sender then ships the segment as usual.
 pub const PROTOCOL_VERSION: u16 = 5;
 /// The newest protocol whose senders print [`Refusal::UnsupportedVersion`] only as "install the
 /// same release": they are told which side to upgrade through [`Refusal::Malformed`] instead.
@@ -136,6 +139,24 @@ pub struct Request {
 pub enum WireRequest {
     Wal(Request),
     Backup(BackupRequest),
+    Seal(Seal),
+}
+
+/// "The segment `name` is finished; the `NAME.partial` you hold is all of it." Sent by the
+/// sender daemon shipping the open segment (`partial_interval`) once the receiver holds the
+/// whole segment as its partial: the receiver checks that partial as it would check the
+/// uploaded segment (size, every page header, cluster, timeline, fence) against `digest`, then
+/// makes it the finished segment by renaming it, without the 16 MiB crossing the link again.
+/// Answered `Stored` when done; anything else (`Partial` with what it holds, a refusal) means
+/// "not sealed", and the sender ships the segment as usual, which stays the authority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The finished segment's name (`%f`, no `.partial`).
+    pub name: String,
+    /// Its size in bytes (the segment size).
+    pub size: u64,
+    /// The digest ([`crate::proto::digest`]) of the whole segment as the sender reads it.
+    pub digest: crate::proto::digest::Digest,
 }
 
 /// One step of a base backup (`walship-sender basebackup`), each on its own stream and each
@@ -408,7 +429,7 @@ impl Request {
     pub fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
         match decode_body(body)? {
             WireRequest::Wal(r) => Ok(r),
-            WireRequest::Backup(_) => Err(FrameError::Decode(
+            WireRequest::Backup(_) | WireRequest::Seal(_) => Err(FrameError::Decode(
                 "a base backup request where a WAL file was expected".into(),
             )),
         }

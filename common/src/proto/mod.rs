@@ -31,7 +31,7 @@ pub mod upload;
 
 pub use encoding::{BodyDecoder, BodyEncoder, DecodeError, Encoding};
 pub use frame::{
-    BackupRequest, FrameError, Refusal, Reply, Request, WireRequest, ALPN, PROTOCOL_VERSION,
+    BackupRequest, FrameError, Refusal, Reply, Request, Seal, WireRequest, ALPN, PROTOCOL_VERSION,
 };
 pub use incoming::Incoming;
 pub use outgoing::Outgoing;

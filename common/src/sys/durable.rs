@@ -361,6 +361,46 @@ pub fn append_at(dir: &Path, name: &str, offset: u64, body: &[u8]) -> Result<u64
     Ok(offset + body.len() as u64)
 }
 
+/// Give the regular file `dir/from` (opened as `file`, already checked by the caller) the name
+/// `dir/to` durably: fsync the file (its data was fsynced as it was appended; this only makes
+/// sure), rename without replacing (`renameat2(RENAME_NOREPLACE)`: a file already under `to`
+/// gives [`DurableError::Conflict`] and nothing moves), fsync the directory. A crash leaves
+/// the file under one name or the other, whole either way.
+///
+/// Fault point (feature `failpoints`): `rename-after-rename` (renamed, directory not synced).
+pub fn rename_new(dir: &Path, file: &File, from: &str, to: &str) -> Result<(), DurableError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let src = dir.join(from);
+    let dst = dir.join(to);
+    file.sync_all().map_err(io_err("fsync", &src))?;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (
+        c(&src).map_err(io_err("rename", &src))?,
+        c(&dst).map_err(io_err("rename", &dst))?,
+    );
+    // SAFETY: both paths are NUL-terminated C strings that live across the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            return Err(DurableError::Conflict { path: dst });
+        }
+        return Err(io_err("rename to", &dst)(e));
+    }
+    fault_point!("rename-after-rename", dst);
+    sync_dir(dir)
+}
+
 /// The first `n` bytes (fewer if the file is shorter) of the regular file `path` and its
 /// length; `None` when nothing has that name.
 pub fn read_head(path: &Path, n: usize) -> Result<Option<(Vec<u8>, u64)>, OpenError> {
