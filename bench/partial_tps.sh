@@ -8,6 +8,9 @@
 #
 #   env: RATE_MBS=5 (WAL rate of the throttled runs)  CLIENTS=4  SCALE=10  KEEP=1  OUT=FILE
 #        CARGO_TARGET_DIR (default /tmp/walship-bench-target)  WALSHIP_PG_BINDIR
+#        STANDBY_TMPFS=1: the receiver's archive_dir on tmpfs (/dev/shm), standing in for the
+#        standby host's own disk: in production the receiver's fsyncs are not on the primary's
+#        disk, here they would otherwise queue behind (and ahead of) every commit's WAL flush.
 #
 # One primary (PostgreSQL 15, synchronous_commit on, archive_mode on, archive_command = a
 # walship push that hands off to the daemon), one receiver on loopback. Each round runs, in an
@@ -54,6 +57,7 @@ chown -R postgres "$W"
 
 PIDS=()
 PGDATA=
+SHM=
 as_pg() { runuser -u postgres -- "$@"; }
 stop_pid() {
   local pid=$1 keep=() p
@@ -68,6 +72,7 @@ cleanup() {
   local rc=$? p
   set +e
   trap - EXIT INT TERM
+  [ -n "${SHM:-}" ] && rm -rf "$SHM"
   [ -n "$PGDATA" ] && [ -f "$PGDATA/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA" stop -m immediate >/dev/null 2>&1
   for p in "${PIDS[@]}"; do stop_pid "$p"; done
   if [ "${KEEP:-0}" = 1 ]; then
@@ -109,10 +114,19 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 say "receiver, certificates"
 as_pg "$W/bin/walship-receiver" certs --dir "$W/ws/certs" --server-name localhost >/dev/null
 RPORT=$(free_port udp)
-mkdir -p "$W/ws/archive"; chown postgres "$W/ws/archive"
+if [ "${STANDBY_TMPFS:-0}" = 1 ]; then
+  SHM=$(mktemp -d /dev/shm/walship-partial-tps.XXXXXX)
+  chmod 755 "$SHM"
+  ARCH=$SHM
+  say "archive_dir on tmpfs ($SHM): the standby's disk is not the primary's"
+else
+  ARCH=$W/ws/archive
+  mkdir -p "$ARCH"
+fi
+chown postgres "$ARCH"
 cat >"$W/ws/receiver.toml" <<EOT
 listen = "127.0.0.1:$RPORT"
-archive_dir = "archive"
+archive_dir = "$ARCH"
 cert = "certs/server.pem"
 key = "certs/server.key"
 client_ca = "certs/ca.pem"
@@ -204,8 +218,8 @@ for r in $(seq "$ROUNDS"); do
     daemon_stop
   done
 done
-partials=$(ls "$W/ws/archive" | grep -c "\.partial$" || true)
-finished=$(ls "$W/ws/archive" | grep -c '^[0-9A-F]\{24\}$' || true)
+partials=$(ls "$ARCH" | grep -c "\.partial$" || true)
+finished=$(ls "$ARCH" | grep -c '^[0-9A-F]\{24\}$' || true)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
@@ -225,7 +239,8 @@ lat = lambda r: float(r[8])
 L = []
 L.append(f"walship partial_tps: {os.popen('date -u +%Y-%m-%dT%H:%MZ').read().strip()}, CPU $CPU, {os.cpu_count()} cores; "
          f"PostgreSQL 15, pgbench scale $SCALE, -c $CLIENTS -j 2, $SECS s per run, $ROUNDS interleaved rounds (order alternates), "
-         f"synchronous_commit on; daemon with pgdata + conninfo, with and without partial_interval = \"200ms\"; receiver on loopback.")
+         f"synchronous_commit on; daemon with pgdata + conninfo, with and without partial_interval = \"200ms\"; receiver on loopback, "
+         f"archive_dir {'on tmpfs (STANDBY_TMPFS=1: the standby disk is not the primary disk)' if '${STANDBY_TMPFS:-0}' == '1' else 'on the primary disk'}.")
 L.append(f"Machine load (/proc/loadavg 1/5/15 min): at the start $LOAD_START, at the end $LOAD_END. "
          f"Throttled runs: pgbench -R $RATE (calibrated at $PER_TX WAL bytes per transaction for $RATE_MBS MB/s).")
 L.append("")
