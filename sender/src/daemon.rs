@@ -31,7 +31,7 @@ use walship_common::proto::frame::{close_meaning, CLOSE_DONE};
 use walship_common::proto::handoff::{
     encode_status, Handoff, HandoffReply, StatusRequest, HANDOFF, STATUS, STATUS_MAGIC,
 };
-use walship_common::proto::{Request, Seal};
+use walship_common::proto::{Refusal, Request, Seal};
 use walship_common::sys::config::{ReceiverTarget, Require, SenderSettings};
 use walship_common::sys::frame_io::{read_frame, ReadError};
 use walship_common::WalFileName;
@@ -218,6 +218,8 @@ struct Link {
     /// when the segment is finished and the receiver holds it whole, a [`Seal`] replaces the
     /// upload.
     partial: Mutex<Option<(walship_common::SegmentName, u64)>>,
+    /// The receiver answered a seal `Malformed`: built before seals; upload from then on.
+    no_seals: std::sync::atomic::AtomicBool,
 }
 
 impl Daemon {
@@ -777,6 +779,7 @@ impl Link {
             wake: tokio::sync::Notify::new(),
             adapt: Mutex::new(Adapt::new(push::fixed_codec(settings))),
             partial: Mutex::new(None),
+            no_seals: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -806,8 +809,11 @@ impl Link {
         let Ok(WalFileName::Segment(seg)) = name.parse::<WalFileName>() else {
             return None;
         };
+        if self.no_seals.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let hint = *self.partial.lock().unwrap_or_else(|p| p.into_inner());
-        tracing::debug!(segment = %name, ?hint, "seal?");
+        tracing::debug!(segment = %name, ?hint, "finished: what the receiver holds of its partial");
         let (held_seg, mut held) = hint?;
         if held_seg != seg || held > size {
             return None;
@@ -823,6 +829,10 @@ impl Link {
             let append = push::append(settings, &self.receiver, &conn, &pname, held, &bytes);
             match timeout(settings.timeout, append).await.ok()?.ok()? {
                 Reply::Partial { bytes: now } if now > held => {
+                    if now == to {
+                        let start = seg.start_lsn(size).map(|l| l.0).unwrap_or(0);
+                        metrics::partial_appended(self.address(), to - held, start + now);
+                    }
                     held = now;
                     self.note_partial(seg, held);
                 }
@@ -853,7 +863,17 @@ impl Link {
                 None
             }
             Ok(Err(e)) => {
-                tracing::debug!(segment = %name, "not sealed ({e}); uploading it");
+                if let SenderError::Refused {
+                    refusal: Refusal::Malformed { .. },
+                    ..
+                } = e
+                {
+                    tracing::info!(receiver = %self.address(), "the receiver does not know seals (a release before them): finished segments are uploaded whole; upgrade it to stop shipping them twice");
+                    self.no_seals
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    tracing::debug!(segment = %name, "not sealed ({e}); uploading it");
+                }
                 None
             }
             Err(_) => None,
