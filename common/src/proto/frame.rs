@@ -430,7 +430,7 @@ impl Request {
         match decode_body(body)? {
             WireRequest::Wal(r) => Ok(r),
             WireRequest::Backup(_) | WireRequest::Seal(_) => Err(FrameError::Decode(
-                "a base backup request where a WAL file was expected".into(),
+                "a base backup or seal request where a WAL file was expected".into(),
             )),
         }
     }
