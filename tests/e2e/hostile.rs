@@ -65,6 +65,20 @@ impl Rig {
         }
     }
 
+    /// Like [`start`](Self::start) (idle_timeout 2 s) with `/metrics` on a free port; the
+    /// rig and the port.
+    pub fn start_with_metrics(name: &str) -> (Rig, u16) {
+        let mut rig = Rig::configure(name, "2s");
+        let port = walship_tests::net::free_tcp_port();
+        append(
+            &rig.sc,
+            &rig.setup.config,
+            &format!("metrics_listen = \"127.0.0.1:{port}\"\n"),
+        );
+        rig.spawn();
+        (rig, port)
+    }
+
     /// Start `serve` (appending to `receiver.log`).
     pub fn spawn(&mut self) {
         assert!(self.rx.is_none(), "receiver already running");

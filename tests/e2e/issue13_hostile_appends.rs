@@ -19,13 +19,12 @@ use walship_common::proto::{Refusal, Reply, Request};
 use walship_common::state::{Fence, FENCE_FILE, PIN_FILE};
 use walship_common::wal::partial::MAX_APPEND_BYTES;
 use walship_common::{Lsn, TimelineId};
-use walship_tests::net::free_tcp_port;
 use walship_tests::raw::{honest_request, read_reply, RawClient, StreamEnd};
 use walship_tests::segments::{segment_name, segno};
 use walship_tests::walship::{archive_names, assert_pushed};
 use walship_tests::{donors, Segment};
 
-use crate::hostile::{append as append_config, temps, Rig};
+use crate::hostile::{temps, Rig};
 use crate::issue11_metrics::Scrape;
 
 /// PostgreSQL's WAL page (XLOG_BLCKSZ) of the donor clusters.
@@ -120,14 +119,7 @@ fn with_u32(bytes: &[u8], at: usize, v: u32) -> Vec<u8> {
 #[test]
 fn hostile_appends_are_refused_and_change_nothing() {
     let d = donors();
-    let mut rig = Rig::configure("issue13_hostile_appends", "2s");
-    let port = free_tcp_port();
-    append_config(
-        &rig.sc,
-        &rig.setup.config,
-        &format!("metrics_listen = \"127.0.0.1:{port}\"\n"),
-    );
-    rig.spawn();
+    let (rig, port) = Rig::start_with_metrics("issue13_hostile_appends");
     let archive = rig.setup.archive_dir.clone();
     let seg = &d.home[1];
     let mut a = Attack {

@@ -14,13 +14,12 @@ use walship_common::proto::digest::digest;
 use walship_common::proto::{Refusal, Reply, Seal, WireRequest};
 use walship_common::state::{Fence, FENCE_FILE};
 use walship_common::{Lsn, TimelineId};
-use walship_tests::net::free_tcp_port;
 use walship_tests::raw::{honest_request, RawClient, StreamEnd};
 use walship_tests::segments::segno;
 use walship_tests::walship::assert_pushed;
 use walship_tests::{donors, Segment};
 
-use crate::hostile::{append as append_config, Rig};
+use crate::hostile::Rig;
 use crate::issue11_metrics::Scrape;
 
 const SEG: usize = 16 << 20;
@@ -63,14 +62,7 @@ fn held(archive: &Path, name: &str) -> Option<Vec<u8>> {
 #[test]
 fn a_seal_is_taken_only_for_the_whole_partial_with_the_right_digest() {
     let d = donors();
-    let mut rig = Rig::configure("issue13_seal", "2s");
-    let port = free_tcp_port();
-    append_config(
-        &rig.sc,
-        &rig.setup.config,
-        &format!("metrics_listen = \"127.0.0.1:{port}\"\n"),
-    );
-    rig.spawn();
+    let (rig, port) = Rig::start_with_metrics("issue13_seal");
     let archive = rig.setup.archive_dir.clone();
     let raw = RawClient::connect(&rig.setup.addr, &rig.certs);
     let seg = &d.home[1];
