@@ -1026,7 +1026,7 @@ async fn pump<S: Feed>(
     let refuse = |r: Refusal| Outcome::Reply(Reply::Refused(r));
     let batch = match incoming.encoding() {
         Encoding::Plain => WRITE_BUF,
-        Encoding::Zstd => ZSTD_BATCH,
+        Encoding::Zstd | Encoding::Lz4 => ZSTD_BATCH,
     };
     let mut buf = vec![0u8; batch.min(incoming.max_wire() as usize).max(1)];
     let (mut filled, mut wire) = (0, 0u64);

@@ -24,7 +24,7 @@ use quinn::VarInt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::timeout;
-use walship_common::adapt::{Adapt, Sample};
+use walship_common::adapt::{Adapt, Codec, Sample};
 use walship_common::fanout::{FanoutStatus, ReceiverStatus};
 use walship_common::lookahead::{self, Book, FileIdentity, Lookup, Outcome, SETTLE};
 use walship_common::proto::frame::{close_meaning, CLOSE_DONE};
@@ -894,20 +894,24 @@ impl Link {
         self.adapt.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Take in a stored transfer's numbers; say so when the codec for this link changes.
+    /// Take in a stored transfer's numbers; say so when the codec for this link changes (a
+    /// one-transfer try of a faster codec only in the debug log).
     fn observe(&self, sample: Sample) {
         let mut adapt = self.adapt();
-        let before = adapt.codec();
+        let before = adapt.settled();
         tracing::debug!(receiver = %self.address(), ?sample, "transfer measured");
-        if let Some(now) = adapt.observe(sample) {
-            let link = adapt.link_speed().unwrap_or(0.0);
+        let changed = adapt.observe(sample);
+        let now = adapt.settled();
+        let link = walship_common::human::size(adapt.link_speed().unwrap_or(0.0) as u64);
+        if now != before {
             tracing::info!(
                 receiver = %self.address(),
-                "compression: {now} instead of {before} (link about {}/s, last transfer {} in {} to compress)",
-                walship_common::human::size(link as u64),
+                "compression: {now} instead of {before} (link about {link}/s, last transfer {} in {} to compress)",
                 walship_common::human::size(sample.plain),
                 walship_common::human::duration(sample.compress),
             );
+        } else if let Some(next) = changed {
+            tracing::debug!(receiver = %self.address(), "compression: {next} for the next transfer (settled on {now}; link about {link}/s)");
         }
     }
 
@@ -950,7 +954,7 @@ impl Link {
         } else {
             push::fixed_codec(settings)
         };
-        let attempt = |conn: quinn::Connection| {
+        let attempt = |conn: quinn::Connection, codec: Codec| {
             let request = request.clone();
             async move {
                 let progress = push::Progress::default();
@@ -969,12 +973,21 @@ impl Link {
             }
         };
         let conn = self.connection().await?;
-        let result = match attempt(conn.clone()).await {
+        let result = match attempt(conn.clone(), codec).await {
             Err(SenderError::ConnectionLost { .. } | SenderError::Handshake { .. })
                 if conn.close_reason().is_some() =>
             {
                 tracing::info!(receiver = %self.address(), %name, "warm connection was gone; retrying on a new one");
-                attempt(self.connection().await?).await
+                attempt(self.connection().await?, codec).await
+            }
+            Err(SenderError::Refused {
+                refusal: walship_common::proto::Refusal::Malformed { reason },
+                ..
+            }) if settings.adaptive && codec == Codec::Lz4 => {
+                // A receiver built before LZ4 cannot read the request: zstd from now on.
+                let next = self.adapt().forbid(Codec::Lz4).unwrap_or(Codec::Zstd(1));
+                tracing::info!(receiver = %self.address(), "this receiver does not take lz4 ({reason}): it is probably older than this sender; {next} from now on (upgrade it to let \"auto\" use lz4 on a fast link)");
+                attempt(self.connection().await?, next).await
             }
             other => other,
         };

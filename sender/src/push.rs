@@ -217,6 +217,7 @@ pub fn fixed_codec(settings: &SenderSettings) -> Codec {
     match settings.compression {
         Encoding::Plain => Codec::Store,
         Encoding::Zstd => Codec::Zstd(settings.compression_level),
+        Encoding::Lz4 => Codec::Lz4,
     }
 }
 
@@ -506,6 +507,10 @@ pub async fn transfer(
             request.encoding = Encoding::Zstd;
             level
         }
+        Codec::Lz4 => {
+            request.encoding = Encoding::Lz4;
+            settings.compression_level
+        }
     };
     let (threads, _compressing) = Compressing::threads(settings);
     let outgoing =
@@ -556,6 +561,14 @@ pub async fn transfer(
         Reply::AlreadyHad => Ok(Pushed::AlreadyHad),
         Reply::Ready { .. } => {
             Err(fail.lost("the receiver answered a WAL file as a base backup".into()))
+        }
+        Reply::Refused(Refusal::Malformed { reason }) if codec == Codec::Lz4 => {
+            Err(SenderError::Refused {
+                name: name.clone(),
+                refusal: Refusal::Malformed {
+                    reason: format!("{reason} (sent with compression = \"lz4\": a receiver older than lz4 cannot read it; upgrade walship-receiver or set compression = \"zstd\")"),
+                },
+            })
         }
         Reply::Refused(refusal) => Err(SenderError::Refused {
             name: name.clone(),

@@ -401,6 +401,92 @@ fn hostile_compressed_streams() {
 }
 
 #[test]
+fn hostile_lz4_streams() {
+    use walship_common::proto::{BodyEncoder, Encoding};
+    let d = donors();
+    let mut rig = Rig::start("hostile_lz4", "2s");
+    let raw = rig.raw();
+    let seg = &d.home[1];
+    let lz4 = |plain: &[u8]| {
+        let mut e = BodyEncoder::new(Encoding::Lz4, 1, plain.len() as u64).expect("encoder");
+        let mut out = Vec::new();
+        e.encode(plain, &mut out).expect("encode");
+        e.finish(&mut out).expect("finish");
+        out
+    };
+    let mut req = honest_request(&seg.name, &seg.bytes);
+    req.encoding = Encoding::Lz4;
+    let trailed = |wire: &[u8]| with_trailer(wire, &seg.bytes);
+    let malformed = |end: StreamEnd, what: &str, says: &str| {
+        let r = refusal(end, what);
+        assert!(
+            matches!(&r, Refusal::Malformed { reason } if reason.contains(says)),
+            "{what}: {r:?}"
+        );
+    };
+
+    // A block header asking for more than any LZ4 block (a 2 GiB "block").
+    let mut huge = (0x7fff_ff00u32).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[0x5a; 4096]);
+    malformed(
+        raw.upload_wire(&req, &trailed(&huge)),
+        "huge block",
+        "LZ4 block of",
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // A block that does not decode.
+    let mut garbage = 4096u32.to_le_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 4096]);
+    malformed(
+        raw.upload_wire(&req, &trailed(&garbage)),
+        "garbage block",
+        "does not decode",
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // The honest stream cut before its end header.
+    let wire = lz4(&seg.bytes);
+    let r = refusal(
+        raw.upload_wire(&req, &trailed(&wire[..wire.len() - 4])),
+        "no end header",
+    );
+    assert!(
+        matches!(&r, Refusal::Malformed { reason } if reason.contains("before the end of the LZ4 blocks")),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // Blocks that inflate past the announced size (a decompression bomb): refused as soon as
+    // the plain bytes pass the announcement, never written beyond it.
+    let mut bomb_plain = seg.bytes.clone();
+    bomb_plain.extend(std::iter::repeat_n(0u8, 64 << 20));
+    let r = refusal(
+        raw.upload_wire(&req, &trailed(&lz4(&bomb_plain))),
+        "lz4 bomb",
+    );
+    assert!(
+        matches!(&r, Refusal::SizeMismatch { announced, .. } if *announced == seg.bytes.len() as u64),
+        "{r:?}"
+    );
+    assert_nothing_under(rig.archive(), &seg.name);
+
+    // The honest LZ4 upload is stored byte-identical.
+    assert!(
+        matches!(
+            raw.upload_wire(&req, &trailed(&wire)),
+            StreamEnd::Reply(Reply::Stored)
+        ),
+        "honest lz4 upload"
+    );
+    assert_eq!(
+        fs::read(rig.archive().join(&seg.name)).expect("stored"),
+        seg.bytes
+    );
+    rig.stop_and_check(&HOSTILE_WARNINGS);
+}
+
+#[test]
 fn lying_sizes_and_digests() {
     let d = donors();
     let mut rig = Rig::start("hostile_sizes", "2s");

@@ -5,6 +5,14 @@
 //! encoder and capped at the same value by the decoder, so a transfer never holds more than a
 //! 2 MiB window whatever the segment size or the level, and a hostile frame asking for a bigger
 //! one is refused instead of allocated.
+//!
+//! LZ4 ([`Encoding::Lz4`], the fast codec for links faster than zstd compresses) is a sequence
+//! of blocks of at most [`LZ4_BLOCK`] plain bytes, each compressed on its own (LZ4's block
+//! format), in walship's own framing: a 4-byte little-endian header per block, the block's
+//! length on the wire in the low 31 bits and the top bit set when the block is stored as it is
+//! (it did not shrink); a header of 0 ends the stream. A decoder holds one block in and one
+//! block out (about 512 KiB), whatever the peer declares: a longer block, an empty one, a block
+//! that decodes to more than [`LZ4_BLOCK`] or does not decode are refused.
 
 use serde::{Deserialize, Serialize};
 use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
@@ -23,6 +31,18 @@ pub enum Encoding {
     Plain,
     /// One zstd frame holding the file's bytes.
     Zstd,
+    /// LZ4 blocks in walship's framing (see the module's text). Added after protocol 5's
+    /// first release: a receiver built before it answers an upload in it `Malformed`.
+    Lz4,
+}
+
+/// Plain bytes per LZ4 block (the last block of a file may be shorter).
+pub const LZ4_BLOCK: usize = 256 << 10;
+/// The top bit of an LZ4 block header: the block is stored, not compressed.
+const LZ4_STORED: u32 = 1 << 31;
+/// Longest LZ4 block on the wire (LZ4's worst case for [`LZ4_BLOCK`] plain bytes).
+fn lz4_max_block() -> usize {
+    lz4_flex::block::get_maximum_output_size(LZ4_BLOCK)
 }
 
 /// Most wire bytes a `size`-byte file can take in this encoding: beyond it the sender is
@@ -32,6 +52,12 @@ pub fn max_wire_bytes(encoding: Encoding, size: u64) -> u64 {
         Encoding::Plain => size,
         // zstd's own worst case (ZSTD_COMPRESSBOUND), plus slack for the frame header.
         Encoding::Zstd => size + size / 255 + (128 << 10) + 4096,
+        // Every block at its worst (stored blocks are never longer than compressed ones
+        // would be), a header each, and the end header.
+        Encoding::Lz4 => {
+            let blocks = size.div_ceil(LZ4_BLOCK as u64);
+            size + blocks * ((lz4_max_block() - LZ4_BLOCK) as u64 + 4) + 4
+        }
     }
 }
 
@@ -49,11 +75,114 @@ pub enum DecodeError {
     TrailingData,
     #[error("compressed stream: ends in the middle of the zstd frame")]
     Truncated,
+    /// An LZ4 block header or block the framing does not allow, or a block that does not
+    /// decode.
+    #[error("compressed stream: {0}")]
+    Lz4(String),
+    #[error("compressed stream: data after the end of the LZ4 blocks")]
+    Lz4TrailingData,
+    #[error("compressed stream: ends before the end of the LZ4 blocks")]
+    Lz4Truncated,
 }
 
 /// Turns wire bytes into plain bytes, chunk by chunk.
 pub struct BodyDecoder {
     zstd: Option<ZstdState>,
+    lz4: Option<Lz4State>,
+}
+
+/// Where the LZ4 decoder is in the block sequence.
+struct Lz4State {
+    /// Header bytes gathered so far (a header may arrive split across inputs).
+    header: Vec<u8>,
+    /// The current block's header once whole: its wire length and whether it is stored.
+    block: Option<(usize, bool)>,
+    /// The current block's bytes gathered so far.
+    data: Vec<u8>,
+    out: Vec<u8>,
+    done: bool,
+}
+
+impl Lz4State {
+    fn new() -> Self {
+        Lz4State {
+            header: Vec::with_capacity(4),
+            block: None,
+            data: Vec::new(),
+            out: vec![0u8; LZ4_BLOCK],
+            done: false,
+        }
+    }
+
+    fn decode<E: From<DecodeError>>(
+        &mut self,
+        mut input: &[u8],
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !input.is_empty() {
+            if self.done {
+                return Err(DecodeError::Lz4TrailingData.into());
+            }
+            let Some((len, stored)) = self.block else {
+                let take = (4 - self.header.len()).min(input.len());
+                self.header.extend_from_slice(&input[..take]);
+                input = &input[take..];
+                if self.header.len() == 4 {
+                    let h = u32::from_le_bytes(self.header[..].try_into().expect("4 bytes"));
+                    self.header.clear();
+                    if h == 0 {
+                        self.done = true;
+                        continue;
+                    }
+                    let (len, stored) = ((h & !LZ4_STORED) as usize, h & LZ4_STORED != 0);
+                    let max = if stored { LZ4_BLOCK } else { lz4_max_block() };
+                    if len == 0 || len > max {
+                        return Err(DecodeError::Lz4(format!(
+                            "an LZ4 block of {len} bytes (1 to {max} allowed)"
+                        ))
+                        .into());
+                    }
+                    self.block = Some((len, stored));
+                }
+                continue;
+            };
+            if self.data.is_empty() && input.len() >= len {
+                // The whole block is in this input: no copy.
+                let (block, rest) = input.split_at(len);
+                input = rest;
+                self.emit(block, stored, sink)?;
+            } else {
+                let take = (len - self.data.len()).min(input.len());
+                self.data.extend_from_slice(&input[..take]);
+                input = &input[take..];
+                if self.data.len() == len {
+                    let block = std::mem::take(&mut self.data);
+                    self.emit(&block, stored, sink)?;
+                    self.data = block;
+                    self.data.clear();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit<E: From<DecodeError>>(
+        &mut self,
+        block: &[u8],
+        stored: bool,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.block = None;
+        if stored {
+            return sink(block);
+        }
+        let n = lz4_flex::block::decompress_into(block, &mut self.out)
+            .map_err(|e| DecodeError::Lz4(format!("an LZ4 block that does not decode: {e}")))?;
+        if n == 0 {
+            return Err(DecodeError::Lz4("an LZ4 block of no bytes".into()).into());
+        }
+        sink(&self.out[..n])
+    }
 }
 
 struct ZstdState {
@@ -66,7 +195,7 @@ impl BodyDecoder {
     pub fn new(encoding: Encoding) -> Result<Self, DecodeError> {
         let setup = |e: std::io::Error| DecodeError::Setup(e.to_string());
         let zstd = match encoding {
-            Encoding::Plain => None,
+            Encoding::Plain | Encoding::Lz4 => None,
             Encoding::Zstd => {
                 let mut decoder = Decoder::new().map_err(setup)?;
                 decoder
@@ -79,7 +208,8 @@ impl BodyDecoder {
                 })
             }
         };
-        Ok(BodyDecoder { zstd })
+        let lz4 = (encoding == Encoding::Lz4).then(Lz4State::new);
+        Ok(BodyDecoder { zstd, lz4 })
     }
 
     /// Decode `input`, handing the plain bytes to `sink` in pieces of at most 256 KiB. The
@@ -89,6 +219,9 @@ impl BodyDecoder {
         input: &[u8],
         sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
+        if let Some(l) = &mut self.lz4 {
+            return l.decode(input, sink);
+        }
         let Some(z) = &mut self.zstd else {
             return sink(input);
         };
@@ -119,8 +252,9 @@ impl BodyDecoder {
 
     /// After the last input: the compressed frame must be complete.
     pub fn finish(&self) -> Result<(), DecodeError> {
-        match &self.zstd {
-            Some(z) if !z.frame_done => Err(DecodeError::Truncated),
+        match (&self.zstd, &self.lz4) {
+            (Some(z), _) if !z.frame_done => Err(DecodeError::Truncated),
+            (_, Some(l)) if !l.done => Err(DecodeError::Lz4Truncated),
             _ => Ok(()),
         }
     }
@@ -129,6 +263,8 @@ impl BodyDecoder {
 /// Turns plain bytes into wire bytes (sender side).
 pub struct BodyEncoder {
     zstd: Option<Encoder<'static>>,
+    /// LZ4: the plain bytes of the block being filled.
+    lz4: Option<Vec<u8>>,
 }
 
 impl BodyEncoder {
@@ -150,7 +286,7 @@ impl BodyEncoder {
         threads: u32,
     ) -> std::io::Result<Self> {
         let zstd = match encoding {
-            Encoding::Plain => None,
+            Encoding::Plain | Encoding::Lz4 => None,
             Encoding::Zstd => {
                 let mut e = Encoder::new(level)?;
                 e.set_parameter(CParameter::WindowLog(WINDOW_LOG))?;
@@ -162,11 +298,30 @@ impl BodyEncoder {
                 Some(e)
             }
         };
-        Ok(BodyEncoder { zstd })
+        let lz4 = (encoding == Encoding::Lz4).then(|| Vec::with_capacity(LZ4_BLOCK));
+        Ok(BodyEncoder { zstd, lz4 })
     }
 
     /// Encode `input`, appending wire bytes to `out`.
-    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    pub fn encode(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        if let Some(pending) = &mut self.lz4 {
+            while !input.is_empty() {
+                if pending.is_empty() && input.len() >= LZ4_BLOCK {
+                    let (block, rest) = input.split_at(LZ4_BLOCK);
+                    lz4_block(block, out)?;
+                    input = rest;
+                    continue;
+                }
+                let take = (LZ4_BLOCK - pending.len()).min(input.len());
+                pending.extend_from_slice(&input[..take]);
+                input = &input[take..];
+                if pending.len() == LZ4_BLOCK {
+                    lz4_block(pending, out)?;
+                    pending.clear();
+                }
+            }
+            return Ok(());
+        }
         let Some(e) = &mut self.zstd else {
             out.extend_from_slice(input);
             return Ok(());
@@ -182,6 +337,14 @@ impl BodyEncoder {
 
     /// End the stream, appending the last wire bytes to `out`.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if let Some(pending) = &mut self.lz4 {
+            if !pending.is_empty() {
+                lz4_block(pending, out)?;
+                pending.clear();
+            }
+            out.extend_from_slice(&0u32.to_le_bytes());
+            return Ok(());
+        }
         let Some(e) = &mut self.zstd else {
             return Ok(());
         };
@@ -193,6 +356,29 @@ impl BodyEncoder {
             }
         }
     }
+}
+
+/// Append one LZ4 block (1 to [`LZ4_BLOCK`] plain bytes) with its header to `out`: compressed,
+/// or stored when compressing did not shrink it.
+fn lz4_block(plain: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    debug_assert!(!plain.is_empty() && plain.len() <= LZ4_BLOCK);
+    let at = out.len();
+    out.resize(
+        at + 4 + lz4_flex::block::get_maximum_output_size(plain.len()),
+        0,
+    );
+    let n =
+        lz4_flex::block::compress_into(plain, &mut out[at + 4..]).map_err(std::io::Error::other)?;
+    let header = if n < plain.len() {
+        out.truncate(at + 4 + n);
+        n as u32
+    } else {
+        out.truncate(at + 4);
+        out.extend_from_slice(plain);
+        plain.len() as u32 | LZ4_STORED
+    };
+    out[at..at + 4].copy_from_slice(&header.to_le_bytes());
+    Ok(())
 }
 
 /// Make sure `out` has spare capacity for the encoder to write into.
@@ -312,9 +498,99 @@ mod tests {
         assert_eq!(decode_all(Encoding::Zstd, &wire, 1 << 16).unwrap(), body);
         // ...one declaring a 16 MiB window does not.
         let mut big = Vec::new();
-        let mut enc = BodyEncoder { zstd: Some(e) };
+        let mut enc = BodyEncoder {
+            zstd: Some(e),
+            lz4: None,
+        };
         enc.encode(&body, &mut big).unwrap();
         enc.finish(&mut big).unwrap();
         assert!(decode_all(Encoding::Zstd, &big, 1 << 16).is_err());
+    }
+
+    #[test]
+    fn lz4_round_trips_in_any_chunking_and_shrinks() {
+        let body = wal_like((3 << 20) + 12345);
+        for (ec, dc) in [
+            (1 << 20, 7),
+            (4096, 1000),
+            (LZ4_BLOCK, 1 << 20),
+            (1 << 22, 3),
+        ] {
+            let wire = encode_all(Encoding::Lz4, &body, ec);
+            assert!(
+                wire.len() * 4 < body.len(),
+                "{} bytes on the wire",
+                wire.len()
+            );
+            assert!(wire.len() as u64 <= max_wire_bytes(Encoding::Lz4, body.len() as u64));
+            assert_eq!(
+                decode_all(Encoding::Lz4, &wire, dc).unwrap(),
+                body,
+                "{ec}/{dc}"
+            );
+        }
+        // An empty file is the end header alone.
+        let wire = encode_all(Encoding::Lz4, &[], 10);
+        assert_eq!(wire, [0, 0, 0, 0]);
+        assert_eq!(decode_all(Encoding::Lz4, &wire, 1).unwrap(), b"");
+    }
+
+    #[test]
+    fn lz4_stores_what_does_not_shrink_within_the_wire_bound() {
+        // Noise does not compress: every block goes as it is, and the bound still holds.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let body: Vec<u8> = (0..(LZ4_BLOCK * 2 + 100))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let wire = encode_all(Encoding::Lz4, &body, 1 << 16);
+        assert_eq!(wire.len(), body.len() + 3 * 4 + 4);
+        assert!(wire.len() as u64 <= max_wire_bytes(Encoding::Lz4, body.len() as u64));
+        assert_eq!(decode_all(Encoding::Lz4, &wire, 999).unwrap(), body);
+    }
+
+    #[test]
+    fn hostile_lz4_framing_is_refused() {
+        let body = wal_like(LZ4_BLOCK + 5000);
+        let wire = encode_all(Encoding::Lz4, &body, 1 << 16);
+        // Cut anywhere before the end header: truncated.
+        for cut in [1, 3, 4, 100, wire.len() - 4, wire.len() - 1] {
+            let err = decode_all(Encoding::Lz4, &wire[..cut], 64).unwrap_err();
+            assert_eq!(err, DecodeError::Lz4Truncated, "cut at {cut}");
+        }
+        // Bytes after the end header.
+        let mut extra = wire.clone();
+        extra.push(0);
+        let err = decode_all(Encoding::Lz4, &extra, 1 << 20).unwrap_err();
+        assert_eq!(err, DecodeError::Lz4TrailingData);
+        // A block longer than any LZ4 block of LZ4_BLOCK bytes, stored or compressed; an
+        // empty stored block.
+        for header in [
+            (lz4_max_block() as u32 + 1),
+            LZ4_STORED | (LZ4_BLOCK as u32 + 1),
+            LZ4_STORED,
+        ] {
+            let mut w = header.to_le_bytes().to_vec();
+            w.extend_from_slice(&[0; 64]);
+            let err = decode_all(Encoding::Lz4, &w, 1 << 20).unwrap_err();
+            assert!(matches!(err, DecodeError::Lz4(_)), "{header:#x}: {err}");
+        }
+        // A block that does not decode, and one that would decode to more than LZ4_BLOCK
+        // bytes (a match copying past the output's end).
+        let mut garbage = 40u32.to_le_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff; 40]);
+        garbage.extend_from_slice(&[0; 4]);
+        let err = decode_all(Encoding::Lz4, &garbage, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
+        let big = lz4_flex::block::compress(&vec![7u8; LZ4_BLOCK + 1]);
+        let mut w = (big.len() as u32).to_le_bytes().to_vec();
+        w.extend_from_slice(&big);
+        w.extend_from_slice(&[0; 4]);
+        let err = decode_all(Encoding::Lz4, &w, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
     }
 }

@@ -695,11 +695,12 @@ impl SenderSettings {
             None | Some("auto") => (Encoding::Zstd, true),
             Some("zstd") => (Encoding::Zstd, false),
             Some("none") => (Encoding::Plain, false),
+            Some("lz4") => (Encoding::Lz4, false),
             Some(other) => {
                 return Err(src.invalid(
                     "compression",
                     format!("{other:?}"),
-                    "expected \"auto\" (the default), \"zstd\" or \"none\"",
+                    "expected \"auto\" (the default), \"zstd\", \"lz4\" or \"none\"",
                 ))
             }
         };
@@ -1726,9 +1727,15 @@ mod tests {
         assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!((s.compression, s.compression_level), (Encoding::Zstd, 1));
 
-        std::fs::write(&path, "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\ncompression = \"lz4\"\n").unwrap();
+        std::fs::write(&path, "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\ncompression = \"brotli\"\n").unwrap();
         let err = SenderSettings::load(&path).unwrap_err().to_string();
-        assert!(err.contains("compression") && err.contains("lz4"), "{err}");
+        assert!(
+            err.contains("compression") && err.contains("brotli"),
+            "{err}"
+        );
+        std::fs::write(&path, "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\ncompression = \"lz4\"\n").unwrap();
+        let lz4 = SenderSettings::load(&path).unwrap();
+        assert_eq!((lz4.compression, lz4.adaptive), (Encoding::Lz4, false));
         std::fs::write(&path, "receiver = \"h:1\"\nserver_name = \"h\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\ncompression = \"none\"\n").unwrap();
         assert_eq!(
             SenderSettings::load(&path).unwrap().compression,
@@ -1815,11 +1822,11 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_key_value_and_line() {
-        let (path, err) = sender_error(&format!("{SENDER}\tcompression = \"lz4\"\n"));
+        let (path, err) = sender_error(&format!("{SENDER}\tcompression = \"lzo\"\n"));
         assert_eq!(
             err,
             format!(
-                "config {}, line 6: compression = \"lz4\": expected \"auto\" (the default), \"zstd\" or \"none\"\n  |\n6 | \tcompression = \"lz4\"\n  | \t              ^^^^^",
+                "config {}, line 6: compression = \"lzo\": expected \"auto\" (the default), \"zstd\", \"lz4\" or \"none\"\n  |\n6 | \tcompression = \"lzo\"\n  | \t              ^^^^^",
                 path.display()
             )
         );
