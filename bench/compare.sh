@@ -417,7 +417,7 @@ method_cmd() {
     rsyncf) echo "rsync -a --fsync -e \"$SSH_CMD\" %p postgres@127.0.0.1:$d/%f" ;;
     pgbr|pgbrzst|pgbrasync) echo "pgbackrest --config=$P/client.conf --stanza=r$r$m archive-push %p" ;;
     pgbrlocal) echo "pgbackrest --config=$P/localzst.conf --stanza=r$r$m archive-push %p" ;;
-    push|push1|daemon|daemonz|la|la2) echo "$W/bin/walship-sender --config $W/ws/send-r$r$m.toml push %p %f" ;;
+    push|push1|pushl|daemon|daemonz|daemonl|la|la2) echo "$W/bin/walship-sender --config $W/ws/send-r$r$m.toml push %p %f" ;;
   esac
 }
 verify() { # METHOD ROUND SEGMENT: did it arrive whole? (outside the timing)
@@ -451,8 +451,8 @@ sub() { local c=${1//%p/pg_wal/$2}; echo "${c//%f/$2}"; }
 
 METHODS=(copy seed rsync)
 [ "$RSYNC_FSYNC" = 1 ] && METHODS+=(rsyncf)
-METHODS+=(pgbr pgbrzst pgbrlocal push push1)
-[ "$HAVE_DAEMON" = 1 ] && METHODS+=(daemon daemonz la)
+METHODS+=(pgbr pgbrzst pgbrlocal push push1 pushl)
+[ "$HAVE_DAEMON" = 1 ] && METHODS+=(daemon daemonz daemonl la)
 : >"$W/samples.tsv"; : >"$W/backlog.tsv"; : >"$W/rss/receivers"; : >"$W/rss/daemons"
 
 # ---------------------------------------------------------------- Part A: rounds
@@ -473,11 +473,17 @@ for r in $(seq "$ROUNDS"); do
   # Rows 5o and 6o: the previous release's behaviour (one compression thread, zstd-1 always).
   ws_receiver "r${r}push1"
   printf 'compression = "zstd"\ncompression_threads = 1\n' >>"$W/ws/send-r${r}push1.toml"
+  # Rows 5l and 6l: the fast codec pinned (compression = "lz4").
+  ws_receiver "r${r}pushl"
+  printf 'compression = "lz4"\n' >>"$W/ws/send-r${r}pushl.toml"
   if [ "$HAVE_DAEMON" = 1 ]; then
     ws_receiver "r${r}daemon"; ws_daemon "r${r}daemon"
     ws_receiver "r${r}daemonz"
     printf 'compression = "zstd"\ncompression_threads = 1\n' >>"$W/ws/send-r${r}daemonz.toml"
     ws_daemon "r${r}daemonz"
+    ws_receiver "r${r}daemonl"
+    printf 'compression = "lz4"\n' >>"$W/ws/send-r${r}daemonl.toml"
+    ws_daemon "r${r}daemonl"
     # Row 7: the look-ahead daemon ships every .ready segment first; then push finds it shipped.
     ws_receiver "r${r}la"
     only_our_ready; sync; lo_tx; b0=$LO; t0=$(us_now)
@@ -515,10 +521,12 @@ for r in $(seq "$ROUNDS"); do
   fi
   ws_receiver_stop "r${r}push"
   ws_receiver_stop "r${r}push1"
+  ws_receiver_stop "r${r}pushl"
   if [ "$HAVE_DAEMON" = 1 ]; then
     grep -h "compression:" "$W/log/daemon-r${r}daemon.log" >>"$W/adapt.log" || true
     ws_both_stop "r${r}daemon"
     ws_both_stop "r${r}daemonz"
+    ws_both_stop "r${r}daemonl"
     ws_both_stop "r${r}la"
   fi
 
@@ -804,8 +812,10 @@ labels = {
  "pgbrlocal": "4l. pgBackRest archive-push to a LOCAL repository (no network), compress-type=zst level 1",
  "push": "5. walship push, direct (zstd-1, compression_threads default)",
  "push1": "5o. walship push, direct, compression = zstd, compression_threads = 1 (previous behaviour)",
+ "pushl": "5l. walship push, direct, compression = lz4",
  "daemon": "6. walship push through the daemon (no look-ahead; compression = auto, the default)",
  "daemonz": "6o. the same, daemon with compression = zstd, compression_threads = 1 (previous behaviour)",
+ "daemonl": "6l. the same, daemon with compression = lz4 (pinned)",
  "la": "7. walship look-ahead: push of a segment the daemon already shipped",
  "lanw": "7n. the same pushes as 7, without the wrapper (sh -c forked as the archiver does)",
  "la2": "7b. walship look-ahead (lookahead=4), backlog of N .ready: total / N",
@@ -818,7 +828,7 @@ L.append("Machine load (/proc/loadavg 1/5/15 min): at the start $LOAD_START, at 
 L.append("")
 L.append("| method | median ms/segment | min | max | MB/s | ratio to (1) | wire bytes/segment (lo, both directions) | peak RSS sender MiB | peak RSS receiver MiB |")
 L.append("|---|---|---|---|---|---|---|---|---|")
-order = ["copy", "seed", "rsync", "rsyncf", "pgbr", "pgbrzst", "pgbrlocal", "pgbrasync", "push", "push1", "daemon", "daemonz", "la", "lanw", "la2"]
+order = ["copy", "seed", "rsync", "rsyncf", "pgbr", "pgbrzst", "pgbrlocal", "pgbrasync", "push", "push1", "pushl", "daemon", "daemonz", "daemonl", "la", "lanw", "la2"]
 for m in order:
     if m in samples:
         v = samples[m]; t = [x[0] for x in v]
@@ -837,8 +847,8 @@ for m in order:
     rcv = ""
     if m in ("rsync", "rsyncf"): rcv = f"{mib(sshd)} (sshd tree)"
     elif m.startswith("pgbr"): rcv = f"{mib(pgbr_srv)} (server tree)"
-    elif m in ("push", "push1", "daemon", "daemonz", "la", "la2"): rcv = mib(recv_max(m))
-    if m in ("daemon", "daemonz", "la", "la2") and daem_max(m) is not None: snd = f"push {snd} + daemon {mib(daem_max(m))}"
+    elif m in ("push", "push1", "pushl", "daemon", "daemonz", "daemonl", "la", "la2"): rcv = mib(recv_max(m))
+    if m in ("daemon", "daemonz", "daemonl", "la", "la2") and daem_max(m) is not None: snd = f"push {snd} + daemon {mib(daem_max(m))}"
     if m == "pgbrasync": snd = f"{snd} (foreground; async worker not measured)"
     wire_s = "0 (local)" if m in ("copy", "seed", "pgbrlocal") else f"{wire:,.0f}"
     if m == "lanw": wire_s, snd, rcv = "as 7", "as 7", "as 7"
@@ -864,8 +874,10 @@ if "copy" in med:
             L.append(f"| {label} | {med[a] / med[b]:.2f} | {target} |")
     ratio("push", "copy", "direct push (5) / durable local copy (1)", "<= 1.5")
     ratio("push1", "copy", "direct push, one thread (5o) / durable local copy (1)", "")
+    ratio("pushl", "copy", "direct push, lz4 (5l) / durable local copy (1)", "")
     ratio("daemon", "copy", "daemon push (6) / durable local copy (1)", "<= 1.2")
     ratio("daemonz", "copy", "daemon push, zstd-1 one thread (6o) / durable local copy (1)", "")
+    ratio("daemonl", "copy", "daemon push, lz4 pinned (6l) / durable local copy (1)", "")
     ratio("la", "copy", "look-ahead push (7) / durable local copy (1)", "")
     ratio("pgbrlocal", "daemon", "pgBackRest local zst-1 (4l) / daemon push (6): daemon's speed-up", ">= 2")
     ratio("pgbrlocal", "push", "pgBackRest local zst-1 (4l) / direct push (5)", "")

@@ -17,9 +17,10 @@
 //! would go faster (measured on loopback: LZ4 50 ms per 16 MiB segment, zstd-1 62 ms, because
 //! the receiver decodes LZ4 three times faster). So what a codec was measured to take per
 //! plain byte (the whole transfer, `elapsed / plain`) wins over the model once known, and the
-//! next faster codec is tried now and then ([`PROBE_FIRST`] transfers after a change, then
-//! twice as long after each try that did not win, up to [`PROBE_MAX`]): one transfer in
-//! [`PROBE_FIRST`] at worst, almost none once a link has settled.
+//! next faster codec is tried now and then ([`PROBE_START`] transfers after the start,
+//! [`PROBE_FIRST`] after a change, then twice as long after each try that did not win, up to
+//! [`PROBE_MAX`]): one transfer in [`PROBE_FIRST`] at worst, almost none once a link has
+//! settled.
 
 use std::time::Duration;
 /// What one transfer is sent with.
@@ -63,6 +64,8 @@ const SMOOTHING: f64 = 0.4;
 pub const MIN_SAMPLE_BYTES: u64 = 1 << 20;
 /// Transfers after a change of codec before the next faster one is tried.
 pub const PROBE_FIRST: u32 = 8;
+/// Transfers before the first try of a daemon's life: a new daemon settles early.
+pub const PROBE_START: u32 = 2;
 /// Longest wait between two tries of the next faster codec (doubled after each try that lost).
 pub const PROBE_MAX: u32 = 512;
 
@@ -154,7 +157,7 @@ impl Adapt {
             link_known: false,
             measured: Vec::new(),
             since_probe: 0,
-            probe_after: PROBE_FIRST,
+            probe_after: PROBE_START,
             probing: None,
             forbidden: Vec::new(),
         }
@@ -260,7 +263,7 @@ impl Adapt {
                 next
             } else {
                 self.probing = None;
-                self.probe_after = (self.probe_after * 2).min(PROBE_MAX);
+                self.probe_after = (self.probe_after * 2).clamp(PROBE_FIRST, PROBE_MAX);
                 back
             };
             self.since_probe = 0;
@@ -479,13 +482,16 @@ mod tests {
 
     #[test]
     fn a_100_mbit_link_keeps_compressing_at_level_1_or_higher() {
-        // Apart from a try of level -3 now and then, ever rarer (8, 16, 32 transfers apart),
-        // each lost and undone at once.
+        // Apart from a try of level -3 now and then, ever rarer (after 2 transfers, then 8,
+        // 16, 32 apart), each lost and undone at once.
         let mut a = Adapt::new(Codec::Zstd(1));
         let used = run_tries(&mut a, 12.5 * MB, 400.0 * MB, 12.0, 100);
         let tries: Vec<usize> = (0..used.len()).filter(|i| used[*i].1).collect();
-        assert_eq!(tries.len(), 3, "{used:?}");
-        assert!(tries.windows(2).all(|w| w[1] - w[0] > 16), "{used:?}");
+        assert_eq!(tries.len(), 4, "{used:?}");
+        assert!(
+            tries.windows(3).all(|w| w[2] - w[1] > w[1] - w[0]),
+            "{used:?}"
+        );
         assert!(
             used.iter()
                 .all(|(c, t)| *t && *c == Codec::Zstd(-3) || matches!(c, Codec::Zstd(l) if *l >= 1)),
@@ -563,7 +569,7 @@ mod tests {
         }
         assert_eq!(a.codec(), Codec::Lz4, "{used:?}");
         let first = used.iter().position(|c| *c == Codec::Lz4).expect("tried");
-        assert!(first <= PROBE_FIRST as usize + 2, "{used:?}");
+        assert!(first <= PROBE_START as usize + 2, "{used:?}");
         // From then on LZ4, but for single transfers: a codec the model predicts better from
         // the new link figure and never measured (tried once), and a try of storing.
         let others = used[first..].iter().filter(|c| **c != Codec::Lz4).count();
