@@ -74,8 +74,8 @@ fn a_bad_sender_toml_names_file_line_key_and_value_with_a_caret() {
             "receiver = \"10.0.0.7\": expected host:port",
         ),
         (
-            "receiver = \"10.0.0.7:7443\"\ncompression = \"lz4\"\n",
-            "compression = \"lz4\": expected \"auto\" (the default), \"zstd\" or \"none\"",
+            "receiver = \"10.0.0.7:7443\"\ncompression = \"lzma\"\n",
+            "compression = \"lzma\": expected \"auto\" (the default), \"zstd\", \"lz4\" or \"none\"",
         ),
         (
             "receiver = \"10.0.0.7:7443\"\ncompression_threads = 0\n",
