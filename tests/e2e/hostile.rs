@@ -331,18 +331,11 @@ fn other_versions_are_told_to_upgrade(raw: &RawClient, rig: &Rig, seg: &Segment)
 
 #[test]
 fn hostile_compressed_streams() {
-    use walship_common::proto::{BodyEncoder, Encoding};
+    use walship_common::proto::Encoding;
     let d = donors();
     let mut rig = Rig::start("hostile_zstd", "2s");
     let raw = rig.raw();
     let seg = &d.home[1];
-    let zstd = |plain: &[u8]| {
-        let mut e = BodyEncoder::new(Encoding::Zstd, 1, plain.len() as u64).expect("encoder");
-        let mut out = Vec::new();
-        e.encode(plain, &mut out).expect("encode");
-        e.finish(&mut out).expect("finish");
-        out
-    };
     let mut req = honest_request(&seg.name, &seg.bytes);
     req.encoding = Encoding::Zstd;
 
@@ -360,7 +353,7 @@ fn hostile_compressed_streams() {
     assert_nothing_under(rig.archive(), &seg.name);
 
     // A frame cut short.
-    let wire = zstd(&seg.bytes);
+    let wire = compressed(Encoding::Zstd, &seg.bytes);
     let r = refusal(
         raw.upload_wire(&req, &trailed(&wire[..wire.len() / 2])),
         "truncated zstd",
@@ -371,49 +364,16 @@ fn hostile_compressed_streams() {
     );
     assert_nothing_under(rig.archive(), &seg.name);
 
-    // A small frame that inflates past the announced size (a decompression bomb): refused as
-    // soon as the plain bytes pass the announcement, never written beyond it.
-    let mut bomb_plain = seg.bytes.clone();
-    bomb_plain.extend(std::iter::repeat_n(0u8, 64 << 20));
-    let r = refusal(
-        raw.upload_wire(&req, &trailed(&zstd(&bomb_plain))),
-        "zstd bomb",
-    );
-    assert!(
-        matches!(&r, Refusal::SizeMismatch { announced, .. } if *announced == seg.bytes.len() as u64),
-        "{r:?}"
-    );
-    assert_nothing_under(rig.archive(), &seg.name);
-
-    // The honest compressed upload is stored byte-identical.
-    assert!(
-        matches!(
-            raw.upload_wire(&req, &trailed(&wire)),
-            StreamEnd::Reply(Reply::Stored)
-        ),
-        "honest zstd upload"
-    );
-    assert_eq!(
-        fs::read(rig.archive().join(&seg.name)).expect("stored"),
-        seg.bytes
-    );
-    rig.stop_and_check(&HOSTILE_WARNINGS);
+    bomb_then_honest(&mut rig, &raw, &req, seg);
 }
 
 #[test]
 fn hostile_lz4_streams() {
-    use walship_common::proto::{BodyEncoder, Encoding};
+    use walship_common::proto::Encoding;
     let d = donors();
     let mut rig = Rig::start("hostile_lz4", "2s");
     let raw = rig.raw();
     let seg = &d.home[1];
-    let lz4 = |plain: &[u8]| {
-        let mut e = BodyEncoder::new(Encoding::Lz4, 1, plain.len() as u64).expect("encoder");
-        let mut out = Vec::new();
-        e.encode(plain, &mut out).expect("encode");
-        e.finish(&mut out).expect("finish");
-        out
-    };
     let mut req = honest_request(&seg.name, &seg.bytes);
     req.encoding = Encoding::Lz4;
     let trailed = |wire: &[u8]| with_trailer(wire, &seg.bytes);
@@ -446,7 +406,7 @@ fn hostile_lz4_streams() {
     assert_nothing_under(rig.archive(), &seg.name);
 
     // The honest stream cut before its end header.
-    let wire = lz4(&seg.bytes);
+    let wire = compressed(Encoding::Lz4, &seg.bytes);
     let r = refusal(
         raw.upload_wire(&req, &trailed(&wire[..wire.len() - 4])),
         "no end header",
@@ -457,27 +417,41 @@ fn hostile_lz4_streams() {
     );
     assert_nothing_under(rig.archive(), &seg.name);
 
-    // Blocks that inflate past the announced size (a decompression bomb): refused as soon as
-    // the plain bytes pass the announcement, never written beyond it.
+    bomb_then_honest(&mut rig, &raw, &req, seg);
+}
+
+/// `seg` compressed with `encoding`.
+fn compressed(encoding: walship_common::proto::Encoding, plain: &[u8]) -> Vec<u8> {
+    let mut e =
+        walship_common::proto::BodyEncoder::new(encoding, 1, plain.len() as u64).expect("encoder");
+    let mut out = Vec::new();
+    e.encode(plain, &mut out).expect("encode");
+    e.finish(&mut out).expect("finish");
+    out
+}
+
+/// The end of both compressed-stream tests, in `req`'s encoding: a small stream that inflates
+/// past the announced size (a decompression bomb) is refused as soon as the plain bytes pass
+/// the announcement, nothing stored; then the honest upload is stored byte-identical.
+fn bomb_then_honest(rig: &mut Rig, raw: &RawClient, req: &Request, seg: &Segment) {
     let mut bomb_plain = seg.bytes.clone();
     bomb_plain.extend(std::iter::repeat_n(0u8, 64 << 20));
-    let r = refusal(
-        raw.upload_wire(&req, &trailed(&lz4(&bomb_plain))),
-        "lz4 bomb",
-    );
+    let bomb = with_trailer(&compressed(req.encoding, &bomb_plain), &seg.bytes);
+    let r = refusal(raw.upload_wire(req, &bomb), "bomb");
     assert!(
         matches!(&r, Refusal::SizeMismatch { announced, .. } if *announced == seg.bytes.len() as u64),
-        "{r:?}"
+        "{:?}: {r:?}",
+        req.encoding
     );
     assert_nothing_under(rig.archive(), &seg.name);
-
-    // The honest LZ4 upload is stored byte-identical.
+    let honest = with_trailer(&compressed(req.encoding, &seg.bytes), &seg.bytes);
     assert!(
         matches!(
-            raw.upload_wire(&req, &trailed(&wire)),
+            raw.upload_wire(req, &honest),
             StreamEnd::Reply(Reply::Stored)
         ),
-        "honest lz4 upload"
+        "honest {:?} upload",
+        req.encoding
     );
     assert_eq!(
         fs::read(rig.archive().join(&seg.name)).expect("stored"),

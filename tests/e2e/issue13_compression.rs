@@ -37,17 +37,11 @@ fn auto_compression_on_several_threads_ships_what_the_standby_replays() {
             .sql("insert into t select g, md5((g * 7)::text), repeat('x', 100) from generate_series(1, 60000) g");
         last = p.switch_segment();
     }
-    p.wait_archived(&last);
-    let lsn = p.primary.sql("select pg_current_wal_lsn()");
-    p.wait_replayed(&lsn);
-    let want = p
-        .primary
-        .sql("select count(*), sum(g), md5(string_agg(h, '' order by g, h)) from t");
-    assert_eq!(
-        p.standby
-            .sql("select count(*), sum(g), md5(string_agg(h, '' order by g, h)) from t"),
-        want,
-        "the standby replayed what the daemon shipped"
+    replayed_alike(
+        &p,
+        &last,
+        "select count(*), sum(g), md5(string_agg(h, '' order by g, h)) from t",
+        "the daemon",
     );
     let stored = fs::read(p.setup.archive_dir.join(&last)).expect("read the archived segment");
     assert_eq!(stored.len(), 16 << 20);
@@ -100,4 +94,17 @@ fn lz4_ships_what_the_standby_replays() {
     if let Ok(in_pg_wal) = fs::read(&segment) {
         assert!(stored == in_pg_wal, "stored {last} differs from pg_wal's");
     }
+}
+
+/// Once `last` is archived and the standby has replayed up to the primary's position, `query`
+/// answers the same on both.
+fn replayed_alike(p: &Pair, last: &str, query: &str, shipper: &str) {
+    p.wait_archived(last);
+    let lsn = p.primary.sql("select pg_current_wal_lsn()");
+    p.wait_replayed(&lsn);
+    assert_eq!(
+        p.standby.sql(query),
+        p.primary.sql(query),
+        "the standby replayed what {shipper} shipped"
+    );
 }
