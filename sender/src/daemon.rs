@@ -985,7 +985,11 @@ impl Link {
                 ..
             }) if settings.adaptive && codec == Codec::Lz4 => {
                 // A receiver built before LZ4 cannot read the request: zstd from now on.
-                let next = self.adapt().forbid(Codec::Lz4).unwrap_or(Codec::Zstd(1));
+                let next = {
+                    let mut adapt = self.adapt();
+                    adapt.forbid(Codec::Lz4);
+                    adapt.codec()
+                };
                 tracing::info!(receiver = %self.address(), "this receiver does not take lz4 ({reason}): it is probably older than this sender; {next} from now on (upgrade it to let \"auto\" use lz4 on a fast link)");
                 attempt(self.connection().await?, next).await
             }
