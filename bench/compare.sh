@@ -720,10 +720,24 @@ load_run() { # METHOD: pgbench for LOAD_SECS on a fresh primary archiving with M
       sleep 0.5
       stanza load "$d" "$port" "$P/client.conf" "$P/repo" archive-async=y process-max=2
       cmd="pgbackrest --config=$P/client.conf --stanza=load archive-push %p" ;;
+    pgbrlocal)
+      stanza loadlocal "$d" "$port" "$P/localzst.conf" "$P/repo-local" compress-type=zst compress-level=1
+      cmd="pgbackrest --config=$P/localzst.conf --stanza=loadlocal archive-push %p" ;;
     la)
       ws_receiver load; ws_daemon load "$d"
       cmd="$W/bin/walship-sender --config $W/ws/send-load.toml push %p %f" ;;
+    seal)
+      # The production shape with the open segment shipped: look-ahead and partial_interval;
+      # a finished segment the receiver holds whole as its .partial is sealed, not uploaded.
+      ws_receiver load
+      printf 'conninfo = "host=%s port=%s user=postgres dbname=postgres"\npartial_interval = "200ms"\n' \
+        "$W/sock" "$port" >>"$W/ws/send-load.toml"
+      ws_daemon load "$d"
+      cmd="$W/bin/walship-sender --config $W/ws/send-load.toml push %p %f" ;;
   esac
+  # Each archive_command timed from inside the archiver's shell (%% is PostgreSQL's %).
+  : >"$W/load-$m.times"; chown postgres "$W/load-$m.times"
+  cmd="t0=\$(date +%%s%%N); $cmd; rc=\$?; echo \$(( (\$(date +%%s%%N) - t0) / 1000 )) >>$W/load-$m.times; exit \$rc"
   echo "archive_command = '$cmd'" >>"$d/postgresql.conf"
   as_pg "$PGBIN/pg_ctl" -D "$d" reload >/dev/null
   as_pg "$PGBIN/pgbench" -h "$W/sock" -p "$port" -i -s 30 -q postgres >/dev/null 2>&1
@@ -756,7 +770,9 @@ load_run() { # METHOD: pgbench for LOAD_SECS on a fresh primary archiving with M
   pg_stop "$d"
   case $m in
     pgbrasync) stop_pid "$PGBR_PID" ;;
-    la) ws_both_stop load ;;
+    la|seal)
+      [ "$m" = seal ] && { grep -c "sealed: the partial held whole" "$W/log/recv-load.log" >"$W/load-seal.sealed" || true; }
+      ws_both_stop load ;;
   esac
   rm -rf "$d" "$W/load-copy" "$W/ws/archive-load"
 }
@@ -765,7 +781,8 @@ if [ "$SKIP_LOAD" = 1 ]; then
 else
   load_run copy
   load_run pgbrasync
-  [ "$HAVE_DAEMON" = 1 ] && load_run la
+  load_run pgbrlocal
+  [ "$HAVE_DAEMON" = 1 ] && { load_run la; load_run seal; }
 fi
 
 # ---------------------------------------------------------------- report
@@ -935,14 +952,29 @@ if ld:
              "checkpoint_timeout = 30s: checkpoints every few seconds, many full-page images) archiving with each method; "
              "pg_stat_archiver and archive_status/*.ready sampled every second; one run per method, in this order.")
     L.append("")
-    L.append("| method | peak .ready backlog | archived_count | failed_count | pgbench tps | drain after pgbench (s) | WAL made (segments) | peak RSS MiB |")
-    L.append("|---|---|---|---|---|---|---|---|")
-    ln = {"copy": "1. durable local copy", "pgbrasync": "4a. pgBackRest async, process-max=2", "la": "7. walship push + daemon with look-ahead"}
+    L.append("| method | peak .ready backlog | archived_count | failed_count | pgbench tps | drain after pgbench (s) | WAL made (segments) | archive_command ms: median (p90) | peak RSS MiB |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    ln = {"copy": "1. durable local copy", "pgbrasync": "4a. pgBackRest async, process-max=2",
+          "pgbrlocal": "4l. pgBackRest to a LOCAL repository, zst-1 (no network)",
+          "la": "7. walship push + daemon with look-ahead",
+          "seal": "7s. walship push + daemon with look-ahead and partial_interval = 200ms (sealed segments)"}
+    cmd_ms = {}
+    for m, *_ in ld:
+        t = sorted(int(x[0]) / 1000 for x in rows(f"load-{m}.times"))
+        if t:
+            cmd_ms[m] = (st.median(t), t[min(len(t) - 1, int(len(t) * 0.9))])
     for m, peak, a, f, tps, drain, a_all in ld:
-        rss = f"daemon {mib(daem.get('load'))}, receiver {mib(recv.get('load'))}" if m == "la" else ""
-        L.append(f"| {ln[m]} | {peak} | {a} | {f} | {float(tps):.0f} | {drain if drain != '-1' else '> 300'} | {a_all} | {rss} |")
+        rss = f"daemon {mib(daem.get('load'))}, receiver {mib(recv.get('load'))}" if m in ("la", "seal") else ""
+        c = f"{cmd_ms[m][0]:.1f} ({cmd_ms[m][1]:.1f})" if m in cmd_ms else ""
+        L.append(f"| {ln[m]} | {peak} | {a} | {f} | {float(tps):.0f} | {drain if drain != '-1' else '> 300'} | {a_all} | {c} | {rss} |")
+    if os.path.exists(f"{w}/load-seal.sealed"):
+        L.append("")
+        L.append(f"Row 7s: the receiver's log says it sealed {open(f'{w}/load-seal.sealed').read().strip()} finished segment(s) (not uploaded again).")
+    if "pgbrlocal" in cmd_ms and "seal" in cmd_ms:
+        L.append(f"Under load, pgBackRest local zst-1's archive_command (4l) / walship's with sealed segments (7s), medians: {cmd_ms['pgbrlocal'][0] / cmd_ms['seal'][0]:.2f}; / look-ahead alone (7): {cmd_ms['pgbrlocal'][0] / cmd_ms['la'][0]:.2f}." if "la" in cmd_ms else "")
     L.append("")
-    L.append(f"archived_count and failed_count: during the $LOAD_SECS s of pgbench; drain: seconds from pgbench's end until no .ready was left.")
+    L.append(f"archived_count and failed_count: during the $LOAD_SECS s of pgbench; drain: seconds from pgbench's end until no .ready was left; "
+             "archive_command ms: each run of the command timed inside the archiver's shell (date before and after), over the whole run.")
 if not HAVE_DAEMON:
     L.append("")
     L.append("walship-sender has no daemon in this build: rows 6, 7, 7b and the look-ahead load test are left out.")
