@@ -89,15 +89,20 @@ impl Writer {
 /// A pair whose sender runs the daemon (pushes hand off to it) with `pgdata`, `conninfo` and,
 /// when given, `partial_interval`.
 pub(crate) fn pair_with_daemon(name: &str, partial_interval: Option<&str>) -> (Pair, Service) {
+    let keys = partial_interval
+        .map(|i| format!("partial_interval = \"{i}\"\n"))
+        .unwrap_or_default();
+    pair_with_daemon_keys(name, &keys)
+}
+
+/// As [`pair_with_daemon`], with `extra` lines in sender.toml.
+pub(crate) fn pair_with_daemon_keys(name: &str, extra: &str) -> (Pair, Service) {
     let p = Pair::start(name, &PairOptions::default());
-    let mut keys = format!(
-        "socket = \"sender.sock\"\npgdata = {}\nconninfo = {}\n",
+    let keys = format!(
+        "socket = \"sender.sock\"\npgdata = {}\nconninfo = {}\n{extra}",
         toml_str(&p.primary.data_dir().display().to_string()),
         toml_str(&conninfo(&p.sc, p.primary.port()))
     );
-    if let Some(i) = partial_interval {
-        keys.push_str(&format!("partial_interval = \"{i}\"\n"));
-    }
     add_keys(&p.sender, &keys);
     let daemon = Service::spawn_daemon(&p.sc, &p.sender, "daemon");
     p.primary
@@ -386,6 +391,27 @@ fn faults_while_a_partial_grows_resume_and_store_nothing_wrong() {
         "connection to receiver",
         "retrying",
     ]);
+}
+
+/// `compression = "lz4"`: the appends to the open segment go in LZ4 blocks like any upload,
+/// the partial is a byte prefix of pg_wal's segment, and the finished segment is sealed from it.
+#[test]
+fn lz4_appends_grow_the_partial_and_seal_it() {
+    let (p, daemon) = pair_with_daemon_keys(
+        "issue13_lz4_partial",
+        "partial_interval = \"100ms\"\ncompression = \"lz4\"\n",
+    );
+    let writer = Writer::start(conninfo(&p.sc, p.primary.port()), 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let partial = wait_partial_caught_up(&p);
+    let acked = writer.finish();
+    assert!(
+        acked.len() > 20,
+        "the client wrote only {} rows",
+        acked.len()
+    );
+    finish_and_check(&p, &partial);
+    daemon.check_log(&[]);
 }
 
 /// After promote, the old primary comes back: its appends to the timeline-1 partial and its
