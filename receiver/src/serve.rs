@@ -534,6 +534,7 @@ async fn connection(
             "file",
             segment = tracing::field::Empty,
             bytes = tracing::field::Empty,
+            encoding = tracing::field::Empty,
             outcome = tracing::field::Empty
         );
         let busy = Busy::new(holder.clone());
@@ -864,6 +865,7 @@ async fn receive_wal(
     let span = tracing::Span::current();
     span.record("segment", request.name.as_str());
     span.record("bytes", request.size);
+    span.record("encoding", tracing::field::display(request.encoding));
     // The client certificate decides the archive; none allowed: refused before anything else.
     let Some(archive) = &shared.archive else {
         return refuse(Refusal::ClientNotAllowed {
@@ -1223,6 +1225,7 @@ async fn backup_step(
         } => {
             span.record("segment", path.as_str());
             span.record("bytes", size);
+            span.record("encoding", tracing::field::display(encoding));
             backup_file(
                 recv,
                 conn_uploads,

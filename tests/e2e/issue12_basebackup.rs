@@ -113,10 +113,111 @@ fn issue12_basebackup() {
     let last = primary.walfile_name(&lsn);
     wait_archived(&primary, &last);
 
-    // The standby starts from the target (as postgres), replays from the archive, and once
-    // promoted holds exactly the primary's data.
-    let mut standby = PgCluster::adopt(
+    let mut standby = replay_and_promote(&sc, &lsn, &expected);
+    standby.stop();
+
+    // A finished standby: refused without --force, nothing touched; replaced with it.
+    let label = fs::read(target.join("backup_label")).unwrap_or_default();
+    let out = backup(&sc, &sender, &[]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("--force"), "{out}");
+    assert_eq!(
+        fs::read(target.join("backup_label")).unwrap_or_default(),
+        label
+    );
+    backup(&sc, &sender, &["--force"]).assert_code(0);
+    assert!(!target.join(MARKER).exists());
+
+    drop(standby);
+    rx.stop_and_check(&[
+        "replaces the one in progress",
+        "went away",
+        "connection lost",
+        "removing the previous contents",
+        "is not empty and holds no unfinished walship backup",
+        "already holds a PostgreSQL cluster",
+        // A push the receiver's SIGKILL interrupted.
+        "removed leftover of an interrupted transfer",
+    ]);
+}
+
+/// The same standby made with `compression = "lz4"` (WAL and data files in LZ4 blocks; pgbench's
+/// relations span many 256 KiB blocks), while pgbench writes: it replays from the archive and,
+/// promoted, holds the primary's data.
+#[test]
+fn issue12_basebackup_lz4() {
+    let sc = Scenario::new("issue12_basebackup_lz4");
+    let certs = CertSet::create(&sc, "certs");
+    let mut primary = PgCluster::init_archive_paused(
         &sc,
+        "primary",
+        &["--wal-segsize=1"],
+        &["max_wal_senders = 5"],
+    );
+    primary.start();
+    primary.pgbench(&["-i", "-s", "5", "-q"]);
+    let target = sc.path("standby");
+    let setup = receiver_config(&sc, "receiver", &certs, Some(&target));
+    let sender = sender_for(&sc, "sender", &setup, &certs);
+    add_keys(
+        &sender,
+        &format!(
+            "pgdata = {}\nconninfo = {}\ncompression = \"lz4\"\n",
+            toml_str(&primary.data_dir().display().to_string()),
+            toml_str(&conninfo(&sc, primary.port()))
+        ),
+    );
+    let rx = Receiver::spawn(&sc, &setup.config, "receiver");
+    let command = format!(
+        "{} --config {} push %p %f",
+        sc.bin("walship-sender").display(),
+        sender.display()
+    );
+    primary.sql(&format!("alter system set archive_command = '{command}'"));
+    primary.sql("select pg_reload_conf()");
+
+    let mut bench = sc
+        .cmd(sc.pg_tool("pgbench"))
+        .arg("-h")
+        .arg(sc.dir())
+        .arg("-p")
+        .arg(primary.port().to_string())
+        .args(["-U", "postgres", "-c", "2", "-T", "10", "postgres"])
+        .spawn_with(Stdio::null(), Stdio::null());
+    let out = backup(&sc, &sender, &[]);
+    out.assert_code(0);
+    assert!(!target.join(MARKER).exists(), "{out}");
+    assert!(target.join("backup_label").exists(), "{out}");
+    assert!(
+        wait_deadline(&mut bench, Duration::from_secs(120)).is_some(),
+        "pgbench did not finish"
+    );
+    let expected = pgbench_digest(&primary);
+    let lsn = primary.switch_wal();
+    let last = primary.walfile_name(&lsn);
+    wait_archived(&primary, &last);
+
+    // The receiver's "stored" lines say how each file crossed: data files and WAL in LZ4.
+    let log = rx.log_text();
+    for what in ["segment=\"base/", "segment=\"0000000100000000000000"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(what) && l.contains("encoding=lz4") && l.contains("stored")),
+            "no {what}... stored in lz4 in the receiver log:\n{log}"
+        );
+    }
+    assert!(!log.contains("encoding=zstd"), "{log}");
+
+    let standby = replay_and_promote(&sc, &lsn, &expected);
+    drop(standby);
+    rx.stop_and_check(&[]);
+}
+
+/// The standby starts from the target (as postgres), replays from the archive up to `lsn`, and
+/// once promoted holds exactly the primary's data (`expected`). Returns it, running.
+fn replay_and_promote(sc: &Scenario, lsn: &str, expected: &str) -> PgCluster {
+    let mut standby = PgCluster::adopt(
+        sc,
         "standby",
         &[
             "archive_mode = off",
@@ -146,31 +247,7 @@ fn issue12_basebackup() {
         expected,
         "data differ after promote"
     );
-    standby.stop();
-
-    // A finished standby: refused without --force, nothing touched; replaced with it.
-    let label = fs::read(target.join("backup_label")).unwrap_or_default();
-    let out = backup(&sc, &sender, &[]);
-    out.assert_code(2);
-    assert!(out.stderr.contains("--force"), "{out}");
-    assert_eq!(
-        fs::read(target.join("backup_label")).unwrap_or_default(),
-        label
-    );
-    backup(&sc, &sender, &["--force"]).assert_code(0);
-    assert!(!target.join(MARKER).exists());
-
-    drop(standby);
-    rx.stop_and_check(&[
-        "replaces the one in progress",
-        "went away",
-        "connection lost",
-        "removing the previous contents",
-        "is not empty and holds no unfinished walship backup",
-        "already holds a PostgreSQL cluster",
-        // A push the receiver's SIGKILL interrupted.
-        "removed leftover of an interrupted transfer",
-    ]);
+    standby
 }
 
 /// A target holding a stray file: exit 2, one line, the file and directory untouched.

@@ -220,8 +220,9 @@ mod tests {
 
     #[test]
     fn a_file_arrives_whole_in_either_encoding() {
-        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
-        for enc in [Encoding::Plain, Encoding::Zstd] {
+        // Over two of LZ4's 256 KiB blocks.
+        let body: Vec<u8> = (0..600_000u32).map(|i| (i % 13) as u8).collect();
+        for enc in [Encoding::Plain, Encoding::Zstd, Encoding::Lz4] {
             let (wire, padded) = send(body.len() as u64, enc, &[&body[..10], &body[10..]]);
             assert_eq!(padded, 0);
             assert_eq!(
@@ -233,12 +234,14 @@ mod tests {
 
     #[test]
     fn a_shrunk_file_is_padded_and_a_grown_one_cut() {
-        let (wire, padded) = send(10, Encoding::Zstd, &[b"abc"]);
-        assert_eq!(padded, 7);
-        assert_eq!(
-            receive("base/1/2", 10, Encoding::Zstd, &wire).unwrap(),
-            b"abc\0\0\0\0\0\0\0"
-        );
+        for enc in [Encoding::Zstd, Encoding::Lz4] {
+            let (wire, padded) = send(10, enc, &[b"abc"]);
+            assert_eq!(padded, 7);
+            assert_eq!(
+                receive("base/1/2", 10, enc, &wire).unwrap(),
+                b"abc\0\0\0\0\0\0\0"
+            );
+        }
         let (wire, _) = send(3, Encoding::Plain, &[b"abcdef"]);
         assert_eq!(receive("x", 3, Encoding::Plain, &wire).unwrap(), b"abc");
     }

@@ -36,6 +36,17 @@ pub enum Encoding {
     Lz4,
 }
 
+impl std::fmt::Display for Encoding {
+    /// As the config's `compression` values name it ("none" for plain).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Encoding::Plain => "none",
+            Encoding::Zstd => "zstd",
+            Encoding::Lz4 => "lz4",
+        })
+    }
+}
+
 /// Plain bytes per LZ4 block (the last block of a file may be shorter).
 pub const LZ4_BLOCK: usize = 256 << 10;
 /// The top bit of an LZ4 block header: the block is stored, not compressed.

@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn what_outgoing_sends_incoming_verifies_in_any_chunking() {
-        for encoding in [Encoding::Plain, Encoding::Zstd] {
+        for encoding in [Encoding::Plain, Encoding::Zstd, Encoding::Lz4] {
             let wire = stream(encoding, HISTORY);
             for chunk in [1, 7, 31, 32, 33, 1 << 16] {
                 let (verdict, written) = receive(&request(encoding, HISTORY), &wire, chunk);
