@@ -280,13 +280,7 @@ fn item2_valve_is_off_by_default_and_holds_through_the_daemon() {
         &sender,
         &format!("pgdata = {}\n", toml_str(&pgdata.display().to_string())),
     );
-    let command = format!(
-        "{} --config {} push %p %f",
-        sc.bin("walship-sender").display(),
-        sender.display()
-    );
-    primary.sql(&format!("alter system set archive_command = '{command}'"));
-    primary.sql("select pg_reload_conf()");
+    primary.archive_with_push(&sender);
     primary.sql("create table filler (id int, pad text)");
 
     // Off by default: pushes fail, nothing is dropped, the backlog grows past any limit.

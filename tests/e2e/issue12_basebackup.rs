@@ -27,35 +27,15 @@ const MARKER: &str = "walship-basebackup.unfinished";
 #[test]
 fn issue12_basebackup() {
     let sc = Scenario::new("issue12_basebackup");
-    let certs = CertSet::create(&sc, "certs");
-    let mut primary = PgCluster::init_archive_paused(
-        &sc,
-        "primary",
-        &["--wal-segsize=1"],
-        &["max_wal_senders = 5"],
-    );
-    primary.start();
-    primary.pgbench(&["-i", "-s", "5", "-q"]);
-    let target = sc.path("standby");
-    let setup = receiver_config(&sc, "receiver", &certs, Some(&target));
-    let sender = sender_for(&sc, "sender", &setup, &certs);
-    add_keys(
-        &sender,
-        &format!(
-            "pgdata = {}\nconninfo = {}\n",
-            toml_str(&primary.data_dir().display().to_string()),
-            toml_str(&conninfo(&sc, primary.port()))
-        ),
-    );
+    let Setup {
+        primary,
+        target,
+        setup,
+        sender,
+    } = set_up(&sc, "");
     // serve starts although pgdata does not exist yet.
     let mut rx = Receiver::spawn(&sc, &setup.config, "receiver");
-    let command = format!(
-        "{} --config {} push %p %f",
-        sc.bin("walship-sender").display(),
-        sender.display()
-    );
-    primary.sql(&format!("alter system set archive_command = '{command}'"));
-    primary.sql("select pg_reload_conf()");
+    primary.archive_with_push(&sender);
 
     not_empty_is_refused(&sc, &sender, &target);
 
@@ -71,14 +51,7 @@ fn issue12_basebackup() {
     assert_unstartable(&sc, &setup.config, &target);
 
     // Under pgbench: replaces the unfinished backup without a flag, exit 0.
-    let mut bench = sc
-        .cmd(sc.pg_tool("pgbench"))
-        .arg("-h")
-        .arg(sc.dir())
-        .arg("-p")
-        .arg(primary.port().to_string())
-        .args(["-U", "postgres", "-c", "2", "-T", "20", "postgres"])
-        .spawn_with(Stdio::null(), Stdio::null());
+    let bench = spawn_pgbench(&sc, &primary, 20);
     let out = backup(&sc, &sender, &[]);
     out.assert_code(0);
     assert!(
@@ -104,14 +77,7 @@ fn issue12_basebackup() {
     assert!(!target.join("postmaster.pid").exists());
 
     // pgbench done: the primary's data at its last archived segment.
-    assert!(
-        wait_deadline(&mut bench, Duration::from_secs(120)).is_some(),
-        "pgbench did not finish"
-    );
-    let expected = pgbench_digest(&primary);
-    let lsn = primary.switch_wal();
-    let last = primary.walfile_name(&lsn);
-    wait_archived(&primary, &last);
+    let (expected, lsn) = when_archived(&primary, bench);
 
     let mut standby = replay_and_promote(&sc, &lsn, &expected);
     standby.stop();
@@ -147,55 +113,21 @@ fn issue12_basebackup() {
 #[test]
 fn issue12_basebackup_lz4() {
     let sc = Scenario::new("issue12_basebackup_lz4");
-    let certs = CertSet::create(&sc, "certs");
-    let mut primary = PgCluster::init_archive_paused(
-        &sc,
-        "primary",
-        &["--wal-segsize=1"],
-        &["max_wal_senders = 5"],
-    );
-    primary.start();
-    primary.pgbench(&["-i", "-s", "5", "-q"]);
-    let target = sc.path("standby");
-    let setup = receiver_config(&sc, "receiver", &certs, Some(&target));
-    let sender = sender_for(&sc, "sender", &setup, &certs);
-    add_keys(
-        &sender,
-        &format!(
-            "pgdata = {}\nconninfo = {}\ncompression = \"lz4\"\n",
-            toml_str(&primary.data_dir().display().to_string()),
-            toml_str(&conninfo(&sc, primary.port()))
-        ),
-    );
+    let Setup {
+        primary,
+        target,
+        setup,
+        sender,
+    } = set_up(&sc, "compression = \"lz4\"\n");
     let rx = Receiver::spawn(&sc, &setup.config, "receiver");
-    let command = format!(
-        "{} --config {} push %p %f",
-        sc.bin("walship-sender").display(),
-        sender.display()
-    );
-    primary.sql(&format!("alter system set archive_command = '{command}'"));
-    primary.sql("select pg_reload_conf()");
+    primary.archive_with_push(&sender);
 
-    let mut bench = sc
-        .cmd(sc.pg_tool("pgbench"))
-        .arg("-h")
-        .arg(sc.dir())
-        .arg("-p")
-        .arg(primary.port().to_string())
-        .args(["-U", "postgres", "-c", "2", "-T", "10", "postgres"])
-        .spawn_with(Stdio::null(), Stdio::null());
+    let bench = spawn_pgbench(&sc, &primary, 10);
     let out = backup(&sc, &sender, &[]);
     out.assert_code(0);
     assert!(!target.join(MARKER).exists(), "{out}");
     assert!(target.join("backup_label").exists(), "{out}");
-    assert!(
-        wait_deadline(&mut bench, Duration::from_secs(120)).is_some(),
-        "pgbench did not finish"
-    );
-    let expected = pgbench_digest(&primary);
-    let lsn = primary.switch_wal();
-    let last = primary.walfile_name(&lsn);
-    wait_archived(&primary, &last);
+    let (expected, lsn) = when_archived(&primary, bench);
 
     // The receiver's "stored" lines say how each file crossed: data files and WAL in LZ4.
     let log = rx.log_text();
@@ -211,6 +143,77 @@ fn issue12_basebackup_lz4() {
     let standby = replay_and_promote(&sc, &lsn, &expected);
     drop(standby);
     rx.stop_and_check(&[]);
+}
+
+/// What both tests start from.
+struct Setup {
+    primary: PgCluster,
+    target: std::path::PathBuf,
+    setup: walship_tests::ReceiverSetup,
+    sender: std::path::PathBuf,
+}
+
+/// A primary with pgbench data (1 MiB segments, archiving paused), the receiver's config with
+/// `pgdata` = `<scenario>/standby` (absent), and a sender with `pgdata`, `conninfo` and `keys`.
+fn set_up(sc: &Scenario, keys: &str) -> Setup {
+    let certs = CertSet::create(sc, "certs");
+    let mut primary = PgCluster::init_archive_paused(
+        sc,
+        "primary",
+        &["--wal-segsize=1"],
+        &["max_wal_senders = 5"],
+    );
+    primary.start();
+    primary.pgbench(&["-i", "-s", "5", "-q"]);
+    let target = sc.path("standby");
+    let setup = receiver_config(sc, "receiver", &certs, Some(&target));
+    let sender = sender_for(sc, "sender", &setup, &certs);
+    add_keys(
+        &sender,
+        &format!(
+            "pgdata = {}\nconninfo = {}\n{keys}",
+            toml_str(&primary.data_dir().display().to_string()),
+            toml_str(&conninfo(sc, primary.port()))
+        ),
+    );
+    Setup {
+        primary,
+        target,
+        setup,
+        sender,
+    }
+}
+
+/// `pgbench -c 2 -T secs` against `primary`, in the background.
+fn spawn_pgbench(sc: &Scenario, primary: &PgCluster, secs: u32) -> Child {
+    sc.cmd(sc.pg_tool("pgbench"))
+        .arg("-h")
+        .arg(sc.dir())
+        .arg("-p")
+        .arg(primary.port().to_string())
+        .args([
+            "-U",
+            "postgres",
+            "-c",
+            "2",
+            "-T",
+            &secs.to_string(),
+            "postgres",
+        ])
+        .spawn_with(Stdio::null(), Stdio::null())
+}
+
+/// Once `bench` is done: the primary's pgbench digest and the LSN of a WAL switch whose
+/// segment has been archived.
+fn when_archived(primary: &PgCluster, mut bench: Child) -> (String, String) {
+    assert!(
+        wait_deadline(&mut bench, Duration::from_secs(120)).is_some(),
+        "pgbench did not finish"
+    );
+    let expected = pgbench_digest(primary);
+    let lsn = primary.switch_wal();
+    wait_archived(primary, &primary.walfile_name(&lsn));
+    (expected, lsn)
 }
 
 /// The standby starts from the target (as postgres), replays from the archive up to `lsn`, and

@@ -167,14 +167,7 @@ fn two_clusters_on_one_receiver() {
     sc.write_at(&config, text, 0o644);
     let rx = Receiver::spawn(&sc, &config, "receiver");
     for (c, side) in ["a", "b"].iter().zip(sides.iter_mut()) {
-        let command = format!(
-            "{} --config {} push %p %f",
-            sc.bin("walship-sender").display(),
-            side.sender.display()
-        );
-        side.primary
-            .sql(&format!("alter system set archive_command = '{command}'"));
-        side.primary.sql("select pg_reload_conf()");
+        side.primary.archive_with_push(&side.sender);
         side.standby.start();
         // Each primary writes its own table.
         side.primary.sql(&format!(

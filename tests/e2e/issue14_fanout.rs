@@ -41,16 +41,6 @@ fn fanout_sender(
     config
 }
 
-fn set_archive_command(primary: &PgCluster, sc: &Scenario, sender: &Path) {
-    let command = format!(
-        "{} --config {} push %p %f",
-        sc.bin("walship-sender").display(),
-        sender.display()
-    );
-    primary.sql(&format!("alter system set archive_command = '{command}'"));
-    primary.sql("select pg_reload_conf()");
-}
-
 /// `pg_stat_archiver`: (last archived, failed count, last failed).
 fn archiver(primary: &PgCluster) -> (String, u64, String) {
     let row = primary.sql(
@@ -145,7 +135,7 @@ fn require_all_fails_while_one_is_down_and_loses_nothing() {
     let mut rx_b = Receiver::spawn(&sc, &b.config, "rx-b");
     // No daemon: every push connects to both receivers itself.
     let sender = fanout_sender(&sc, &[&a, &b], &certs, "");
-    set_archive_command(&primary, &sc, &sender);
+    primary.archive_with_push(&sender);
 
     primary.pgbench(&["-i", "-s", "2", "-q"]);
     primary.pgbench(&["-n", "-c", "2", "-T", "3"]);
@@ -218,7 +208,7 @@ fn require_one_goes_on_and_the_daemon_catches_up() {
     );
     let sender = fanout_sender(&sc, &[&a, &b], &certs, &extra);
     let daemon = walship_tests::walship::Service::spawn_daemon(&sc, &sender, "daemon");
-    set_archive_command(&primary, &sc, &sender);
+    primary.archive_with_push(&sender);
 
     primary.pgbench(&["-i", "-s", "1", "-q"]);
     primary.sql("create table fanout_marker (n int, pad text)");

@@ -38,15 +38,7 @@ fn ship_and_replay() {
         &["hot_standby = on", "archive_mode = off", &restore_command],
     );
     let rx = Receiver::spawn(&sc, &rx_setup.config, "receiver");
-    let archive_command = format!(
-        "{} --config {} push %p %f",
-        sc.bin("walship-sender").display(),
-        sender.display()
-    );
-    primary.sql(&format!(
-        "alter system set archive_command = '{archive_command}'"
-    ));
-    primary.sql("select pg_reload_conf()");
+    primary.archive_with_push(&sender);
     standby.start();
 
     primary.pgbench(&["-i", "-s", "2", "-q"]);

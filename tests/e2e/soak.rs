@@ -75,14 +75,7 @@ fn soak() {
         .expect("open sender config");
     writeln!(f, "timeout = \"20s\"").expect("append timeout");
     drop(f);
-    let command = format!(
-        "{} --config {} push %p %f",
-        p.sc.bin("walship-sender").display(),
-        sender.display()
-    );
-    p.primary
-        .sql(&format!("alter system set archive_command = '{command}'"));
-    p.primary.sql("select pg_reload_conf()");
+    p.primary.archive_with_push(&sender);
     p.primary.pgbench(&["-i", "-s", "2", "-q"]);
 
     // Load and faults, for `secs`.

@@ -123,13 +123,7 @@ impl Pair {
         append_conninfo(&setup.config, &conninfo(&sc, standby.port()));
         let rx = Receiver::spawn(&sc, &setup.config, "receiver");
         if opts.archive {
-            let command = format!(
-                "{} --config {} push %p %f",
-                sc.bin("walship-sender").display(),
-                sender.display()
-            );
-            primary.sql(&format!("alter system set archive_command = '{command}'"));
-            primary.sql("select pg_reload_conf()");
+            primary.archive_with_push(&sender);
         }
         standby.start();
         Pair {

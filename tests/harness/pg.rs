@@ -230,6 +230,17 @@ impl PgCluster {
         }
     }
 
+    /// Archive through `walship-sender --config <sender> push %p %f` (ALTER SYSTEM, reload).
+    pub fn archive_with_push(&self, sender: &Path) {
+        let command = format!(
+            "{} --config {} push %p %f",
+            self.sc.bin("walship-sender").display(),
+            sender.display()
+        );
+        self.sql(&format!("alter system set archive_command = '{command}'"));
+        self.sql("select pg_reload_conf()");
+    }
+
     /// `select pg_switch_wal()`: the LSN (as text) just past the switch record.
     pub fn switch_wal(&self) -> String {
         self.sql("select pg_switch_wal()")
