@@ -602,7 +602,10 @@ impl Ctx {
         }
         match read_verdict(&mut rx, &fail).await? {
             Reply::Stored => Ok(Some(size)),
-            Reply::Refused(refusal) => Err(SenderError::BackupRefused { what: rel, refusal }),
+            Reply::Refused(refusal) => Err(SenderError::BackupRefused {
+                what: rel,
+                refusal: crate::push::with_lz4_hint(refusal, encoding == Encoding::Lz4),
+            }),
             other => Err(SenderError::Setup(format!(
                 "receiver {} answered {rel} with {other:?}",
                 self.receiver.address

@@ -476,6 +476,20 @@ fn client_endpoint(
     Ok(endpoint)
 }
 
+/// A `Malformed` refusal of something sent in LZ4 most likely comes from a receiver built
+/// before LZ4: say so, and what to do. Other refusals, or other encodings, as they are.
+pub(crate) fn with_lz4_hint(refusal: Refusal, lz4: bool) -> Refusal {
+    match refusal {
+        Refusal::Malformed { reason } if lz4 => Refusal::Malformed {
+            reason: format!(
+                "{reason} (sent with compression = \"lz4\": a receiver older than lz4 cannot \
+                 read it; upgrade walship-receiver or set compression = \"zstd\")"
+            ),
+        },
+        other => other,
+    }
+}
+
 /// Send one file on a new stream of `conn` with `codec` and wait for the receiver's verdict,
 /// noting in `progress` how far it got (for the error when the caller's `timeout` runs out)
 /// and how long compression and the link took.
@@ -562,17 +576,9 @@ pub async fn transfer(
         Reply::Ready { .. } => {
             Err(fail.lost("the receiver answered a WAL file as a base backup".into()))
         }
-        Reply::Refused(Refusal::Malformed { reason }) if codec == Codec::Lz4 => {
-            Err(SenderError::Refused {
-                name: name.clone(),
-                refusal: Refusal::Malformed {
-                    reason: format!("{reason} (sent with compression = \"lz4\": a receiver older than lz4 cannot read it; upgrade walship-receiver or set compression = \"zstd\")"),
-                },
-            })
-        }
         Reply::Refused(refusal) => Err(SenderError::Refused {
             name: name.clone(),
-            refusal,
+            refusal: with_lz4_hint(refusal, codec == Codec::Lz4),
         }),
         Reply::Partial { .. } => {
             Err(fail.lost("the receiver answered a whole file as an append to a partial".into()))
@@ -899,5 +905,30 @@ pub fn handshake_error(addr: &str, server_name: &str, e: quinn::ConnectionError)
     SenderError::Handshake {
         addr: addr.to_string(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_lz4_upload_says_what_to_do_and_nothing_else_changes() {
+        let malformed = || Refusal::Malformed {
+            reason: "unknown variant".into(),
+        };
+        match with_lz4_hint(malformed(), true) {
+            Refusal::Malformed { reason } => {
+                assert!(reason.starts_with("unknown variant ("), "{reason}");
+                assert!(reason.contains("upgrade walship-receiver"), "{reason}");
+                assert!(reason.contains("compression = \"zstd\""), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(with_lz4_hint(malformed(), false), malformed());
+        let other = Refusal::ClientNotAllowed {
+            subject: "CN=x".into(),
+        };
+        assert_eq!(with_lz4_hint(other.clone(), true), other);
     }
 }
