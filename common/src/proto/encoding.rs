@@ -36,14 +36,31 @@ pub enum Encoding {
     Lz4,
 }
 
+impl Encoding {
+    /// Each encoding under the name sender.toml's `compression` gives it ("none" for plain).
+    const NAMES: [(Encoding, &'static str); 3] = [
+        (Encoding::Plain, "none"),
+        (Encoding::Zstd, "zstd"),
+        (Encoding::Lz4, "lz4"),
+    ];
+
+    /// The encoding `compression = "<name>"` pins ("auto" is not one: see the config).
+    pub fn from_name(name: &str) -> Option<Encoding> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(e, _)| *e)
+    }
+}
+
 impl std::fmt::Display for Encoding {
     /// As the config's `compression` values name it ("none" for plain).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Encoding::Plain => "none",
-            Encoding::Zstd => "zstd",
-            Encoding::Lz4 => "lz4",
-        })
+        let (_, name) = Self::NAMES
+            .iter()
+            .find(|(e, _)| e == self)
+            .expect("every encoding is named");
+        f.write_str(name)
     }
 }
 
@@ -402,6 +419,20 @@ fn reserve(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_encoding_is_named_as_the_config_names_it() {
+        for (e, name) in [
+            (Encoding::Plain, "none"),
+            (Encoding::Zstd, "zstd"),
+            (Encoding::Lz4, "lz4"),
+        ] {
+            assert_eq!(e.to_string(), name);
+            assert_eq!(Encoding::from_name(name), Some(e));
+        }
+        assert_eq!(Encoding::from_name("auto"), None);
+        assert_eq!(Encoding::from_name("LZ4"), None);
+    }
 
     fn wal_like(n: usize) -> Vec<u8> {
         // Repetitive with some variety, like WAL records.

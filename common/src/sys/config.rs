@@ -693,16 +693,16 @@ impl SenderSettings {
         let require = src.require(&file.require, receivers.len())?;
         let (compression, adaptive) = match file.compression.as_deref() {
             None | Some("auto") => (Encoding::Zstd, true),
-            Some("zstd") => (Encoding::Zstd, false),
-            Some("none") => (Encoding::Plain, false),
-            Some("lz4") => (Encoding::Lz4, false),
-            Some(other) => {
-                return Err(src.invalid(
-                    "compression",
-                    format!("{other:?}"),
-                    "expected \"auto\" (the default), \"zstd\", \"lz4\" or \"none\"",
-                ))
-            }
+            Some(name) => match Encoding::from_name(name) {
+                Some(pinned) => (pinned, false),
+                None => {
+                    return Err(src.invalid(
+                        "compression",
+                        format!("{name:?}"),
+                        "expected \"auto\" (the default), \"zstd\", \"lz4\" or \"none\"",
+                    ))
+                }
+            },
         };
         let compression_threads = match file.compression_threads {
             None => std::thread::available_parallelism()
