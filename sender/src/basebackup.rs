@@ -604,7 +604,7 @@ impl Ctx {
             Reply::Stored => Ok(Some(size)),
             Reply::Refused(refusal) => Err(SenderError::BackupRefused {
                 what: rel,
-                refusal: crate::push::with_lz4_hint(refusal, encoding == Encoding::Lz4),
+                refusal: crate::push::with_lz4_hint(refusal, encoding),
             }),
             other => Err(SenderError::Setup(format!(
                 "receiver {} answered {rel} with {other:?}",

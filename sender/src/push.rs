@@ -476,11 +476,11 @@ fn client_endpoint(
     Ok(endpoint)
 }
 
-/// A `Malformed` refusal of something sent in LZ4 most likely comes from a receiver built
+/// A `Malformed` refusal of something `sent` in LZ4 most likely comes from a receiver built
 /// before LZ4: say so, and what to do. Other refusals, or other encodings, as they are.
-pub(crate) fn with_lz4_hint(refusal: Refusal, lz4: bool) -> Refusal {
+pub(crate) fn with_lz4_hint(refusal: Refusal, sent: Encoding) -> Refusal {
     match refusal {
-        Refusal::Malformed { reason } if lz4 => Refusal::Malformed {
+        Refusal::Malformed { reason } if sent == Encoding::Lz4 => Refusal::Malformed {
             reason: format!(
                 "{reason} (sent with compression = \"lz4\": a receiver older than lz4 cannot \
                  read it; upgrade walship-receiver or set compression = \"zstd\")"
@@ -526,6 +526,7 @@ pub async fn transfer(
             settings.compression_level
         }
     };
+    let encoding = request.encoding;
     let (threads, _compressing) = Compressing::threads(settings);
     let outgoing =
         Outgoing::with_threads(request, level, threads).map_err(|source| SenderError::Encode {
@@ -578,7 +579,7 @@ pub async fn transfer(
         }
         Reply::Refused(refusal) => Err(SenderError::Refused {
             name: name.clone(),
-            refusal: with_lz4_hint(refusal, codec == Codec::Lz4),
+            refusal: with_lz4_hint(refusal, encoding),
         }),
         Reply::Partial { .. } => {
             Err(fail.lost("the receiver answered a whole file as an append to a partial".into()))
@@ -917,7 +918,7 @@ mod tests {
         let malformed = || Refusal::Malformed {
             reason: "unknown variant".into(),
         };
-        match with_lz4_hint(malformed(), true) {
+        match with_lz4_hint(malformed(), Encoding::Lz4) {
             Refusal::Malformed { reason } => {
                 assert!(reason.starts_with("unknown variant ("), "{reason}");
                 assert!(reason.contains("upgrade walship-receiver"), "{reason}");
@@ -925,10 +926,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(with_lz4_hint(malformed(), false), malformed());
+        assert_eq!(with_lz4_hint(malformed(), Encoding::Zstd), malformed());
         let other = Refusal::ClientNotAllowed {
             subject: "CN=x".into(),
         };
-        assert_eq!(with_lz4_hint(other.clone(), true), other);
+        assert_eq!(with_lz4_hint(other.clone(), Encoding::Lz4), other);
     }
 }
