@@ -50,23 +50,25 @@ mkdir "$W/pg"
 chown postgres "$W/pg"
 chmod 700 "$W/pg"
 runuser -u postgres -- "$W/pgbin/initdb" -D "$W/pg" -U postgres -A trust >/dev/null
-chmod 1777 "$W"
+# PostgreSQL's socket and log in a directory of its own, not a world-writable work directory.
+mkdir "$W/pgrun"
+chown postgres "$W/pgrun"
 cat >>"$W/pg/postgresql.conf" <<EOF
 listen_addresses = ''
-unix_socket_directories = '$W'
+unix_socket_directories = '$W/pgrun'
 port = $PGPORT
 wal_level = replica
 archive_mode = on
 archive_command = ''
 max_wal_size = 8GB
 EOF
-runuser -u postgres -- "$W/pgbin/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
+runuser -u postgres -- "$W/pgbin/pg_ctl" -D "$W/pg" -l "$W/pgrun/pg.log" -w start >/dev/null
 # About half of them from pgbench -i (compress ~10x), half from TPC-B transactions (~3-6x), as
 # in compare.sh's corpus.
 ready() { ls "$W/pg/pg_wal/archive_status" | grep -cE '^[0-9A-F]{24}\.ready$' || true; }
-runuser -u postgres -- "$W/pgbin/pgbench" -h "$W" -p "$PGPORT" -U postgres -i -q -s "$(( SEGMENTS / 2 + 1 ))" postgres >/dev/null 2>&1
+runuser -u postgres -- "$W/pgbin/pgbench" -h "$W/pgrun" -p "$PGPORT" -U postgres -i -q -s "$(( SEGMENTS / 2 + 1 ))" postgres >/dev/null 2>&1
 while [ "$(ready)" -lt $(( SEGMENTS + 3 )) ]; do
-    runuser -u postgres -- "$W/pgbin/pgbench" -h "$W" -p "$PGPORT" -U postgres -c 4 -j 2 -T 5 postgres >/dev/null 2>&1
+    runuser -u postgres -- "$W/pgbin/pgbench" -h "$W/pgrun" -p "$PGPORT" -U postgres -c 4 -j 2 -T 5 postgres >/dev/null 2>&1
 done
 # The first segments (initdb's) are left out.
 mapfile -t SEGS < <(ls "$W/pg/pg_wal/archive_status" | sed -n 's/\.ready$//p' | grep -E '^[0-9A-F]{24}$' | sort | sed 1,2d | head -n "$SEGMENTS")
