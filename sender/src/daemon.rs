@@ -214,10 +214,10 @@ struct Link {
     wake: tokio::sync::Notify,
     /// The codec that fits this link (`compression = "auto"`), from its measured transfers.
     adapt: Mutex<Adapt>,
-    /// The open segment's partial as this receiver last said it holds it (`partial_interval`):
-    /// when the segment is finished and the receiver holds it whole, a [`Seal`] replaces the
-    /// upload.
-    partial: Mutex<Option<(walship_common::SegmentName, u64)>>,
+    /// The open segment's partial, and the one before, as this receiver last said it holds
+    /// them (`partial_interval`): when a segment is finished and the receiver holds it whole, a
+    /// [`Seal`] replaces the upload.
+    partial: Mutex<partial::Held>,
     /// The receiver answered a seal `Malformed`: built before seals; upload from then on.
     no_seals: std::sync::atomic::AtomicBool,
 }
@@ -778,7 +778,7 @@ impl Link {
             owed: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
             adapt: Mutex::new(Adapt::new(push::fixed_codec(settings))),
-            partial: Mutex::new(None),
+            partial: Mutex::new(partial::Held::default()),
             no_seals: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -789,7 +789,10 @@ impl Link {
 
     /// The receiver said it holds `held` bytes of `segment`'s partial.
     fn note_partial(&self, segment: walship_common::SegmentName, held: u64) {
-        *self.partial.lock().unwrap_or_else(|p| p.into_inner()) = Some((segment, held));
+        self.partial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(segment, held);
     }
 
     /// The finished segment `name` (at `path`, `size` bytes) without uploading it, when this
@@ -812,10 +815,14 @@ impl Link {
         if self.no_seals.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
-        let hint = *self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        let hint = self
+            .partial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .of(seg);
         tracing::debug!(segment = %name, ?hint, "finished: what the receiver holds of its partial");
-        let (held_seg, mut held) = hint?;
-        if held_seg != seg || held > size {
+        let mut held = hint?;
+        if held > size {
             return None;
         }
         let conn = self.connection().await.ok()?;

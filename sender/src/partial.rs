@@ -162,9 +162,63 @@ pub fn append_end(from: u64, to: u64) -> u64 {
     to.min(from + MAX_APPEND_BYTES)
 }
 
+/// What one receiver last said it holds of the open segment's partial and of the one before
+/// it. The archiver's copy of a finished segment often reaches the daemon after the open
+/// segment has moved on (the previous one completed, the next one appended to): the seal of the
+/// finished one still needs what the receiver holds of it. Only a hint: the receiver answers
+/// every append and the seal with what it really holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Held([Option<(SegmentName, u64)>; 2]);
+
+impl Held {
+    /// The receiver holds `held` bytes of `segment`'s partial.
+    pub fn note(&mut self, segment: SegmentName, held: u64) {
+        match self.0 {
+            [Some((s, _)), _] if s == segment => self.0[0] = Some((segment, held)),
+            [_, Some((s, _))] if s == segment => self.0[1] = Some((segment, held)),
+            [newest, _] => self.0 = [Some((segment, held)), newest],
+        }
+    }
+
+    /// The bytes of `segment`'s partial the receiver was last known to hold.
+    pub fn of(&self, segment: SegmentName) -> Option<u64> {
+        self.0
+            .iter()
+            .flatten()
+            .find(|(s, _)| *s == segment)
+            .map(|(_, h)| *h)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_receiver_holds_is_kept_for_the_open_segment_and_the_one_before() {
+        let seg = |n: u32| SegmentName {
+            timeline: TimelineId(1),
+            log: 0,
+            seg: n,
+        };
+        let mut h = Held::default();
+        assert_eq!(h.of(seg(3)), None);
+        h.note(seg(3), 100);
+        h.note(seg(3), 16 << 20);
+        h.note(seg(4), 8192);
+        assert_eq!(
+            h.of(seg(3)),
+            Some(16 << 20),
+            "the finished one is still known"
+        );
+        assert_eq!(h.of(seg(4)), Some(8192));
+        // A late answer about the previous one updates it, not the open one.
+        h.note(seg(3), 1 << 20);
+        assert_eq!((h.of(seg(3)), h.of(seg(4))), (Some(1 << 20), Some(8192)));
+        h.note(seg(5), 0);
+        assert_eq!(h.of(seg(3)), None, "two segments back is forgotten");
+        assert_eq!((h.of(seg(4)), h.of(seg(5))), (Some(8192), Some(0)));
+    }
 
     #[test]
     fn the_open_segment_and_its_flushed_bytes() {
